@@ -1,0 +1,242 @@
+"""Run configuration: typed dataclasses mirrored 1:1 by the TOML recipes in ``configs/``.
+
+Precedence: command line (``--set section.key=value``) > TOML file > the defaults below.
+Unknown keys and ill-typed values are errors that name what is valid. Standard library only, so
+``qrnn-lm --help`` stays instant (this module is a leaf: it imports nothing else of qrnn_lm).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+
+class UserError(Exception):
+    """A problem the user can fix; ``str(error)`` is one line saying what to do.
+
+    The CLI prints it and exits with code 1, never a traceback. Every module's user-facing
+    error (data, config, checkpoint, training) derives from it.
+    """
+
+
+class ConfigError(UserError):
+    """A bad recipe file, key or value."""
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "ptb"  # a known name (ptb, wikitext-2, wikitext-103) or a folder with train/valid/test.txt
+    batch_size: int = 20  # parallel training streams
+    eval_batch_size: int = 10  # streams for validation during training
+    test_batch_size: int = 1  # streams for the final test evaluation (1, as in the literature)
+    bptt: int = 70  # mean back-propagation-through-time length
+    variable_bptt: bool = True  # awd-lstm-lm's random segment lengths (std 5, halved with p = 0.05)
+
+
+@dataclass
+class ModelConfig:
+    emb_size: int = 400  # embedding size; also the last layer's hidden size when weights are tied
+    hidden_size: int = 1550  # hidden size of every QRNN layer but the last
+    num_layers: int = 4  # QRNN layers
+    first_window: int = 2  # convolution window of the first layer (sees x_t and x_{t-1})
+    window: int = 1  # convolution window of the other layers
+    zoneout: float = 0.0  # probability of keeping a unit's previous state (on the forget gate)
+    dropout_emb: float = 0.1  # drops whole words from the embedding matrix (awd "dropoute")
+    dropout_input: float = 0.4  # locked dropout on the embedded input (awd "dropouti")
+    dropout_hidden: float = 0.3  # locked dropout between QRNN layers (awd "dropouth")
+    dropout_output: float = 0.4  # locked dropout on the last layer's output (awd "dropout")
+    weight_drop: float = 0.1  # DropConnect on the QRNN gate weights (awd "wdrop")
+    tie_weights: bool = True  # share the embedding matrix with the decoder
+
+
+@dataclass
+class TrainConfig:
+    optimizer: str = "sgd"  # "sgd" (switching to averaged SGD by NT-ASGD) or "adam"
+    lr: float = 30.0  # learning rate (for SGD, rescaled by each segment's length / bptt)
+    weight_decay: float = 1.2e-6  # L2 penalty
+    clip: float = 0.25  # gradient-norm clipping threshold; 0 disables
+    epochs: int = 550  # passes over the training data
+    max_steps: int = 0  # stop after this many optimizer steps; 0 means no limit
+    alpha: float = 2.0  # activation regularisation (AR) on the last layer's dropped output
+    beta: float = 1.0  # temporal activation regularisation (TAR) on the last layer's raw output
+    asgd: bool = True  # with SGD: switch to averaged SGD when validation stops improving
+    nonmono: int = 5  # NT-ASGD's non-monotone interval, in validations
+    lr_decay_epochs: list[int] = field(default_factory=list)  # divide the lr by 10 at these epochs
+    seed: int = 141  # seeds parameters, dropout masks and BPTT lengths
+    log_interval: int = 200  # steps between console / TensorBoard log points
+
+
+@dataclass
+class Config:
+    name: str = "ptb"  # run name; the default output folder is runs/<name>
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+_SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+
+
+def _type_name(tp: Any) -> str:
+    return tp if isinstance(tp, str) else getattr(tp, "__name__", str(tp))
+
+
+def _coerce(where: str, declared: str, value: Any) -> Any:
+    """Check ``value`` against the dataclass field's declared type (a string under
+    ``from __future__ import annotations``); ints are accepted where floats are expected."""
+    if declared == "bool":
+        ok = isinstance(value, bool)
+    elif declared == "int":
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif declared == "float":
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if ok:
+            value = float(value)
+            ok = math.isfinite(value)
+    elif declared == "str":
+        ok = isinstance(value, str)
+    elif declared == "list[int]":
+        ok = isinstance(value, list) and all(
+            isinstance(item, int) and not isinstance(item, bool) for item in value
+        )
+    else:  # pragma: no cover - a new field type must be added above
+        raise TypeError(f"unsupported config field type {declared} for {where}")
+    if not ok:
+        raise ConfigError(f"config key '{where}' must be {declared}, got {value!r}")
+    return value
+
+
+def _section_from_dict(section: str, cls: type, values: Any) -> Any:
+    if not isinstance(values, dict):
+        raise ConfigError(f"config section [{section}] must be a table, got {values!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        if key not in fields:
+            valid = ", ".join(sorted(fields))
+            raise ConfigError(f"unknown config key '{section}.{key}'; valid keys in [{section}]: {valid}")
+        kwargs[key] = _coerce(f"{section}.{key}", _type_name(fields[key].type), value)
+    return cls(**kwargs)
+
+
+def config_from_dict(values: dict) -> Config:
+    """Build a Config from nested dicts (a parsed TOML file); unknown keys raise ConfigError."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"a config must be a table of sections, got {values!r}")
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        if key == "name":
+            kwargs["name"] = _coerce("name", "str", value)
+        elif key in _SECTIONS:
+            kwargs[key] = _section_from_dict(key, _SECTIONS[key], value)
+        else:
+            valid = ", ".join(["name", *(f"[{s}]" for s in _SECTIONS)])
+            raise ConfigError(f"unknown config key '{key}'; valid top-level keys: {valid}")
+    config = Config(**kwargs)
+    validate(config)
+    return config
+
+
+def config_to_dict(config: Config) -> dict:
+    """Nested plain dicts (the form stored in checkpoints and written as TOML)."""
+    return dataclasses.asdict(config)
+
+
+def validate(config: Config) -> None:
+    """Range checks that types alone do not catch."""
+    checks = [
+        (config.data.batch_size >= 1, "data.batch_size must be >= 1"),
+        (config.data.eval_batch_size >= 1, "data.eval_batch_size must be >= 1"),
+        (config.data.test_batch_size >= 1, "data.test_batch_size must be >= 1"),
+        (config.data.bptt >= 1, "data.bptt must be >= 1"),
+        (config.model.emb_size >= 1, "model.emb_size must be >= 1"),
+        (config.model.hidden_size >= 1, "model.hidden_size must be >= 1"),
+        (config.model.num_layers >= 1, "model.num_layers must be >= 1"),
+        (config.model.first_window >= 1, "model.first_window must be >= 1"),
+        (config.model.window >= 1, "model.window must be >= 1"),
+        (config.train.optimizer in ("sgd", "adam"), "train.optimizer must be 'sgd' or 'adam'"),
+        (config.train.lr > 0, "train.lr must be > 0"),
+        (config.train.epochs >= 1, "train.epochs must be >= 1"),
+        (config.train.max_steps >= 0, "train.max_steps must be >= 0 (0 means no limit)"),
+        (config.train.nonmono >= 1, "train.nonmono must be >= 1"),
+        (config.train.log_interval >= 1, "train.log_interval must be >= 1"),
+    ]
+    for name in ("zoneout", "dropout_emb", "dropout_input", "dropout_hidden", "dropout_output", "weight_drop"):
+        value = getattr(config.model, name)
+        checks.append((0.0 <= value < 1.0, f"model.{name} must be in [0, 1), got {value}"))
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """Split ``section.key=value``; the value is read as a TOML literal (``3``, ``0.5``,
+    ``true``, ``[1, 2]``, ``"text"``), falling back to a bare string (``--set data.dataset=ptb``)."""
+    target, sep, raw = text.partition("=")
+    if not sep or not target.strip():
+        raise ConfigError(f"--set expects section.key=value, got {text!r}")
+    target, raw = target.strip(), raw.strip()
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    if target == "name":
+        return "", "name", value
+    section, dot, key = target.partition(".")
+    if not dot or not key:
+        raise ConfigError(f"--set expects section.key=value (e.g. train.lr=10), got {text!r}")
+    return section, key, value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    """Read a TOML recipe (or the defaults when ``path`` is None) and apply ``--set`` overrides."""
+    values: dict = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            values = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist; pick one from configs/") from None
+        except (UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
+            raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
+    for text in overrides:
+        section, key, value = parse_override(text)
+        if section:
+            table = values.setdefault(section, {})
+            if not isinstance(table, dict):
+                raise ConfigError(f"config section [{section}] must be a table")
+            table[key] = value
+        else:
+            values[key] = value
+    return config_from_dict(values)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def to_toml(config: Config) -> str:
+    """The resolved config as a TOML recipe that ``load_config`` reads back to an equal Config."""
+    data = config_to_dict(config)
+    lines = [f"name = {_toml_value(data.pop('name'))}"]
+    for section, values in data.items():
+        lines.append(f"\n[{section}]")
+        lines.extend(f"{key} = {_toml_value(value)}" for key, value in values.items())
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,74 @@
+"""Config: TOML recipes <-> dataclasses, overrides, and one-line errors for bad keys and values."""
+
+import pytest
+
+from qrnn_lm.config import (
+    Config,
+    ConfigError,
+    UserError,
+    config_from_dict,
+    load_config,
+    parse_override,
+    to_toml,
+)
+
+
+def test_defaults_without_a_file():
+    config = load_config(None)
+    assert config == Config()
+
+
+def test_toml_round_trip(tmp_path):
+    config = load_config(None, ["train.lr_decay_epochs=[3, 7]", "model.zoneout=0.1", "name=\"x y\""])
+    path = tmp_path / "c.toml"
+    path.write_text(to_toml(config))
+    assert load_config(path) == config
+
+
+def test_cli_overrides_win_over_the_file(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text("[train]\nlr = 5.0\nseed = 3\n")
+    config = load_config(path, ["train.lr=7"])
+    assert config.train.lr == 7.0 and isinstance(config.train.lr, float)
+    assert config.train.seed == 3
+
+
+def test_bare_string_override():
+    assert parse_override("data.dataset=wikitext-2") == ("data", "dataset", "wikitext-2")
+    assert load_config(None, ["data.dataset=wikitext-2"]).data.dataset == "wikitext-2"
+
+
+def test_unknown_key_names_the_valid_ones():
+    with pytest.raises(ConfigError, match=r"unknown config key 'train.lrr'.*lr,"):
+        config_from_dict({"train": {"lrr": 1}})
+    with pytest.raises(ConfigError, match="valid top-level keys"):
+        config_from_dict({"optim": {}})
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.epochs=1.5", "must be int"),
+        ("train.asgd=1", "must be bool"),
+        ("model.tie_weights=\"yes\"", "must be bool"),
+        ("train.lr=-1", "must be > 0"),
+        ("model.zoneout=1.0", r"must be in \[0, 1\)"),
+        ("train.optimizer=rmsprop", "'sgd' or 'adam'"),
+        ("train.lr_decay_epochs=[1.5]", "must be list"),
+        ("nodot=3", "section.key=value"),
+        ("novalue", "section.key=value"),
+    ],
+)
+def test_bad_values_are_one_line_errors(override, message):
+    with pytest.raises(ConfigError, match=message) as info:
+        load_config(None, [override])
+    assert "\n" not in str(info.value)
+
+
+def test_file_errors_are_user_errors(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        load_config(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[train\nlr = ")
+    with pytest.raises(UserError, match="not valid TOML"):
+        load_config(bad)
