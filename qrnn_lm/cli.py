@@ -1,0 +1,328 @@
+"""The ``qrnn-lm`` command line: ``train``, ``eval`` and ``generate``.
+
+A thin typer app: each command parses and checks its options, then calls one library function
+(``train.train``, ``evaluate.evaluate_checkpoint``, ``generate.generate``). torch and the engine are
+imported inside the commands, so ``qrnn-lm --help`` is instant.
+
+Exit codes: 0 success; 1 a problem the user can fix (any ``qrnn_lm.config.UserError``), printed as
+one ``error: ...`` line on stderr, never a traceback; 2 a malformed command line (typer's usage
+message, e.g. ``--tokens abc``); 130 interrupted with Ctrl-C (128 + SIGINT, the shell convention).
+Other sub-apps (``bench``) are added with ``app.add_typer``.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from contextlib import contextmanager
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .config import UserError
+
+EXIT_USER_ERROR = 1
+EXIT_INTERRUPTED = 130
+
+app = typer.Typer(
+    name="qrnn-lm",
+    no_args_is_help=True,
+    help="Train, evaluate and sample QRNN language models (Penn Treebank, WikiText or your own text).",
+)
+
+
+class Dataset(str, Enum):
+    """The named corpora (``qrnn_lm.data.DATASETS``); ``--data`` also takes a folder."""
+
+    ptb = "ptb"
+    wikitext_2 = "wikitext-2"
+    wikitext_103 = "wikitext-103"
+
+
+class Device(str, Enum):
+    auto = "auto"  # CUDA when available, else CPU
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Split(str, Enum):
+    valid = "valid"
+    test = "test"
+
+
+def _complete_dataset(incomplete: str) -> list[str]:
+    return [item.value for item in Dataset if item.value.startswith(incomplete)]
+
+
+# Options shared by several commands.
+DataOption = Annotated[
+    Optional[str],
+    typer.Option(
+        "--data",
+        metavar="NAME|PATH",
+        help="ptb, wikitext-2, wikitext-103 (downloaded when missing) or a folder holding train.txt, valid.txt, test.txt.",
+        autocompletion=_complete_dataset,
+    ),
+]
+DataDirOption = Annotated[
+    Optional[Path],
+    typer.Option("--data-dir", metavar="DIR", help="Where named datasets live (default: $QRNN_LM_DATA, else ./data)."),
+]
+DeviceOption = Annotated[Device, typer.Option("--device", help="auto picks CUDA when available.", case_sensitive=False)]
+ProgressOption = Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")]
+
+
+def _one_line(message: str) -> str:
+    return " ".join(part.strip() for part in str(message).splitlines() if part.strip())
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.echo(f"error: {_one_line(message)}", err=True)
+    return typer.Exit(EXIT_USER_ERROR)
+
+
+@contextmanager
+def _user_errors():
+    """Turn a UserError into ``error: <one line>`` + exit 1, and Ctrl-C into exit 130."""
+    try:
+        yield
+    except UserError as error:
+        raise _fail(str(error)) from None
+    except KeyboardInterrupt:
+        typer.echo("\ninterrupted", err=True)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+
+
+def _check_data(data: str | None) -> None:
+    """Fail fast (before torch loads) on a --data that is neither a known name nor a folder."""
+    if data is None or data in {item.value for item in Dataset} or Path(data).is_dir():
+        return
+    names = ", ".join(item.value for item in Dataset)
+    raise _fail(f"unknown dataset or missing folder '{data}': use {names} or a folder holding train.txt, valid.txt, test.txt")
+
+
+def _recipe_dir() -> Path | None:
+    """The recipes folder: ``qrnn_lm/configs`` when shipped inside the package, else ``configs/``
+    beside the package in a source checkout (where ``pip install -e .`` leaves it)."""
+    here = Path(__file__).resolve().parent
+    for folder in (here / "configs", here.parent / "configs"):
+        if folder.is_dir():
+            return folder
+    return None
+
+
+def _checkpoint_file(path: Path, default_name: str) -> Path:
+    """A run folder stands for its ``default_name`` checkpoint (best.pt to use, last.pt to resume)."""
+    return path / default_name if path.is_dir() else path
+
+
+def _train_config(data: str | None, config_file: Path | None, overrides: list[str], resumed: dict | None):
+    """Resolve the run's Config.
+
+    Base: the ``--config`` file; else, when resuming, the checkpoint's own config (so a resumed run
+    continues exactly); else the recipe ``configs/<data>.toml`` for a named dataset; else the
+    defaults (named after the data). On top: ``--data``, then each ``--set`` in order.
+    """
+    from .config import load_config
+
+    overrides = list(overrides)
+    if data is not None:
+        overrides.insert(0, f"data.dataset={_toml_string(data)}")
+    if config_file is None and resumed is not None:
+        return _config_with_overrides(resumed, overrides)
+    if config_file is None and data is not None:
+        recipes = _recipe_dir()
+        recipe = recipes / f"{data}.toml" if recipes is not None and data in {d.value for d in Dataset} else None
+        if recipe is not None and recipe.is_file():
+            config_file = recipe
+        else:
+            overrides.insert(0, f"name={_toml_string(Path(data).name or data)}")
+    return load_config(config_file, overrides)
+
+
+def _config_with_overrides(values: dict, overrides: list[str]):
+    """Apply ``section.key=value`` overrides to a config dict (a checkpoint's) and validate it."""
+    import copy
+
+    from .config import config_from_dict, parse_override
+
+    values = copy.deepcopy(values)
+    for text in overrides:
+        section, key, value = parse_override(text)
+        table = values.setdefault(section, {}) if section else values
+        table[key] = value
+    return config_from_dict(values)
+
+
+def _toml_string(text: str) -> str:
+    """``text`` as a TOML string literal (``--set`` values are read as TOML)."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+@app.command()
+def train(
+    data: DataOption = None,
+    config: Annotated[
+        Optional[Path],
+        typer.Option("--config", "-c", metavar="FILE", help="TOML recipe (default: configs/<data>.toml when it exists)."),
+    ] = None,
+    set_: Annotated[
+        Optional[list[str]],
+        typer.Option("--set", "-s", metavar="SECTION.KEY=VALUE", help="Override one config value (repeatable), e.g. --set train.lr=10."),
+    ] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", metavar="DIR", help="Run folder (default: runs/<name>); a resumed run keeps its folder.")] = None,
+    device: DeviceOption = Device.auto,
+    resume: Annotated[
+        Optional[Path],
+        typer.Option("--resume", metavar="DIR|CHECKPOINT", help="Continue an interrupted run (a run folder means its last.pt)."),
+    ] = None,
+    max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="Stop after N optimizer steps (= --set train.max_steps=N).")] = None,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", help="Train for N epochs (= --set train.epochs=N).")] = None,
+    data_dir: DataDirOption = None,
+    progress: ProgressOption = True,
+):
+    """Train a QRNN language model; checkpoints, TensorBoard logs and results.json go to the run folder.
+
+    Example: qrnn-lm train --data ptb --config configs/ptb-small.toml
+    """
+    overrides = list(set_ or [])
+    if max_steps is not None:
+        overrides.append(f"train.max_steps={max_steps}")
+    if epochs is not None:
+        overrides.append(f"train.epochs={epochs}")
+    if data is None and config is None and resume is None:
+        raise _fail("say what to train on: --data ptb|wikitext-2|wikitext-103|PATH, or --config FILE, or --resume DIR")
+    _check_data(data)
+    with _user_errors():
+        from .checkpoint import load_checkpoint
+
+        resumed = None
+        if resume is not None:
+            resume = _checkpoint_file(resume, "last.pt")
+            resumed = load_checkpoint(resume)["config"]  # also fails early on a bad checkpoint
+        run_config = _train_config(data, config, overrides, resumed)
+        out = out if out is not None else resume.parent if resume is not None else Path("runs") / run_config.name
+        _run_training(run_config, out, device.value, resume, data_dir, progress)
+
+
+def _run_training(run_config, out: Path, device: str, resume: Path | None, data_dir: Path | None, progress: bool) -> None:
+    from .train import train as train_model
+
+    try:
+        results = train_model(run_config, out, device=device, resume=resume, data_dir=data_dir, progress=progress)
+    except KeyboardInterrupt:
+        _report_interrupt(out, device, data_dir)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    typer.echo(_format_results(results, out))
+
+
+def _report_interrupt(out: Path, device: str, data_dir: Path | None) -> None:
+    last = out / "last.pt"
+    if not last.is_file():
+        typer.echo(f"\ninterrupted before the first checkpoint; nothing saved in {out}", err=True)
+        return
+    command = ["qrnn-lm", "train", "--resume", str(out)]
+    if device != "auto":
+        command += ["--device", device]
+    if data_dir is not None:
+        command += ["--data-dir", str(data_dir)]
+    typer.echo(f"\ninterrupted: the resumable checkpoint is {last}", err=True)
+    typer.echo(f"resume with: {shlex.join(command)}", err=True)
+
+
+def _format_results(results: dict, out: Path) -> str:
+    lines = [f"done: run folder {out}"]
+    for key in ("best_val_ppl", "val_ppl", "test_ppl"):
+        if isinstance(results.get(key), (int, float)):
+            lines.append(f"  {key.replace('_', ' ')}: {results[key]:.2f}")
+    return "\n".join(lines)
+
+
+@app.command("eval")
+def evaluate(
+    checkpoint: Annotated[Path, typer.Argument(metavar="CHECKPOINT", help="A .pt file, or a run folder (its best.pt).")],
+    split: Annotated[Split, typer.Option("--split", help="Which split to score.")] = Split.test,
+    data: DataOption = None,
+    data_dir: DataDirOption = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Parallel streams: 1 is the exact literature number, more is faster.")] = 1,
+    device: DeviceOption = Device.auto,
+    progress: ProgressOption = True,
+):
+    """Print a checkpoint's loss and perplexity on a split (by default of the data it was trained on).
+
+    Example: qrnn-lm eval runs/ptb-small/best.pt --split test
+    """
+    if batch_size < 1:
+        raise _fail(f"--batch-size must be >= 1, got {batch_size}")
+    _check_data(data)
+    with _user_errors():
+        from .evaluate import evaluate_checkpoint
+
+        result = evaluate_checkpoint(
+            _checkpoint_file(checkpoint, "best.pt"),
+            split=split.value,
+            data=data,
+            data_dir=data_dir,
+            batch_size=batch_size,
+            device=device.value,
+            progress=progress,
+        )
+        typer.echo(
+            f"{result['dataset']} {result['split']}: loss {result['loss']:.4f}  "
+            f"ppl {result['ppl']:.2f}  ({result['tokens']:,} tokens)"
+        )
+
+
+@app.command()
+def generate(
+    checkpoint: Annotated[Path, typer.Argument(metavar="CHECKPOINT", help="A .pt file, or a run folder (its best.pt).")],
+    prompt: Annotated[Optional[str], typer.Option("--prompt", "-p", help="Text to continue (default: start a new line).")] = None,
+    tokens: Annotated[int, typer.Option("--tokens", "-n", help="How many tokens to sample.")] = 100,
+    temperature: Annotated[float, typer.Option("--temperature", "-t", help="> 0; below 1 is more conservative.")] = 1.0,
+    top_k: Annotated[int, typer.Option("--top-k", help="Sample among the K most likely tokens; 0 keeps all.")] = 0,
+    top_p: Annotated[float, typer.Option("--top-p", help="Sample among the most likely tokens holding this probability mass; in (0, 1].")] = 1.0,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Same seed, same text (default: random).")] = None,
+    device: DeviceOption = Device.auto,
+):
+    """Stream sampled text from a checkpoint to stdout (needs no data files; <eos> prints as a newline).
+
+    Example: qrnn-lm generate runs/ptb-small/best.pt --prompt "the company said" --tokens 50 --top-p 0.9
+    """
+    with _user_errors():
+        from .generate import check_sampling
+
+        check_sampling(num_tokens=tokens, temperature=temperature, top_k=top_k, top_p=top_p)  # before the slow load
+        _stream_sample(_checkpoint_file(checkpoint, "best.pt"), prompt, tokens, temperature, top_k, top_p, seed, device.value)
+
+
+def _stream_sample(path, prompt, tokens, temperature, top_k, top_p, seed, device) -> None:
+    from .checkpoint import load_checkpoint, model_from_checkpoint
+    from .generate import encode_prompt
+    from .generate import generate as sample
+    from .generate import render
+
+    model, vocab, _ = model_from_checkpoint(load_checkpoint(path), device=device)
+    encoded = encode_prompt(vocab, prompt)
+    if encoded.unknown:
+        words = ", ".join(dict.fromkeys(encoded.unknown))
+        typer.echo(f"warning: not in the vocabulary, read as <unk>: {words}", err=True)
+    if prompt is not None:
+        typer.echo(" ".join(prompt.split()), nl=False)
+    ended_with_newline = prompt is None
+    stream = sample(model, vocab, prompt, num_tokens=tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    try:
+        for piece in render(stream, first=prompt is None):
+            typer.echo(piece, nl=False)  # click's echo flushes: text appears as it is sampled
+            ended_with_newline = piece == "\n"
+        if not ended_with_newline:
+            typer.echo()
+    except BrokenPipeError:  # e.g. `qrnn-lm generate ... | head`: stop quietly
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - Python flushes stdout again at exit
+
+
+def main() -> None:
+    """Entry point of the ``qrnn-lm`` script and ``python -m qrnn_lm``."""
+    app(prog_name="qrnn-lm")
