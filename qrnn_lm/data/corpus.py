@@ -1,0 +1,253 @@
+"""Reading a folder of train/valid/test text into token-id tensors, with an on-disk cache.
+
+Files are read as UTF-8 in chunks of whole lines and tokenised at C speed (one ``str.split`` per
+chunk, ``dict`` lookups through ``map``), so WikiText-103 never becomes a Python list of 100M
+tokens. The result is cached next to the data (or in the user cache folder when the data folder is
+read-only), keyed by the files' sha256, so large corpora are tokenised once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .errors import DataError
+from .registry import SPLIT_FILES
+from .vocab import EOS, UNK, Vocab
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1  # bump when the cached content or the tokenisation rule changes
+CACHE_PREFIX = ".qrnn_lm_cache-"
+_CHUNK_BYTES = 8 << 20  # read about 8 MiB of whole lines at a time
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def user_cache_dir() -> Path:
+    """Where caches go when the data folder is read-only: ``$XDG_CACHE_HOME/qrnn_lm``."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "qrnn_lm"
+
+
+def _read_text_chunks(path: Path, progress: bool):
+    """Yield the file's text in chunks of whole lines, newlines normalised to ``\\n``.
+
+    Line breaks follow Python's text mode (``\\r\\n`` and a lone ``\\r`` end a line too), so the
+    tokens equal ``tokenize_line`` applied to every line of ``open(path, encoding="utf-8")``.
+    """
+    first_line = 1
+    with open(path, "rb") as f, tqdm(
+        total=path.stat().st_size, unit="B", unit_scale=True, desc=f"tokenising {path.name}",
+        disable=not progress, leave=False,
+    ) as bar:
+        while lines := f.readlines(_CHUNK_BYTES):
+            raw = b"".join(lines)
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                _raise_not_utf8(path, lines, first_line)
+            yield text.replace("\r\n", "\n").replace("\r", "\n")
+            bar.update(len(raw))
+            first_line += len(lines)
+
+
+def _raise_not_utf8(path: Path, lines: list[bytes], first_line: int):
+    for offset, line in enumerate(lines):
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError as error:
+            bad = line[error.start : error.start + 4]
+            raise DataError(
+                f"{path} line {first_line + offset} is not valid UTF-8 (bytes {bad!r} at column "
+                f"{error.start + 1}); convert the file to UTF-8, e.g. iconv -f latin1 -t utf-8"
+            ) from None
+    raise AssertionError("unreachable: the chunk failed to decode but no line did")
+
+
+def _encode_file(path: Path, stoi: dict[str, int], progress: bool) -> np.ndarray:
+    """Token ids of one file as int32 ``[N]``; new tokens are appended to ``stoi`` in order of
+    first appearance."""
+    chunks = []
+    for text in _read_text_chunks(path, progress):
+        tokens = text.replace("\n", f" {EOS} ").split()
+        if text and not text.endswith("\n"):
+            tokens.append(EOS)  # the last line has no newline but is still a line
+        for token in dict.fromkeys(tokens):  # distinct tokens of the chunk, in order
+            if token not in stoi:
+                stoi[token] = len(stoi)
+        chunks.append(np.fromiter(map(stoi.__getitem__, tokens), dtype=np.int32, count=len(tokens)))
+    ids = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int32)
+    eos = stoi.get(EOS)
+    if ids.size == 0 or not (ids != eos).any():
+        raise DataError(f"{path} is empty (it holds no words); put text in it or use another folder")
+    return ids
+
+
+def _build(folder: Path, progress: bool) -> dict:
+    """Tokenise the three files with one vocabulary over all of them (train's tokens first)."""
+    stoi: dict[str, int] = {}
+    splits = {}
+    num_train_tokens = 0
+    for name in SPLIT_FILES:
+        splits[name] = torch.from_numpy(_encode_file(folder / name, stoi, progress))
+        if name == "train.txt":
+            num_train_tokens = len(stoi)
+    return {"vocab": list(stoi), "num_train_tokens": num_train_tokens, "splits": splits}
+
+
+def _cache_name(checksums: dict[str, str]) -> str:
+    key = json.dumps({"format": CACHE_FORMAT, "files": checksums}, sort_keys=True)
+    return f"{CACHE_PREFIX}{hashlib.sha256(key.encode()).hexdigest()[:20]}.pt"
+
+
+def _load_cache(path: Path, checksums: dict[str, str]) -> dict | None:
+    """The cached build, or None when it is missing, corrupt or stale (never raises)."""
+    if not path.is_file():
+        return None
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        _expect(payload["format"] == CACHE_FORMAT, "another cache format")
+        _expect(payload["checksums"] == checksums, "made from other files")
+        vocab = payload["vocab"]
+        _expect(isinstance(vocab, list) and all(isinstance(t, str) for t in vocab), "bad vocabulary")
+        _expect(0 < payload["num_train_tokens"] <= len(vocab), "bad train vocabulary size")
+        _expect(set(payload["splits"]) == set(SPLIT_FILES), "missing splits")
+        for ids in payload["splits"].values():
+            _expect(ids.dtype == torch.int32 and ids.dim() == 1 and ids.numel() > 0, "bad tensor")
+            _expect(0 <= int(ids.min()) and int(ids.max()) < len(vocab), "ids out of range")
+        return payload
+    except Exception as error:  # any damage means "rebuild", never a crash
+        log.warning("ignoring unreadable data cache %s (%s: %s); rebuilding it", path, type(error).__name__, error)
+        return None
+
+
+def _expect(condition: bool, problem: str) -> None:
+    if not condition:
+        raise ValueError(problem)
+
+
+def _save_cache(directories: list[Path], name: str, payload: dict) -> Path | None:
+    """Write atomically to the first writable directory; None when none is (never raises)."""
+    for directory in directories:
+        tmp = None
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=directory, prefix=CACHE_PREFIX, suffix=".tmp")
+            with os.fdopen(fd, "wb") as f:
+                torch.save(payload, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, directory / name)
+            return directory / name
+        except OSError as error:
+            log.debug("cannot write the data cache in %s: %s", directory, error)
+            if tmp is not None and os.path.exists(tmp):
+                os.unlink(tmp)
+    log.info("no writable folder for the data cache; the data will be tokenised again next time")
+    return None
+
+
+@dataclass
+class Corpus:
+    """A tokenised corpus: ``train``/``valid``/``test`` are 1-D int64 token-id tensors ``[N]``."""
+
+    vocab: Vocab
+    train: torch.Tensor
+    valid: torch.Tensor
+    test: torch.Tensor
+    checksums: dict[str, str] = field(default_factory=dict)  # sha256 per file name ("train.txt")
+    folder: Path | None = None
+
+    @classmethod
+    def load(
+        cls,
+        folder: str | os.PathLike,
+        vocab: Vocab | None = None,
+        *,
+        progress: bool = False,
+        cache: bool = True,
+        cache_dir: str | os.PathLike | None = None,
+    ) -> Corpus:
+        """Read ``folder/{train,valid,test}.txt``.
+
+        Without ``vocab`` the vocabulary is train's tokens in order of first appearance (as
+        awd-lstm-lm); words of valid/test missing from train map to ``<unk>``, which is appended
+        to the vocabulary if train lacks it. With ``vocab`` (a checkpoint's), every word absent
+        from it maps to its ``<unk>``; without ``<unk>`` that is a :class:`DataError`.
+
+        The tokenised files are cached as ``<folder>/.qrnn_lm_cache-<key>.pt`` (or in ``cache_dir``;
+        in ``$XDG_CACHE_HOME/qrnn_lm`` when the folder is read-only), keyed by the files' sha256;
+        ``cache=False`` neither reads nor writes it.
+
+        Raises :class:`DataError` for a missing folder or file, an empty file or non-UTF-8 bytes.
+        """
+        folder = Path(folder).expanduser()
+        missing = [name for name in SPLIT_FILES if not (folder / name).is_file()]
+        if missing:
+            raise DataError(
+                f"{', '.join(missing)} missing in {folder.absolute()}; a data folder must hold "
+                f"{', '.join(SPLIT_FILES)} (plain UTF-8 text, tokens separated by spaces)"
+            )
+        checksums = {name: file_sha256(folder / name) for name in SPLIT_FILES}
+        directories = [Path(cache_dir)] if cache_dir is not None else [folder, user_cache_dir()]
+        name = _cache_name(checksums)
+        payload = None
+        if cache:
+            payload = next(filter(None, (_load_cache(d / name, checksums) for d in directories)), None)
+        if payload is None:
+            payload = _build(folder, progress)
+            if cache:
+                _save_cache(directories, name, {"format": CACHE_FORMAT, "checksums": checksums, **payload})
+        splits = {key: ids.long() for key, ids in payload["splits"].items()}
+        full = payload["vocab"]
+        if vocab is None:
+            vocab = _train_vocab(full, payload["num_train_tokens"], splits)
+        elif vocab.itos != full:
+            for key in SPLIT_FILES:
+                splits[key] = _remap(splits[key], full, vocab, folder / key)
+        return cls(vocab, splits["train.txt"], splits["valid.txt"], splits["test.txt"], checksums, folder)
+
+
+def _train_vocab(full: list[str], num_train: int, splits: dict[str, torch.Tensor]) -> Vocab:
+    """Train's vocabulary; valid/test words outside it (ids >= num_train) become <unk>."""
+    tokens = full[:num_train]
+    if num_train == len(full):
+        return Vocab(tokens)
+    if UNK not in tokens:
+        log.warning("valid/test hold words that train.txt lacks; they map to %s, added to the vocabulary", UNK)
+        tokens.append(UNK)
+    vocab = Vocab(tokens)
+    for key in ("valid.txt", "test.txt"):
+        ids = splits[key]
+        splits[key] = torch.where(ids >= num_train, vocab.unk_index, ids)
+    return vocab
+
+
+def _remap(ids: torch.Tensor, old: list[str], vocab: Vocab, path: Path) -> torch.Tensor:
+    """Re-index ``ids`` (over the ``old`` token list) into ``vocab``; unknown words -> its <unk>."""
+    fill = -1 if vocab.unk_index is None else vocab.unk_index
+    table = torch.tensor([vocab.stoi.get(token, fill) for token in old], dtype=torch.long)
+    mapped = table[ids]
+    if fill == -1 and (mapped < 0).any():
+        token = old[int(ids[int((mapped < 0).nonzero()[0])])]
+        raise DataError(
+            f"{path} holds the word {token!r}, which the given vocabulary (e.g. the checkpoint's) "
+            f"lacks and it has no {UNK} to stand for it; use data with the training vocabulary"
+        )
+    return mapped
