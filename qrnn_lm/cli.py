@@ -49,6 +49,7 @@ class Device(str, Enum):
 
 
 class Split(str, Enum):
+    train = "train"
     valid = "valid"
     test = "test"
 
@@ -197,10 +198,10 @@ def train(
         raise _fail("say what to train on: --data ptb|wikitext-2|wikitext-103|PATH, or --config FILE, or --resume DIR")
     _check_data(data)
     with _user_errors():
-        from .checkpoint import load_checkpoint
-
         resumed = None
         if resume is not None:
+            from .checkpoint import load_checkpoint
+
             resume = _checkpoint_file(resume, "last.pt")
             resumed = load_checkpoint(resume)["config"]  # also fails early on a bad checkpoint
         run_config = _train_config(data, config, overrides, resumed)
@@ -300,11 +301,12 @@ def generate(
 
 def _stream_sample(path, prompt, tokens, temperature, top_k, top_p, seed, device) -> None:
     from .checkpoint import load_checkpoint, model_from_checkpoint
+    from .evaluate import resolve_device
     from .generate import encode_prompt
     from .generate import generate as sample
     from .generate import render
 
-    model, vocab, _ = model_from_checkpoint(load_checkpoint(path), device=device)
+    model, vocab, _ = model_from_checkpoint(load_checkpoint(path), device=resolve_device(device))
     encoded = encode_prompt(vocab, prompt)
     if encoded.unknown:
         words = ", ".join(dict.fromkeys(encoded.unknown))
