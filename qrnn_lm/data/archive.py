@@ -121,8 +121,8 @@ def _extract_zip(archive: Path, by_member: dict[str, str], take) -> None:
                 continue
             if names.count(name) > 1:
                 raise UnsafeArchive(f"member {info.filename!r} appears twice")
-            mode = info.external_attr >> 16  # Unix mode bits, 0 when the zip was made elsewhere
-            if info.is_dir() or (mode and not stat.S_ISREG(mode)):
+            file_type = stat.S_IFMT(info.external_attr >> 16)  # Unix type bits; 0 if not recorded
+            if info.is_dir() or file_type not in (0, stat.S_IFREG):
                 raise UnsafeArchive(f"member {info.filename!r} is not a regular file (link, device or folder)")
             with zf.open(info) as reader:
                 take(target, reader)
