@@ -99,7 +99,7 @@ def _user_errors():
 
 def _check_data(data: str | None) -> None:
     """Fail fast (before torch loads) on a --data that is neither a known name nor a folder."""
-    if data is None or data in {item.value for item in Dataset} or Path(data).is_dir():
+    if data is None or data in {item.value for item in Dataset} or Path(data).expanduser().is_dir():
         return
     names = ", ".join(item.value for item in Dataset)
     raise _fail(f"unknown dataset or missing folder '{data}': use {names} or a folder holding train.txt, valid.txt, test.txt")
@@ -235,11 +235,14 @@ def _report_interrupt(out: Path, device: str, data_dir: Path | None) -> None:
 
 
 def _format_results(results: dict, out: Path) -> str:
-    lines = [f"done: run folder {out}"]
-    for key in ("best_val_ppl", "val_ppl", "test_ppl"):
+    """One summary line from train()'s results dict (keys as in results.json)."""
+    line = f"done ({results.get('status', 'finished')}) after {results.get('steps', '?')} steps"
+    if isinstance(results.get("seconds"), (int, float)):
+        line += f" in {results['seconds']:.0f} s"
+    for key, label in (("best_val_ppl", "best valid ppl"), ("test_ppl", "test ppl")):
         if isinstance(results.get(key), (int, float)):
-            lines.append(f"  {key.replace('_', ' ')}: {results[key]:.2f}")
-    return "\n".join(lines)
+            line += f", {label} {results[key]:.2f}"
+    return f"{line}; run folder {out}"
 
 
 @app.command("eval")
