@@ -17,10 +17,13 @@ RANKS = {
     "qrnn": 2,
     "data": 1,
     "model": 3,
-    "checkpoint": 4, "evaluate": 4, "generate": 4,
+    "checkpoint": 4, "generate": 4,
+    "nt_asgd": 4, "train_state": 4, "train_step": 4,  # leaves of the training engine
+    "evaluate": 5,  # evaluate_checkpoint reads checkpoints
+    "train_setup": 5,
     "bench": 5,
-    "train": 5,
-    "cli": 6, "__main__": 7,
+    "train": 6,
+    "cli": 7, "__main__": 8,
 }
 LEAVES = {"config", "metrics", "distributed"}
 

@@ -1,0 +1,138 @@
+"""One training step and the pieces around it: segment slicing, the regularised loss, a meter.
+
+Kept apart from the loop so a distributed trainer can reuse them unchanged: ``next_segment`` works
+on whatever ``[N, B]`` stream it is given (a rank's share of the columns), ``train_step`` runs
+forward, backward and clipping but leaves the optimiser step (and the learning-rate rescaling) to
+the caller.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import DataConfig, TrainConfig, UserError
+from .data import get_batch, sample_seq_len
+
+__all__ = ["TrainingError", "StepResult", "next_segment", "regularized_loss", "train_step", "Meter"]
+
+
+class TrainingError(UserError):
+    """Training cannot go on, e.g. the loss became NaN or infinite."""
+
+
+@dataclass
+class StepResult:
+    loss: float  # the step's cross-entropy (nats per token), without AR/TAR
+    grad_norm: float  # total gradient norm before clipping
+    hidden: list[torch.Tensor]  # the new hidden state, detached from the graph
+
+
+def next_segment(
+    source: torch.Tensor, position: int, data: DataConfig, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The next BPTT segment of ``source`` ``[N, B]`` starting at time step ``position``.
+
+    The length is drawn from ``generator`` (awd's variable BPTT) when ``data.variable_bptt``, else
+    ``data.bptt``; it is cut at the end of the stream. Returns ``(inputs, targets)``, ``[L, B]`` each.
+    """
+    seq_len = sample_seq_len(data.bptt, generator) if data.variable_bptt else data.bptt
+    return get_batch(source, position, seq_len)
+
+
+def regularized_loss(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    raw_output: torch.Tensor,
+    dropped_output: torch.Tensor,
+    alpha: float,
+    beta: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(cross_entropy, cross_entropy + AR + TAR)``.
+
+    AR = ``alpha * mean(dropped_output ** 2)`` (activation regularisation on the last layer's
+    dropped output); TAR = ``beta * mean((raw_output[t] - raw_output[t-1]) ** 2)`` (temporal
+    activation regularisation on its raw output; skipped for a one-step segment).
+    Shapes: logits ``[T, B, V]``, targets ``[T, B]``, outputs ``[T, B, E]``.
+    """
+    cross_entropy = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1))
+    loss = cross_entropy
+    if alpha:
+        loss = loss + alpha * dropped_output.float().pow(2).mean()
+    if beta and raw_output.size(0) > 1:
+        loss = loss + beta * (raw_output[1:] - raw_output[:-1]).float().pow(2).mean()
+    return cross_entropy, loss
+
+
+def train_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    hidden: list[torch.Tensor] | None,
+    train: TrainConfig,
+    where: str = "",
+) -> StepResult:
+    """Forward, regularised loss, backward and gradient clipping on one segment (no optimiser step).
+
+    Raises :class:`TrainingError` when the loss or the gradient norm is not finite; nothing has
+    been applied to the weights then.
+    """
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    logits, new_hidden, raw_output, dropped_output = model(inputs, hidden)
+    cross_entropy, loss = regularized_loss(logits, targets, raw_output, dropped_output, train.alpha, train.beta)
+    loss_value = cross_entropy.item()
+    if not math.isfinite(loss_value) or not math.isfinite(loss.item()):
+        raise TrainingError(
+            f"the training loss became {loss_value} {where}; lower train.lr (or train.clip) and "
+            "resume from the run's last.pt, which is kept as it was"
+        )
+    loss.backward()
+    max_norm = train.clip if train.clip > 0 else math.inf
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
+    if not math.isfinite(grad_norm):
+        raise TrainingError(
+            f"the gradient norm became {grad_norm} {where}; lower train.lr (or train.clip) and "
+            "resume from the run's last.pt, which is kept as it was"
+        )
+    return StepResult(loss_value, grad_norm, [h.detach() for h in new_hidden])
+
+
+class Meter:
+    """Averages of the training metrics between two log points."""
+
+    def __init__(self):
+        self._reset()
+
+    def _reset(self) -> None:
+        self.loss_sum = 0.0
+        self.grad_norm_sum = 0.0
+        self.steps = 0
+        self.tokens = 0
+        self.started = time.perf_counter()
+
+    def add(self, loss: float, grad_norm: float, tokens: int) -> None:
+        self.loss_sum += loss * tokens
+        self.grad_norm_sum += grad_norm
+        self.steps += 1
+        self.tokens += tokens
+
+    def flush(self, lr: float) -> dict[str, float]:
+        """``train/loss``, ``train/ppl``, ``lr``, ``grad_norm``, ``tokens_per_s`` since the last flush."""
+        loss = self.loss_sum / max(self.tokens, 1)
+        seconds = max(time.perf_counter() - self.started, 1e-9)
+        metrics = {
+            "train/loss": loss,
+            "train/ppl": math.exp(min(loss, 700.0)),
+            "lr": lr,
+            "grad_norm": self.grad_norm_sum / max(self.steps, 1),
+            "tokens_per_s": self.tokens / seconds,
+        }
+        self._reset()
+        return metrics
