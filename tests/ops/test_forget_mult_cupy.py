@@ -110,7 +110,10 @@ def nvrtc_compile(arch: str) -> tuple[bytes, bool]:
     nvrtc.nvrtcGetProgramLog(program, log)
     assert err == nvrtc.nvrtcResult.NVRTC_SUCCESS, log.decode(errors="replace")
     is_ptx = arch.startswith("compute_")
-    get_size, get = (nvrtc.nvrtcGetPTXSize, nvrtc.nvrtcGetPTX) if is_ptx else (nvrtc.nvrtcGetCUBINSize, nvrtc.nvrtcGetCUBIN)
+    if is_ptx:
+        get_size, get = nvrtc.nvrtcGetPTXSize, nvrtc.nvrtcGetPTX
+    else:
+        get_size, get = nvrtc.nvrtcGetCUBINSize, nvrtc.nvrtcGetCUBIN
     _, size = get_size(program)
     output = b" " * size
     get(program, output)
@@ -253,7 +256,7 @@ def test_bad_arguments_raise_value_error(host_launch, change, message):
     change(tensors)
     h = torch.empty(4, 2, 3)
     with pytest.raises(ValueError, match=message):
-        cupy_backend.launch_forward(host_launch, tensors["f"], tensors["x"], tensors["h0"], tensors["lengths"], False, h)
+        cupy_backend.launch_forward(host_launch, reverse=False, h=h, **tensors)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -261,7 +264,7 @@ def test_bad_arguments_raise_value_error(host_launch, change, message):
 
 needs_gpu_and_cupy = pytest.mark.skipif(
     not (cupy_backend.HAS_CUPY and torch.cuda.is_available()),
-    reason=f"needs a CUDA GPU and CuPy ({cupy_backend.UNAVAILABLE_REASON or 'no CUDA device'})",
+    reason=f"needs a CUDA GPU and CuPy ({cupy_backend.IMPORT_ERROR or 'no CUDA device'})",
 )
 
 
@@ -271,7 +274,7 @@ needs_gpu_and_cupy = pytest.mark.skipif(
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"T{c[0]}-B{c[1]}-H{c[2]}-len{c[3]}")
 def test_gpu_kernels_match_reference(case, reverse, dtype):
     f, x, h0, grad_h, lengths = make_inputs(*case, dtype, device="cuda")
-    got = run_kernels(cupy_backend._launch_on_cuda, f, x, h0, lengths, reverse, grad_h)
+    got = run_kernels(cupy_backend.launch_on_cuda, f, x, h0, lengths, reverse, grad_h)
     assert_matches_reference(got, reference(f, x, h0, lengths, reverse, grad_h), dtype)
 
 
@@ -306,9 +309,16 @@ def reload_backend(monkeypatch):
     importlib.reload(cupy_backend)
 
 
-def _fake_cupy(runtime_version: int) -> types.ModuleType:
+def _fake_cupy(runtime_version: int | None) -> types.ModuleType:
+    """A stand-in for CuPy whose CUDA runtime has ``runtime_version`` (None: fails to load)."""
+
+    def runtime_get_version():
+        if runtime_version is None:
+            raise RuntimeError("=====\nCUDA runtime libcudart.so.13 not found\n=====")
+        return runtime_version
+
     fake = types.ModuleType("cupy")
-    fake.cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(runtimeGetVersion=lambda: runtime_version))
+    fake.cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(runtimeGetVersion=runtime_get_version))
     return fake
 
 
@@ -317,21 +327,28 @@ def _fake_cupy(runtime_version: int) -> types.ModuleType:
     [
         ("13.0", None, "pip install cupy-cuda13x"),
         ("12.6", None, "pip install cupy-cuda12x"),
-        ("13.0", _fake_cupy(12080), "built for CUDA 12.8 but torch uses CUDA 13.0: pip uninstall cupy-cuda12x && pip install cupy-cuda13x"),
+        (
+            "13.0",
+            _fake_cupy(12080),
+            "built for CUDA 12.8 but torch uses CUDA 13.0: pip uninstall cupy-cuda12x && pip install cupy-cuda13x",
+        ),
         ("12.4", _fake_cupy(13000), "pip uninstall cupy-cuda13x && pip install cupy-cuda12x"),
         (None, None, "needs a CUDA build of torch"),
+        ("13.0", _fake_cupy(None), "(CUDA runtime libcudart.so.13 not found): pip install cupy-cuda13x"),
     ],
 )
-def test_missing_or_mismatched_cupy_gives_one_clear_line(monkeypatch, reload_backend, torch_cuda, cupy_module, expected):
+def test_missing_or_mismatched_cupy_gives_one_clear_line(
+    monkeypatch, reload_backend, torch_cuda, cupy_module, expected
+):
     monkeypatch.setattr(torch.version, "cuda", torch_cuda)
     monkeypatch.setitem(sys.modules, "cupy", cupy_module)  # None makes `import cupy` fail
     backend = reload_backend()
     assert backend.HAS_CUPY is False
-    assert expected in backend.UNAVAILABLE_REASON and "\n" not in backend.UNAVAILABLE_REASON
+    assert expected in backend.IMPORT_ERROR and "\n" not in backend.IMPORT_ERROR
     f, x, h0, grad_h, _ = make_inputs(2, 1, 3, None, torch.float32)
-    with pytest.raises(RuntimeError, match=re.escape(backend.UNAVAILABLE_REASON)):
+    with pytest.raises(RuntimeError, match=re.escape(backend.IMPORT_ERROR)):
         backend.forward(f, x, h0, None, False)
-    with pytest.raises(RuntimeError, match=re.escape(backend.UNAVAILABLE_REASON)):
+    with pytest.raises(RuntimeError, match=re.escape(backend.IMPORT_ERROR)):
         backend.backward(grad_h, f, x, x, h0, None, False)
 
 
@@ -340,4 +357,51 @@ def test_matching_cupy_is_accepted(monkeypatch, reload_backend):
     monkeypatch.setattr(torch.version, "cuda", "13.0")
     monkeypatch.setitem(sys.modules, "cupy", _fake_cupy(13010))
     backend = reload_backend()
-    assert backend.HAS_CUPY is True and backend.UNAVAILABLE_REASON is None
+    assert backend.HAS_CUPY is True and backend.IMPORT_ERROR == ""
+
+
+def test_cuda_launch_plumbing_with_a_recording_cupy(monkeypatch, reload_backend):
+    """Without a GPU, check launch_on_cuda against CuPy's documented API with a recording stand-in:
+    one NVRTC module per device built from forget_mult.cu, launched inside that device and torch's
+    current stream of that device."""
+    events = []
+    active = {"device": None, "stream": None}
+
+    class Context:  # cupy.cuda.Device / ExternalStream: `with` makes them current
+        def __init__(self, key, value):
+            self.key, self.value = key, value
+
+        def __enter__(self):
+            self.saved, active[self.key] = active[self.key], self.value
+
+        def __exit__(self, *exc):
+            active[self.key] = self.saved
+
+    class RawModule:
+        def __init__(self, code, options, backend):
+            events.append(("compile", active["device"], code == cupy_backend.load_source(), options, backend))
+
+        def get_function(self, name):
+            return lambda grid, block, args: events.append(("launch", name, grid, block, args, dict(active)))
+
+    fake = _fake_cupy(13000)
+    fake.RawModule = RawModule
+    fake.cuda.Device = lambda index: Context("device", index)
+    fake.cuda.ExternalStream = lambda ptr, device_id: Context("stream", (ptr, device_id))
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    torch_stream = lambda device: types.SimpleNamespace(cuda_stream=7000 + device.index)  # noqa: E731
+    monkeypatch.setattr(torch.cuda, "current_stream", torch_stream)
+    backend = reload_backend()
+    args = (np.uint64(0), np.int64(3))
+    backend.launch_on_cuda("forget_mult_fwd_f32", 2, 256, args, torch.device("cuda", 1))
+    backend.launch_on_cuda("forget_mult_bwd_f16", 1, 256, args, torch.device("cuda", 1))
+    backend.launch_on_cuda("forget_mult_fwd_f32", 3, 256, args, torch.device("cuda", 0))
+    compiles = [e for e in events if e[0] == "compile"]
+    assert compiles == [("compile", device, True, backend.NVRTC_OPTIONS, "nvrtc") for device in (1, 0)]
+    launches = [e[1:] for e in events if e[0] == "launch"]
+    assert launches == [
+        ("forget_mult_fwd_f32", (2,), (256,), args, {"device": 1, "stream": (7001, 1)}),
+        ("forget_mult_bwd_f16", (1,), (256,), args, {"device": 1, "stream": (7001, 1)}),
+        ("forget_mult_fwd_f32", (3,), (256,), args, {"device": 0, "stream": (7000, 0)}),
+    ]

@@ -12,8 +12,9 @@ Contract: ``notes/kernel_contract.md`` (same as every backend). Tensors are shar
 as raw device pointers and the kernel runs on torch's current CUDA stream, so it is ordered with
 the surrounding torch work and with torch's caching allocator, like a native torch kernel.
 
-``HAS_CUPY`` tells whether a usable CuPy was found; if not, ``UNAVAILABLE_REASON`` holds the one
-line to show, and :func:`forward` / :func:`backward` raise it as a ``RuntimeError``.
+``HAS_CUPY`` tells whether a usable CuPy was found; if not, ``IMPORT_ERROR`` holds one line saying
+why and which package to install (``INSTALL_HINT``), and :func:`forward` / :func:`backward` raise
+it as a ``RuntimeError``.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-__all__ = ["HAS_CUPY", "UNAVAILABLE_REASON", "forward", "backward", "check_available"]
+__all__ = ["HAS_CUPY", "IMPORT_ERROR", "INSTALL_HINT", "forward", "backward", "check_available"]
 
 CUDA_SOURCE_PATH = Path(__file__).with_name("forget_mult.cu")
 # Extra NVRTC options. None needed: the source includes no header, and CuPy adds the
@@ -46,45 +47,45 @@ def cupy_package_for(torch_cuda_version: str) -> str:
     return f"cupy-cuda{torch_cuda_version.split('.')[0]}x"
 
 
+def _first_line(error: Exception) -> str:
+    """An exception as one line (CuPy's import errors span several lines with banners)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip(" =-")]
+    return lines[0] if lines else type(error).__name__
+
+
 def _find_cupy():
     """Import CuPy and check it matches torch's CUDA. Returns ``(cupy module or None, reason)``."""
     if torch.version.cuda is None:
-        return None, (
-            f"the cupy ForgetMult backend needs a CUDA build of torch; this torch "
-            f"({torch.__version__}) has no CUDA"
-        )
+        return None, f"the cupy backend needs a CUDA build of torch; this torch ({torch.__version__}) has no CUDA"
     wanted = cupy_package_for(torch.version.cuda)
+    fix = f"pip install {wanted} (torch uses CUDA {torch.version.cuda})"
     try:
         import cupy
     except Exception as error:  # not installed, or a broken install (missing CUDA libraries)
-        return None, (
-            f"the cupy ForgetMult backend needs CuPy: pip install {wanted} "
-            f"(torch uses CUDA {torch.version.cuda}; importing cupy failed: {error})"
-        )
+        return None, f"CuPy could not be imported ({_first_line(error)}): {fix}"
     try:
         runtime = int(cupy.cuda.runtime.runtimeGetVersion())  # e.g. 12080 for CUDA 12.8
     except Exception as error:
-        return None, (
-            f"the installed CuPy cannot load its CUDA runtime ({error}); "
-            f"pip install {wanted} to match torch's CUDA {torch.version.cuda}"
-        )
+        return None, f"CuPy cannot load its CUDA runtime ({_first_line(error)}): {fix}"
     runtime_major = runtime // 1000
     if str(runtime_major) != torch.version.cuda.split(".")[0]:
         return None, (
-            f"the installed CuPy is built for CUDA {runtime_major}.{runtime % 1000 // 10} but torch "
-            f"uses CUDA {torch.version.cuda}: pip uninstall cupy-cuda{runtime_major}x && pip install {wanted}"
+            f"the installed CuPy is built for CUDA {runtime_major}.{runtime % 1000 // 10} but torch uses CUDA "
+            f"{torch.version.cuda}: pip uninstall cupy-cuda{runtime_major}x && pip install {wanted}"
         )
-    return cupy, None
+    return cupy, ""
 
 
-_cupy, UNAVAILABLE_REASON = _find_cupy()
+_cupy, IMPORT_ERROR = _find_cupy()
 HAS_CUPY = _cupy is not None
+# The install command for this torch build (what the dispatcher should print).
+INSTALL_HINT = f"pip install {cupy_package_for(torch.version.cuda)}" if torch.version.cuda else "a CUDA build of torch"
 
 
 def check_available() -> None:
     """Raise ``RuntimeError`` with the install line when this backend cannot run."""
     if not HAS_CUPY:
-        raise RuntimeError(UNAVAILABLE_REASON)
+        raise RuntimeError(f"forget_mult backend 'cupy' is unavailable: {IMPORT_ERROR}")
 
 
 @functools.lru_cache(maxsize=None)
@@ -103,14 +104,14 @@ def grid_size(lanes: int) -> int:
     return (lanes + THREADS_PER_BLOCK - 1) // THREADS_PER_BLOCK
 
 
-def _check_tensors(lengths: torch.Tensor | None, h0: torch.Tensor, **tensors: torch.Tensor) -> None:
+def _check_tensors(lengths: torch.Tensor | None, states: dict, **sequences: torch.Tensor) -> None:
     """Raise ValueError unless the tensors follow the backend contract (notes/kernel_contract.md).
 
-    ``tensors`` are ``[T, B, H]``, the first fixes shape, dtype and device for all; ``h0`` is
-    ``[B, H]``. The kernels trust these facts (they index raw pointers), hence the checks here
-    even though the public op validates its arguments first.
+    ``sequences`` are ``[T, B, H]`` tensors, the first fixes shape, dtype and device for all;
+    ``states`` maps names to ``[B, H]`` tensors (h0, grad_h0). The kernels trust these facts
+    (they index raw pointers), hence the checks here even though the public op validates first.
     """
-    (first_name, first), *_ = tensors.items()
+    first_name, first = next(iter(sequences.items()))
     if first.dim() != 3:
         raise ValueError(f"forget_mult[cupy]: {first_name} must be [T, B, H], got shape {tuple(first.shape)}")
     if first.dtype not in KERNEL_SUFFIX:
@@ -118,11 +119,11 @@ def _check_tensors(lengths: torch.Tensor | None, h0: torch.Tensor, **tensors: to
             f"forget_mult[cupy]: dtype must be one of {[str(d) for d in KERNEL_SUFFIX]}, got {first.dtype}"
         )
     _, batch_size, hidden_size = first.shape
-    expected_shapes = {name: (tensor, tuple(first.shape)) for name, tensor in tensors.items()}
-    expected_shapes["h0"] = (h0, (batch_size, hidden_size))
+    expected_shapes = {name: (tensor, tuple(first.shape)) for name, tensor in sequences.items()}
+    expected_shapes.update({name: (tensor, (batch_size, hidden_size)) for name, tensor in states.items()})
     for name, (tensor, shape) in expected_shapes.items():
         if tuple(tensor.shape) != shape:
-            raise ValueError(f"forget_mult[cupy]: {name} must have shape {tuple(shape)}, got {tuple(tensor.shape)}")
+            raise ValueError(f"forget_mult[cupy]: {name} must have shape {shape}, got {tuple(tensor.shape)}")
         if tensor.dtype != first.dtype or tensor.device != first.device:
             raise ValueError(
                 f"forget_mult[cupy]: {name} must be {first.dtype} on {first.device} like {first_name}, "
@@ -156,7 +157,7 @@ def _sizes(x: torch.Tensor, reverse: bool) -> tuple:
 
 def launch_forward(launch: Launcher, f, x, h0, lengths, reverse: bool, h: torch.Tensor) -> None:
     """Write the forward pass into the preallocated ``h`` ``[T, B, H]`` (every element)."""
-    _check_tensors(lengths, h0, f=f, x=x, h=h)
+    _check_tensors(lengths, {"h0": h0}, f=f, x=x, h=h)
     lanes = x.shape[1] * x.shape[2]
     if lanes == 0:
         return  # nothing to write, and CUDA rejects an empty grid
@@ -168,8 +169,8 @@ def launch_backward(
     launch: Launcher, grad_h, f, x, h, h0, lengths, reverse: bool, grad_f, grad_x, grad_h0
 ) -> None:
     """Write the gradients into the preallocated ``grad_f``, ``grad_x`` ``[T, B, H]`` and ``grad_h0`` ``[B, H]``."""
-    _check_tensors(lengths, h0, grad_h=grad_h, f=f, x=x, h=h, grad_f=grad_f, grad_x=grad_x)
-    _check_tensors(None, grad_h0, f=f)  # grad_h0 must look like h0
+    states = {"h0": h0, "grad_h0": grad_h0}
+    _check_tensors(lengths, states, grad_h=grad_h, f=f, x=x, h=h, grad_f=grad_f, grad_x=grad_x)
     lanes = x.shape[1] * x.shape[2]
     if lanes == 0:
         return
@@ -181,20 +182,20 @@ def launch_backward(
 
 
 @functools.lru_cache(maxsize=None)
-def _compiled_kernel(device_index: int, name: str):
-    """The kernel ``name`` compiled for device ``device_index`` (one NVRTC compile per device)."""
-    with _cupy.cuda.Device(device_index):
-        return _compiled_module(device_index).get_function(name)
-
-
-@functools.lru_cache(maxsize=None)
 def _compiled_module(device_index: int):
     # A CUDA module is loaded into one device's context, hence one RawModule per device.
     with _cupy.cuda.Device(device_index):
         return _cupy.RawModule(code=load_source(), options=NVRTC_OPTIONS, backend="nvrtc")
 
 
-def _launch_on_cuda(name: str, grid: int, block: int, args: tuple, device: torch.device) -> None:
+@functools.lru_cache(maxsize=None)
+def _compiled_kernel(device_index: int, name: str):
+    """The kernel ``name`` compiled for device ``device_index`` (one NVRTC compile per device)."""
+    with _cupy.cuda.Device(device_index):
+        return _compiled_module(device_index).get_function(name)
+
+
+def launch_on_cuda(name: str, grid: int, block: int, args: tuple, device: torch.device) -> None:
     """Launch on ``device`` in torch's current stream there."""
     kernel = _compiled_kernel(device.index, name)
     stream = torch.cuda.current_stream(device).cuda_stream
@@ -223,7 +224,7 @@ def forward(f, x, h0, lengths, reverse):
     check_available()
     _check_cuda(f, x, h0, lengths)
     h = torch.empty_like(x)
-    launch_forward(_launch_on_cuda, f, x, h0, lengths, reverse, h)
+    launch_forward(launch_on_cuda, f, x, h0, lengths, reverse, h)
     return h
 
 
@@ -237,5 +238,5 @@ def backward(grad_h, f, x, h, h0, lengths, reverse):
     check_available()
     _check_cuda(grad_h, f, x, h, h0, lengths)
     grad_f, grad_x, grad_h0 = torch.empty_like(f), torch.empty_like(x), torch.empty_like(h0)
-    launch_backward(_launch_on_cuda, grad_h, f, x, h, h0, lengths, reverse, grad_f, grad_x, grad_h0)
+    launch_backward(launch_on_cuda, grad_h, f, x, h, h0, lengths, reverse, grad_f, grad_x, grad_h0)
     return grad_f, grad_x, grad_h0
