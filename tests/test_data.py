@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from qrnn_lm.data import (
-    DATASETS, EOS, UNK, Corpus, DataError, Vocab, batchify, get_batch, prepare_dataset,
+    DATASETS, EOS, UNK, Corpus, DataError, Vocab, batchify, get_batch, mismatched_files, prepare_dataset,
     resolve_data_dir, sample_seq_len, tokenize_line,
 )
 from qrnn_lm.data import corpus as corpus_module
@@ -181,6 +181,17 @@ def test_cache_dir_and_no_cache(tmp_path):
     assert Corpus.load(folder, cache_dir=unwritable).train.tolist() == [0, 1]  # cache skipped, no crash
 
 
+def test_read_only_folder_caches_in_the_user_cache_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    folder = write_folder(tmp_path / "d", "a\n", "a\n", "a\n")
+    folder.chmod(0o555)  # marked read-only (even root, who could write, leaves it alone)
+    try:
+        Corpus.load(folder)
+    finally:
+        folder.chmod(0o755)
+    assert cache_files(folder) == [] and len(cache_files(tmp_path / "xdg" / "qrnn_lm")) == 1
+
+
 # ----------------------------------------------------------------------------- batching
 
 
@@ -243,6 +254,13 @@ def test_prepare_dataset_with_folders_and_bad_names(tmp_path):
     (folder / "valid.txt").unlink()
     with pytest.raises(DataError, match=r"valid\.txt missing"):
         prepare_dataset(folder)
+
+
+def test_mismatched_files_against_published_checksums():
+    published = dict(DATASETS["ptb"].file_sha256)
+    assert mismatched_files("ptb", published) == []
+    assert mismatched_files("ptb", {**published, "valid.txt": "0" * 64}) == ["valid.txt"]
+    assert mismatched_files("my-folder", {"train.txt": "0" * 64}) == []
 
 
 # ----------------------------------------------------------------------------- real corpora

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import tempfile
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,6 +44,12 @@ def file_sha256(path: str | os.PathLike) -> str:
 def user_cache_dir() -> Path:
     """Where caches go when the data folder is read-only: ``$XDG_CACHE_HOME/qrnn_lm``."""
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "qrnn_lm"
+
+
+def _marked_writable(folder: Path) -> bool:
+    """Whether the folder may hold a cache: writable, and not marked read-only by its mode bits
+    (root may write anywhere, but a ``r-x`` folder of shared corpora should stay untouched)."""
+    return os.access(folder, os.W_OK) and bool(folder.stat().st_mode & 0o222)
 
 
 def _read_text_chunks(path: Path, progress: bool):
@@ -80,17 +87,18 @@ def _raise_not_utf8(path: Path, lines: list[bytes], first_line: int):
     raise AssertionError("unreachable: the chunk failed to decode but no line did")
 
 
-def _encode_file(path: Path, stoi: dict[str, int], progress: bool) -> np.ndarray:
-    """Token ids of one file as int32 ``[N]``; new tokens are appended to ``stoi`` in order of
-    first appearance."""
+def _encode_file(path: Path, stoi: defaultdict[str, int], progress: bool) -> np.ndarray:
+    """Token ids of one file as int32 ``[N]``.
+
+    ``stoi`` is a defaultdict whose factory is its own ``__len__``: looking up a new token inserts
+    it with the next free index, so one C-level ``map`` both grows the vocabulary in order of first
+    appearance and encodes.
+    """
     chunks = []
     for text in _read_text_chunks(path, progress):
         tokens = text.replace("\n", f" {EOS} ").split()
         if text and not text.endswith("\n"):
             tokens.append(EOS)  # the last line has no newline but is still a line
-        for token in dict.fromkeys(tokens):  # distinct tokens of the chunk, in order
-            if token not in stoi:
-                stoi[token] = len(stoi)
         chunks.append(np.fromiter(map(stoi.__getitem__, tokens), dtype=np.int32, count=len(tokens)))
     ids = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int32)
     eos = stoi.get(EOS)
@@ -101,7 +109,8 @@ def _encode_file(path: Path, stoi: dict[str, int], progress: bool) -> np.ndarray
 
 def _build(folder: Path, progress: bool) -> dict:
     """Tokenise the three files with one vocabulary over all of them (train's tokens first)."""
-    stoi: dict[str, int] = {}
+    stoi: defaultdict[str, int] = defaultdict()
+    stoi.default_factory = stoi.__len__  # a new token gets index len(stoi)
     splits = {}
     num_train_tokens = 0
     for name in SPLIT_FILES:
@@ -191,9 +200,10 @@ class Corpus:
         to the vocabulary if train lacks it. With ``vocab`` (a checkpoint's), every word absent
         from it maps to its ``<unk>``; without ``<unk>`` that is a :class:`DataError`.
 
-        The tokenised files are cached as ``<folder>/.qrnn_lm_cache-<key>.pt`` (or in ``cache_dir``;
-        in ``$XDG_CACHE_HOME/qrnn_lm`` when the folder is read-only), keyed by the files' sha256;
-        ``cache=False`` neither reads nor writes it.
+        The tokenised files are cached as ``<folder>/.qrnn_lm_cache-<key>.pt``, keyed by the files'
+        sha256 (in ``cache_dir`` if given; in ``$XDG_CACHE_HOME/qrnn_lm``, default
+        ``~/.cache/qrnn_lm``, when the folder is read-only); ``cache=False`` neither reads nor
+        writes it. A damaged cache is rebuilt.
 
         Raises :class:`DataError` for a missing folder or file, an empty file or non-UTF-8 bytes.
         """
@@ -205,7 +215,12 @@ class Corpus:
                 f"{', '.join(SPLIT_FILES)} (plain UTF-8 text, tokens separated by spaces)"
             )
         checksums = {name: file_sha256(folder / name) for name in SPLIT_FILES}
-        directories = [Path(cache_dir)] if cache_dir is not None else [folder, user_cache_dir()]
+        if cache_dir is not None:
+            directories = [Path(cache_dir)]
+        elif _marked_writable(folder):
+            directories = [folder, user_cache_dir()]
+        else:
+            directories = [user_cache_dir()]
         name = _cache_name(checksums)
         payload = None
         if cache:

@@ -112,3 +112,13 @@ DATASETS: dict[str, DatasetSpec] = {
         ),
     ),
 }
+
+
+def mismatched_files(name: str, checksums: dict[str, str]) -> list[str]:
+    """File names whose sha256 differs from the published one for dataset ``name`` (e.g. a
+    WikiText *raw* file placed by hand where the tokenised one belongs); ``[]`` when all match or
+    nothing is published. For a warning, not an error: users may edit their copies."""
+    spec = DATASETS.get(name)
+    if spec is None:
+        return []
+    return [file for file, digest in spec.file_sha256.items() if checksums.get(file, digest) != digest]

@@ -19,6 +19,17 @@ def tokenize_line(line: str) -> list[str]:
     return line.split() + [EOS]
 
 
+def _explain_bad_tokens(tokens: list) -> None:
+    """Raise the ValueError that names the first non-string or repeated token."""
+    seen: dict[str, int] = {}
+    for index, token in enumerate(tokens):
+        if type(token) is not str:
+            raise ValueError(f"vocabulary tokens must be str, got {type(token).__name__} at index {index}")
+        if token in seen:
+            raise ValueError(f"vocabulary tokens must be distinct, got {token!r} at indices {seen[token]} and {index}")
+        seen[token] = index
+
+
 class Vocab:
     """An ordered vocabulary: ``itos[i]`` is the token of index ``i``, ``stoi`` the reverse map.
 
@@ -28,15 +39,12 @@ class Vocab:
 
     def __init__(self, tokens: list[str]):
         tokens = list(tokens)
-        stoi: dict[str, int] = {}
-        for index, token in enumerate(tokens):
-            if not isinstance(token, str):
-                raise ValueError(f"vocabulary tokens must be str, got {type(token).__name__} at index {index}")
-            if token in stoi:
-                raise ValueError(
-                    f"vocabulary tokens must be distinct, got {token!r} at indices {stoi[token]} and {index}"
-                )
-            stoi[token] = index
+        try:
+            stoi = {token: index for index, token in enumerate(tokens)}
+        except TypeError:  # an unhashable token
+            stoi = {}
+        if len(stoi) != len(tokens) or not all(type(token) is str for token in tokens):
+            _explain_bad_tokens(tokens)
         self.itos: list[str] = tokens
         self.stoi: dict[str, int] = stoi
 
