@@ -13,12 +13,11 @@ No GPU is needed for most of this file:
 
 from __future__ import annotations
 
-import ctypes
 import importlib
+import importlib.util
 import os
 import re
 import shutil
-import subprocess
 import sys
 import types
 from pathlib import Path
@@ -31,6 +30,10 @@ from qrnn_lm.ops.forget_mult import cupy as cupy_backend
 from qrnn_lm.ops.forget_mult.naive import forget_mult_reference
 
 HERE = Path(__file__).resolve().parent
+# Helpers live beside this file; loaded by path so it works whatever pytest's import mode.
+_spec = importlib.util.spec_from_file_location("_cupy_helpers", HERE / "_cupy_helpers.py")
+helpers = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(helpers)
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 TOLERANCE = {  # (rtol, atol) against the fp32/fp64 reference
     torch.float64: (1e-10, 1e-12),
@@ -97,33 +100,9 @@ def assert_matches_reference(got, expected, dtype):
 # (a) NVRTC compiles the CUDA C source for sm_80 and sm_90, with no GPU.
 
 
-def nvrtc_compile(arch: str) -> tuple[bytes, bool]:
-    """Compile forget_mult.cu with NVRTC for ``arch``; returns (PTX or CUBIN, is_ptx)."""
-    nvrtc = pytest.importorskip("cuda.bindings.nvrtc", reason="cuda-bindings (installed with CUDA torch) is absent")
-    source = cupy_backend.load_source().encode()
-    err, program = nvrtc.nvrtcCreateProgram(source, b"forget_mult.cu", 0, [], [])
-    assert err == nvrtc.nvrtcResult.NVRTC_SUCCESS, err
-    options = [o.encode() for o in cupy_backend.NVRTC_OPTIONS] + [f"--gpu-architecture={arch}".encode()]
-    (err,) = nvrtc.nvrtcCompileProgram(program, len(options), options)
-    _, log_size = nvrtc.nvrtcGetProgramLogSize(program)
-    log = b" " * log_size
-    nvrtc.nvrtcGetProgramLog(program, log)
-    assert err == nvrtc.nvrtcResult.NVRTC_SUCCESS, log.decode(errors="replace")
-    is_ptx = arch.startswith("compute_")
-    if is_ptx:
-        get_size, get = nvrtc.nvrtcGetPTXSize, nvrtc.nvrtcGetPTX
-    else:
-        get_size, get = nvrtc.nvrtcGetCUBINSize, nvrtc.nvrtcGetCUBIN
-    _, size = get_size(program)
-    output = b" " * size
-    get(program, output)
-    nvrtc.nvrtcDestroyProgram(program)
-    return output, is_ptx
-
-
 @pytest.mark.parametrize("major", [80, 90])
 def test_nvrtc_compiles_every_entry_point_to_ptx(major):
-    ptx, _ = nvrtc_compile(f"compute_{major}")
+    ptx = helpers.nvrtc_compile(cupy_backend, f"compute_{major}")
     text = ptx.decode(errors="replace")
     assert f".target sm_{major}" in text
     entries = set(re.findall(r"\.entry\s+(\w+)\(", text))
@@ -133,7 +112,7 @@ def test_nvrtc_compiles_every_entry_point_to_ptx(major):
 @pytest.mark.parametrize("major", [80, 90])
 def test_nvrtc_assembles_a_cubin(major):
     """sm_XX goes through ptxas inside NVRTC, which checks the inline PTX (fp16 cvt)."""
-    cubin, _ = nvrtc_compile(f"sm_{major}")
+    cubin = helpers.nvrtc_compile(cupy_backend, f"sm_{major}")
     assert cubin[:4] == b"\x7fELF"
 
 
@@ -145,42 +124,18 @@ def test_source_needs_no_include_path():
 # ---------------------------------------------------------------------------------------------
 # (b) The same source compiled as C++ with a host shim, run on CPU tensors.
 
-_CTYPE_OF = {np.uint64: ctypes.c_uint64, np.int64: ctypes.c_int64, np.int32: ctypes.c_int32}
-
-
 @pytest.fixture(scope="module")
 def host_library(tmp_path_factory):
     compiler = shutil.which(os.environ.get("CXX", "g++"))
     if compiler is None:
         pytest.skip("no C++ compiler (g++ or $CXX) to build the host version of forget_mult.cu")
-    library_path = tmp_path_factory.mktemp("cupy_host") / "forget_mult_host.so"
-    command = [
-        compiler, "-std=c++14", "-O2", "-Wall", "-Wextra", "-shared", "-fPIC",
-        "-I", str(HERE), "-I", str(cupy_backend.CUDA_SOURCE_PATH.parent),
-        str(HERE / "_cupy_host_driver.cpp"), "-o", str(library_path),
-    ]  # fmt: skip
-    built = subprocess.run(command, capture_output=True, text=True)
-    assert built.returncode == 0, built.stderr
-    library = ctypes.CDLL(str(library_path))
-    library.qrnn_host_launch.argtypes = [ctypes.c_char_p, ctypes.c_uint, ctypes.c_uint, ctypes.POINTER(ctypes.c_void_p)]
-    library.qrnn_host_launch.restype = ctypes.c_int
-    for name in ("half_to_float", "float_to_half", "bfloat16_to_float", "float_to_bfloat16"):
-        getattr(library, f"qrnn_host_{name}").argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_longlong]
-    return library
+    return helpers.build_host_library(compiler, tmp_path_factory.mktemp("cupy_host"))
 
 
 @pytest.fixture(scope="module")
 def host_launch(host_library):
     """A launcher for cupy.py's launch_forward/launch_backward that runs the kernels on the CPU."""
-
-    def launch(name, grid, block, args, device):
-        assert device.type == "cpu"
-        values = [_CTYPE_OF[type(arg)](int(arg)) for arg in args]  # each argument's value, by type
-        params = (ctypes.c_void_p * len(values))(*[ctypes.addressof(v) for v in values])
-        status = host_library.qrnn_host_launch(name.encode(), grid, block, params)
-        assert status == 0, f"the host build has no kernel named {name}"
-
-    return launch
+    return helpers.host_launcher(host_library)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -200,12 +155,6 @@ def test_host_kernels_zero_the_padding_exactly(host_launch):
     assert torch.equal(grad_h0[1], torch.zeros(3)) and not torch.equal(grad_h0[0], torch.zeros(3))
 
 
-def _convert(library, name, values: np.ndarray, out_dtype) -> np.ndarray:
-    out = np.empty(values.shape, dtype=out_dtype)
-    getattr(library, f"qrnn_host_{name}")(values.ctypes.data, out.ctypes.data, values.size)
-    return out
-
-
 def _float32_samples() -> np.ndarray:
     """Random float32 values over the whole exponent range, halfway cases and specials."""
     rng = np.random.default_rng(0)
@@ -217,10 +166,10 @@ def _float32_samples() -> np.ndarray:
 
 def test_host_half_conversions_match_numpy(host_library):
     every_half = np.arange(2**16, dtype=np.uint16)
-    widened = _convert(host_library, "half_to_float", every_half, np.float32)
+    widened = helpers.convert(host_library, "half_to_float", every_half, np.float32)
     np.testing.assert_array_equal(widened, every_half.view(np.float16).astype(np.float32))
     values = _float32_samples()
-    narrowed = _convert(host_library, "float_to_half", values, np.uint16)
+    narrowed = helpers.convert(host_library, "float_to_half", values, np.uint16)
     with np.errstate(over="ignore"):  # values past the fp16 range become inf, on purpose
         expected = values.astype(np.float16).view(np.uint16)
     np.testing.assert_array_equal(narrowed, expected)
@@ -229,14 +178,14 @@ def test_host_half_conversions_match_numpy(host_library):
 def test_device_bfloat16_conversions_match_torch(host_library):
     """bf16 conversion is plain integer code in the .cu itself: the same code runs on the GPU."""
     every_bfloat16 = np.arange(2**16, dtype=np.uint16)
-    widened = _convert(host_library, "bfloat16_to_float", every_bfloat16, np.float32)
+    widened = helpers.convert(host_library, "bfloat16_to_float", every_bfloat16, np.float32)
     expected = torch.from_numpy(every_bfloat16.view(np.int16)).view(torch.bfloat16).float().numpy()
     np.testing.assert_array_equal(widened, expected)
     values = _float32_samples()
-    narrowed = _convert(host_library, "float_to_bfloat16", values, np.uint16)
+    narrowed = helpers.convert(host_library, "float_to_bfloat16", values, np.uint16)
     expected_bits = torch.from_numpy(values).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
     np.testing.assert_array_equal(narrowed, expected_bits)
-    nan_bits = _convert(host_library, "float_to_bfloat16", np.array([np.nan], dtype=np.float32), np.uint16)
+    nan_bits = helpers.convert(host_library, "float_to_bfloat16", np.array([np.nan], dtype=np.float32), np.uint16)
     assert np.isnan(torch.from_numpy(nan_bits.view(np.int16)).view(torch.bfloat16).float().numpy()).all()
 
 
@@ -309,19 +258,6 @@ def reload_backend(monkeypatch):
     importlib.reload(cupy_backend)
 
 
-def _fake_cupy(runtime_version: int | None) -> types.ModuleType:
-    """A stand-in for CuPy whose CUDA runtime has ``runtime_version`` (None: fails to load)."""
-
-    def runtime_get_version():
-        if runtime_version is None:
-            raise RuntimeError("=====\nCUDA runtime libcudart.so.13 not found\n=====")
-        return runtime_version
-
-    fake = types.ModuleType("cupy")
-    fake.cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(runtimeGetVersion=runtime_get_version))
-    return fake
-
-
 @pytest.mark.parametrize(
     "torch_cuda, cupy_module, expected",
     [
@@ -329,12 +265,12 @@ def _fake_cupy(runtime_version: int | None) -> types.ModuleType:
         ("12.6", None, "pip install cupy-cuda12x"),
         (
             "13.0",
-            _fake_cupy(12080),
+            helpers.fake_cupy(12080),
             "built for CUDA 12.8 but torch uses CUDA 13.0: pip uninstall cupy-cuda12x && pip install cupy-cuda13x",
         ),
-        ("12.4", _fake_cupy(13000), "pip uninstall cupy-cuda13x && pip install cupy-cuda12x"),
+        ("12.4", helpers.fake_cupy(13000), "pip uninstall cupy-cuda13x && pip install cupy-cuda12x"),
         (None, None, "needs a CUDA build of torch"),
-        ("13.0", _fake_cupy(None), "(CUDA runtime libcudart.so.13 not found): pip install cupy-cuda13x"),
+        ("13.0", helpers.fake_cupy(None), "(CUDA runtime libcudart.so.13 not found): pip install cupy-cuda13x"),
     ],
 )
 def test_missing_or_mismatched_cupy_gives_one_clear_line(
@@ -355,7 +291,7 @@ def test_missing_or_mismatched_cupy_gives_one_clear_line(
 def test_matching_cupy_is_accepted(monkeypatch, reload_backend):
     """The check can also pass: a CuPy built for torch's CUDA major version is taken."""
     monkeypatch.setattr(torch.version, "cuda", "13.0")
-    monkeypatch.setitem(sys.modules, "cupy", _fake_cupy(13010))
+    monkeypatch.setitem(sys.modules, "cupy", helpers.fake_cupy(13010))
     backend = reload_backend()
     assert backend.HAS_CUPY is True and backend.IMPORT_ERROR == ""
 
@@ -384,7 +320,7 @@ def test_cuda_launch_plumbing_with_a_recording_cupy(monkeypatch, reload_backend)
         def get_function(self, name):
             return lambda grid, block, args: events.append(("launch", name, grid, block, args, dict(active)))
 
-    fake = _fake_cupy(13000)
+    fake = helpers.fake_cupy(13000)
     fake.RawModule = RawModule
     fake.cuda.Device = lambda index: Context("device", index)
     fake.cuda.ExternalStream = lambda ptr, device_id: Context("stream", (ptr, device_id))
