@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from qrnn_lm.data import DATASETS, Corpus, DatasetSpec, DataError, Source, prepare_dataset
+from qrnn_lm.data import archive as archive_module
 from qrnn_lm.data.archive import UnsafeArchive, normalize_member
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -28,7 +29,7 @@ def sha256(data: bytes) -> str:
 
 def make_zip(members: dict[str, bytes]) -> bytes:
     buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as zf:
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         for name, data in members.items():
             zf.writestr(name, data)
     return buffer.getvalue()
@@ -212,6 +213,16 @@ def test_zip_member_that_is_a_symlink_is_refused(server, monkeypatch, tmp_path):
                 zf.writestr(info, TEXTS[target])
     register(monkeypatch, zip_source(server, buffer.getvalue()))
     with pytest.raises(DataError, match=r"'tiny/wiki\.valid\.tokens' is not a regular file"):
+        prepare_dataset("tiny", tmp_path, progress=False)
+    assert_clean(tmp_path)
+
+
+def test_decompression_bomb_is_refused(server, monkeypatch, tmp_path):
+    monkeypatch.setattr(archive_module, "MAX_MEMBER_BYTES", 1000)
+    members = {WIKI_MEMBERS[k]: v for k, v in TEXTS.items()}
+    members[WIKI_MEMBERS["train.txt"]] = b"a " * 5000  # compresses to almost nothing
+    register(monkeypatch, zip_source(server, make_zip(members)))
+    with pytest.raises(DataError, match="expands past 1,000 bytes"):
         prepare_dataset("tiny", tmp_path, progress=False)
     assert_clean(tmp_path)
 

@@ -32,10 +32,20 @@ def normalize_member(name: str) -> str:
     return "/".join(parts)
 
 
-def copy_hashing(src: IO[bytes], dst: IO[bytes]) -> str:
-    """Copy a binary stream and return the sha256 of what was copied."""
+MAX_MEMBER_BYTES = 4 << 30  # no corpus file comes near this (WikiText-103 train: 0.5 GiB)
+
+
+def copy_hashing(src: IO[bytes], dst: IO[bytes], max_bytes: int | None = None) -> str:
+    """Copy a binary stream and return the sha256 of what was copied.
+
+    Raises :class:`UnsafeArchive` past ``max_bytes`` (a decompression bomb).
+    """
     digest = hashlib.sha256()
+    copied = 0
     while block := src.read(1 << 20):
+        copied += len(block)
+        if max_bytes is not None and copied > max_bytes:
+            raise UnsafeArchive(f"a member expands past {max_bytes:,} bytes")
         digest.update(block)
         dst.write(block)
     return digest.hexdigest()
@@ -55,7 +65,7 @@ def extract_members(archive: Path, fmt: str, wanted: dict[str, str], dest_dir: P
         fd, tmp = tempfile.mkstemp(dir=dest_dir, prefix=f".{target}.", suffix=".part")
         extracted[target] = (Path(tmp), "")
         with open(fd, "wb") as out:
-            extracted[target] = (Path(tmp), copy_hashing(reader, out))
+            extracted[target] = (Path(tmp), copy_hashing(reader, out, MAX_MEMBER_BYTES))
 
     try:
         if fmt == "tar":

@@ -16,6 +16,7 @@ import tempfile
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 import torch
@@ -74,7 +75,7 @@ def _read_text_chunks(path: Path, progress: bool):
             first_line += len(lines)
 
 
-def _raise_not_utf8(path: Path, lines: list[bytes], first_line: int):
+def _raise_not_utf8(path: Path, lines: list[bytes], first_line: int) -> NoReturn:
     for offset, line in enumerate(lines):
         try:
             line.decode("utf-8")
@@ -112,12 +113,12 @@ def _build(folder: Path, progress: bool) -> dict:
     stoi: defaultdict[str, int] = defaultdict()
     stoi.default_factory = stoi.__len__  # a new token gets index len(stoi)
     splits = {}
-    num_train_tokens = 0
+    train_vocab_size = 0
     for name in SPLIT_FILES:
         splits[name] = torch.from_numpy(_encode_file(folder / name, stoi, progress))
         if name == "train.txt":
-            num_train_tokens = len(stoi)
-    return {"vocab": list(stoi), "num_train_tokens": num_train_tokens, "splits": splits}
+            train_vocab_size = len(stoi)
+    return {"vocab": list(stoi), "train_vocab_size": train_vocab_size, "splits": splits}
 
 
 def _cache_name(checksums: dict[str, str]) -> str:
@@ -135,7 +136,7 @@ def _load_cache(path: Path, checksums: dict[str, str]) -> dict | None:
         _expect(payload["checksums"] == checksums, "made from other files")
         vocab = payload["vocab"]
         _expect(isinstance(vocab, list) and all(isinstance(t, str) for t in vocab), "bad vocabulary")
-        _expect(0 < payload["num_train_tokens"] <= len(vocab), "bad train vocabulary size")
+        _expect(0 < payload["train_vocab_size"] <= len(vocab), "bad train vocabulary size")
         _expect(set(payload["splits"]) == set(SPLIT_FILES), "missing splits")
         for ids in payload["splits"].values():
             _expect(ids.dtype == torch.int32 and ids.dim() == 1 and ids.numel() > 0, "bad tensor")
@@ -232,7 +233,7 @@ class Corpus:
         splits = {key: ids.long() for key, ids in payload["splits"].items()}
         full = payload["vocab"]
         if vocab is None:
-            vocab = _train_vocab(full, payload["num_train_tokens"], splits)
+            vocab = _train_vocab(full, payload["train_vocab_size"], splits)
         elif vocab.itos != full:
             for key in SPLIT_FILES:
                 splits[key] = _remap(splits[key], full, vocab, folder / key)

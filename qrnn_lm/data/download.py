@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import ssl
 import tempfile
 import urllib.error
 import urllib.request
@@ -203,7 +204,7 @@ def _stream(url: str, out, expected_bytes: int | None, progress: bool) -> tuple[
         raise _SourceFailed(f"{url} answered HTTP {error.code} {error.reason}") from None
     except urllib.error.URLError as error:
         raise _SourceFailed(f"cannot reach {url}: {error.reason}", offline=True) from None
-    except (TimeoutError, ConnectionError, http.client.HTTPException) as error:
+    except (TimeoutError, ConnectionError, ssl.SSLError, http.client.HTTPException) as error:
         raise _SourceFailed(f"download of {url} broke off ({type(error).__name__}: {error}); it is truncated") from None
 
 
