@@ -32,6 +32,8 @@ def forget_mult_reference(
         take part in the recurrence.
     """
     seq_len, batch_size, hidden_size = x.shape
+    if seq_len == 0:
+        return (f * x).to(x.dtype)  # empty [0, B, H], still attached to the graph
     compute_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     f32, x32 = f.to(compute_dtype), x.to(compute_dtype)
     if h0 is None:
