@@ -163,6 +163,7 @@ def _save_cache(directories: list[Path], name: str, payload: dict) -> Path | Non
                 torch.save(payload, f)
                 f.flush()
                 os.fsync(f.fileno())
+            os.chmod(tmp, 0o644)  # mkstemp makes it 0600; let others sharing the data read it
             os.replace(tmp, directory / name)
             return directory / name
         except OSError as error:
