@@ -53,7 +53,8 @@ def encode_prompt(vocab, prompt: str | None) -> EncodedPrompt:
     unknown = [word for word in words if word not in vocab.stoi]
     if unknown and UNK not in vocab.stoi:
         raise GenerationError(
-            f"prompt words {unknown[:5]} are not in the vocabulary, which has no {UNK} token to map them to"
+            f"prompt words {', '.join(unknown[:5])} are not in the vocabulary, which has no {UNK} token "
+            "to stand for them; leave them out of the prompt"
         )
     return EncodedPrompt(ids=vocab.encode(words), unknown=unknown)
 

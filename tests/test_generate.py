@@ -1,8 +1,8 @@
 """Sampling: filtering, reproducibility, prompt handling and state carrying, on a tiny fake model.
 
-The fake model exposes the documented interface (``reset()``, ``forward(tokens [T, B], hidden) ->
-(logits [T, B, V], hidden, raw, dropped)``) and records its calls, so these tests need neither the
-real model nor data files.
+The vocabulary is the real ``qrnn_lm.data.Vocab``; the fake model exposes the documented
+interface (``reset()``, ``forward(tokens [T, B], hidden) -> (logits [T, B, V], hidden, raw,
+dropped)``) and records its calls, so these tests need neither the real model nor data files.
 """
 
 import math
@@ -19,20 +19,9 @@ from qrnn_lm.generate import (
     render,
 )
 from qrnn_lm.config import UserError
+from qrnn_lm.data import Vocab
 
 WORDS = ["<eos>", "<unk>", "the", "cat", "sat", "on", "a", "mat", "dog", "ran"]
-
-
-class FakeVocab:
-    def __init__(self, tokens):
-        self.itos = list(tokens)
-        self.stoi = {token: index for index, token in enumerate(tokens)}
-
-    def __len__(self):
-        return len(self.itos)
-
-    def encode(self, tokens):
-        return [self.stoi.get(token, self.stoi["<unk>"]) for token in tokens]
 
 
 class FakeModel(torch.nn.Module):
@@ -65,7 +54,7 @@ class FakeModel(torch.nn.Module):
 
 @pytest.fixture
 def vocab():
-    return FakeVocab(WORDS)
+    return Vocab(WORDS)
 
 
 def test_same_seed_gives_the_same_text_and_different_seeds_differ(vocab):
@@ -146,6 +135,13 @@ def test_unknown_prompt_words_map_to_unk_and_are_reported(vocab):
     encoded = encode_prompt(vocab, "the zebra sat  quietly")
     assert encoded.ids == [2, 1, 4, 1]
     assert encoded.unknown == ["zebra", "quietly"]
+
+
+def test_unknown_words_without_unk_in_the_vocabulary_are_an_error():
+    vocab = Vocab([word for word in WORDS if word != "<unk>"])
+    with pytest.raises(GenerationError, match="zebra, quietly are not in the vocabulary"):
+        encode_prompt(vocab, "the zebra quietly")
+    assert encode_prompt(vocab, "the cat").ids == [1, 2]
 
 
 def test_no_prompt_starts_a_fresh_line(vocab):
