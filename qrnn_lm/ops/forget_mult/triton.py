@@ -2,7 +2,7 @@
 
 Shapes: T = time steps, B = batch, H = hidden lanes, N = B*H lanes (contiguous in ``[T, B, H]``).
 
-``forward`` and ``backward`` follow the backend contract (``notes``: same as ``cpu.py``):
+``forward`` and ``backward`` follow the backend contract shared by every ForgetMult backend:
 float16/bfloat16/float32 in, float32 accumulation, outputs in the input dtype, every output
 element written (padding gets 0). The kernels live in ``triton_scan.py``.
 
