@@ -56,7 +56,9 @@ def _check_inputs(f, x, h0, lengths, backend) -> None:
             raise ValueError(f"forget_mult: lengths must have shape [B] = [{batch_size}], got {tuple(lengths.shape)}")
         if lengths.dtype.is_floating_point or lengths.dtype.is_complex or lengths.dtype == torch.bool:
             raise ValueError(f"forget_mult: lengths must hold integers, got {lengths.dtype}")
-        if batch_size > 0:
+        # The range check reads the values (a device sync, and a graph break under
+        # torch.compile), so compiled graphs skip it; eager calls always check.
+        if batch_size > 0 and not torch.compiler.is_compiling():
             smallest, largest = int(lengths.min()), int(lengths.max())
             if smallest < 0 or largest > seq_len:
                 raise ValueError(

@@ -1,0 +1,179 @@
+"""ForgetMult CPU backends (numba sequential, numba chunked scan, torch loop) vs the reference.
+
+Shape legend: T = time steps, B = batch, H = hidden lanes; tensors are [T, B, H].
+
+Each case compares the output and all gradients (f, x, h0) with ``naive.forget_mult_reference``
+differentiated by autograd, with an upstream gradient that puts extra weight on each sequence's
+final state. Outputs of the backends are poisoned with NaN before the kernels write, so an
+element a kernel forgets to write shows up as a mismatch.
+"""
+
+import contextlib
+import itertools
+
+import pytest
+import torch
+
+from qrnn_lm.ops.forget_mult import cpu, loop
+from qrnn_lm.ops.forget_mult.naive import forget_mult_reference
+
+# (T, B, H): T in {1, 2, 63}, B = 1 and B > 1, H in {1, 7, 500}, without the full product.
+SHAPES = [(1, 1, 1), (1, 3, 500), (2, 1, 7), (2, 4, 500), (63, 1, 7), (63, 5, 1), (63, 3, 500)]
+SMALL_SHAPES = [(2, 3, 7), (63, 2, 500)]
+# Tolerances per dtype: fp16/bf16 backends reuse the saved output h, rounded to the input
+# dtype, in the backward, where the reference keeps float32 intermediates.
+TOLERANCES = {
+    torch.float64: dict(atol=1e-10, rtol=1e-10),
+    torch.float32: dict(atol=2e-5, rtol=2e-5),
+    torch.float16: dict(atol=2e-2, rtol=1e-2),
+    torch.bfloat16: dict(atol=1e-1, rtol=5e-2),
+}
+BACKENDS = ["numba", "numba-chunked", "torch"]
+
+
+@contextlib.contextmanager
+def nan_poisoned_allocations(monkeypatch):
+    """Inside the block, torch.empty/empty_like return NaN-filled tensors (float dtypes)."""
+    real_empty, real_empty_like = torch.empty, torch.empty_like
+
+    def poison(tensor):
+        if tensor.dtype.is_floating_point:
+            tensor.fill_(float("nan"))
+        return tensor
+
+    with monkeypatch.context() as patch:
+        patch.setattr(torch, "empty", lambda *a, **k: poison(real_empty(*a, **k)))
+        patch.setattr(torch, "empty_like", lambda *a, **k: poison(real_empty_like(*a, **k)))
+        yield
+
+
+def backend_module(name, monkeypatch):
+    """The backend module; for numba, forces the sequential or the chunked strategy."""
+    if name == "torch":
+        return loop
+    strategy = "chunked" if name == "numba-chunked" else "sequential"
+    monkeypatch.setenv("QRNN_LM_FORGET_MULT_CPU_STRATEGY", strategy)
+    return cpu
+
+
+def make_inputs(shape, dtype, with_lengths, generator):
+    """Fresh random f in (0, 1), x, h0, upstream grad and lengths (a 0 and a T when B > 1)."""
+    seq_len, batch_size, hidden_size = shape
+
+    def rand(*size):
+        return torch.rand(*size, generator=generator, dtype=torch.float64)
+
+    f = (0.05 + 0.9 * rand(seq_len, batch_size, hidden_size)).to(dtype)
+    x = (2 * rand(seq_len, batch_size, hidden_size) - 1).to(dtype)
+    h0 = (2 * rand(batch_size, hidden_size) - 1).to(dtype)
+    grad_h = (2 * rand(seq_len, batch_size, hidden_size) - 1).to(dtype)
+    lengths = None
+    if with_lengths:
+        lengths = torch.randint(0, seq_len + 1, (batch_size,), generator=generator)
+        if batch_size > 1:
+            lengths[0], lengths[-1] = 0, seq_len
+        else:
+            lengths[0] = max(seq_len - 1, 0)
+    return f, x, h0, grad_h, lengths
+
+
+def emphasise_final_state(grad_h, lengths, reverse, weight=5.0):
+    """Add weight to the upstream grad of each sequence's final state (what a layer returns)."""
+    seq_len, batch_size, _ = grad_h.shape
+    grad_h = grad_h.clone()
+    for b in range(batch_size):
+        length = seq_len if lengths is None else int(lengths[b])
+        if length > 0:
+            last = 0 if reverse else length - 1
+            grad_h[last, b] += weight
+    return grad_h
+
+
+def reference_and_grads(f, x, h0, grad_h, lengths, reverse):
+    leaves = [t.detach().clone().requires_grad_(True) for t in (f, x, h0)]
+    h = forget_mult_reference(*leaves, reverse=reverse, lengths=lengths)
+    grads = torch.autograd.grad(h, leaves, grad_h)
+    return h.detach(), grads
+
+
+def assert_matches(name, actual, expected):
+    assert actual.dtype == expected.dtype, f"{name}: dtype {actual.dtype}, expected {expected.dtype}"
+    assert actual.shape == expected.shape, f"{name}: shape {tuple(actual.shape)}, expected {tuple(expected.shape)}"
+    assert not torch.isnan(actual).any(), f"{name}: NaN left, an element was not written"
+    torch.testing.assert_close(actual, expected, **TOLERANCES[expected.dtype], msg=lambda m: f"{name}: {m}")
+
+
+def check_backend(module, shape, dtype, reverse, with_lengths, monkeypatch, seed=0):
+    generator = torch.Generator().manual_seed(seed + 1000 * shape[0] + shape[2])
+    f, x, h0, grad_h, lengths = make_inputs(shape, dtype, with_lengths, generator)
+    grad_h = emphasise_final_state(grad_h, lengths, reverse)
+    expected_h, expected_grads = reference_and_grads(f, x, h0, grad_h, lengths, reverse)
+    with nan_poisoned_allocations(monkeypatch):
+        h = module.forward(f, x, h0, lengths, reverse)
+        grads = module.backward(grad_h, f, x, h, h0, lengths, reverse)
+    assert_matches("h", h, expected_h)
+    for name, actual, expected in zip(("grad_f", "grad_x", "grad_h0"), grads, expected_grads):
+        assert_matches(name, actual, expected)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "T{}-B{}-H{}".format(*s))
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("with_lengths", [False, True], ids=["full", "lengths"])
+def test_fp32_matches_reference(backend, shape, reverse, with_lengths, monkeypatch):
+    module = backend_module(backend, monkeypatch)
+    check_backend(module, shape, torch.float32, reverse, with_lengths, monkeypatch)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64], ids=str)
+@pytest.mark.parametrize("shape", SMALL_SHAPES, ids=lambda s: "T{}-B{}-H{}".format(*s))
+@pytest.mark.parametrize("reverse,with_lengths", list(itertools.product([False, True], [False, True])))
+def test_other_dtypes_match_reference(backend, dtype, shape, reverse, with_lengths, monkeypatch):
+    module = backend_module(backend, monkeypatch)
+    check_backend(module, shape, dtype, reverse, with_lengths, monkeypatch)
+
+
+@pytest.mark.parametrize("backend", ["numba", "numba-chunked"])
+def test_long_sequence_few_lanes(backend, monkeypatch):
+    """The shapes the chunked scan is for (many chunks, chunk edges inside and past lengths)."""
+    module = backend_module(backend, monkeypatch)
+    for reverse in (False, True):
+        check_backend(module, (700, 3, 5), torch.float32, reverse, True, monkeypatch, seed=7)
+
+
+def test_chunked_scan_really_runs_when_forced(monkeypatch):
+    """Guard against the chunked tests silently running the sequential kernel."""
+    monkeypatch.setenv("QRNN_LM_FORGET_MULT_CPU_STRATEGY", "chunked")
+    assert cpu._strategy(63, 1, 7) == "chunked"
+    monkeypatch.setenv("QRNN_LM_FORGET_MULT_CPU_STRATEGY", "sequential")
+    assert cpu._strategy(4096, 1, 1) == "sequential"
+    monkeypatch.setenv("QRNN_LM_FORGET_MULT_CPU_STRATEGY", "fastest")
+    with pytest.raises(ValueError, match="'auto', 'chunked' or 'sequential'.*fastest"):
+        cpu._strategy(63, 1, 7)
+
+
+def test_nan_poisoning_catches_an_unwritten_element(monkeypatch):
+    """The poison must make a skipped write visible: a backend that leaves one element unwritten."""
+
+    def lazy_forward(f, x, h0, lengths, reverse):
+        h = torch.empty_like(x)
+        h[1:] = forget_mult_reference(f, x, h0)[1:]  # forgets h[0]
+        return h
+
+    f, x, h0, _, _ = make_inputs((3, 2, 4), torch.float32, False, torch.Generator().manual_seed(0))
+    with nan_poisoned_allocations(monkeypatch):
+        h = lazy_forward(f, x, h0, None, False)
+    with pytest.raises(AssertionError, match="NaN left"):
+        assert_matches("h", h, forget_mult_reference(f, x, h0))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_empty_sequence_and_empty_batch(backend, monkeypatch):
+    module = backend_module(backend, monkeypatch)
+    for shape in [(0, 2, 3), (3, 0, 4)]:
+        f, x, h0 = torch.rand(shape), torch.rand(shape), torch.rand(shape[1:])
+        h = module.forward(f, x, h0, None, False)
+        grad_f, grad_x, grad_h0 = module.backward(torch.ones(shape), f, x, h, h0, None, False)
+        assert h.shape == grad_f.shape == grad_x.shape == shape
+        assert torch.equal(grad_h0, torch.zeros(shape[1:]))
