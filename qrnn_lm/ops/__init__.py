@@ -1,5 +1,6 @@
-"""Operators of qrnn_lm. This package imports nothing else of qrnn_lm."""
+"""Operators of qrnn_lm (this package imports nothing else of qrnn_lm).
 
-from .forget_mult import ForgetMult, forget_mult
-
-__all__ = ["forget_mult", "ForgetMult"]
+The ForgetMult op lives in the subpackage ``qrnn_lm.ops.forget_mult``. Nothing is re-exported
+here: binding the function ``forget_mult`` on this package would hide that subpackage from
+``import qrnn_lm.ops.forget_mult.triton as module``. Use ``qrnn_lm.forget_mult``.
+"""
