@@ -225,13 +225,21 @@ def _report_interrupt(out: Path, device: str, data_dir: Path | None) -> None:
     if not last.is_file():
         typer.echo(f"\ninterrupted before the first checkpoint; nothing saved in {out}", err=True)
         return
-    command = ["qrnn-lm", "train", "--resume", str(out)]
+    command = [_program(), "train", "--resume", str(out)]
     if device != "auto":
         command += ["--device", device]
     if data_dir is not None:
         command += ["--data-dir", str(data_dir)]
+    text = shlex.join(command)
+    if data_dir is None and os.environ.get("QRNN_LM_DATA"):  # the resumed run must find the same data
+        text = f"QRNN_LM_DATA={shlex.quote(os.environ['QRNN_LM_DATA'])} {text}"
     typer.echo(f"\ninterrupted: the resumable checkpoint is {last}", err=True)
-    typer.echo(f"resume with: {shlex.join(command)}", err=True)
+    typer.echo(f"resume with: {text}", err=True)
+
+
+def _program() -> str:
+    """How the user ran us: the script path when it is ``qrnn-lm`` (e.g. ``.venv/bin/qrnn-lm``)."""
+    return sys.argv[0] if Path(sys.argv[0]).name == "qrnn-lm" else "qrnn-lm"
 
 
 def _format_results(results: dict, out: Path) -> str:

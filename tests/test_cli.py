@@ -3,6 +3,7 @@
 Training itself is replaced by a recording fake here (the real run is in test_end_to_end.py).
 """
 
+import shutil
 import subprocess
 import sys
 import types
@@ -144,11 +145,16 @@ def test_ctrl_c_during_training_prints_the_resume_command(monkeypatch, tmp_path)
     corpus = tmp_path / "c"
     corpus.mkdir()
     out = tmp_path / "my run"
-    result = runner.invoke(app, ["train", "--data", str(corpus), "--out", str(out), "--device", "cpu"])
+    args = ["train", "--data", str(corpus), "--out", str(out), "--device", "cpu"]
+    result = runner.invoke(app, args, env={"QRNN_LM_DATA": None})
     assert result.exit_code == cli.EXIT_INTERRUPTED == 130
     assert f"resumable checkpoint is {out / 'last.pt'}" in result.stderr
-    assert f"resume with: qrnn-lm train --resume '{out}' --device cpu" in result.stderr
+    assert f"resume with: qrnn-lm train --resume '{out}' --device cpu\n" in result.stderr
     assert "Traceback" not in result.output
+    # Data found through $QRNN_LM_DATA: the resume command carries it.
+    shutil.rmtree(out)
+    result = runner.invoke(app, ["train", "--data", str(corpus), "--out", str(out)], env={"QRNN_LM_DATA": "../my data"})
+    assert f"resume with: QRNN_LM_DATA='../my data' qrnn-lm train --resume '{out}'\n" in result.stderr
 
 
 def test_ctrl_c_before_the_first_checkpoint_says_nothing_was_saved(monkeypatch, tmp_path):
