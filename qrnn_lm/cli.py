@@ -130,6 +130,8 @@ def _train_config(data: str | None, config_file: Path | None, overrides: list[st
     from .config import load_config
 
     overrides = list(overrides)
+    if data is not None and data not in {d.value for d in Dataset}:
+        data = str(Path(data).expanduser().absolute())  # the checkpoint's data stays findable from any folder
     if data is not None:
         overrides.insert(0, f"data.dataset={_toml_string(data)}")
     if config_file is None and resumed is not None:

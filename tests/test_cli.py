@@ -110,13 +110,14 @@ def test_train_named_dataset_uses_its_recipe(fake_train, tmp_path):
     assert fake_train[0]["out_dir"] == tmp_path / "run"
 
 
-def test_train_folder_without_recipe_uses_defaults_named_after_the_folder(fake_train, tmp_path):
+def test_train_folder_without_recipe_uses_defaults_named_after_the_folder(fake_train, tmp_path, monkeypatch):
     corpus = tmp_path / "novels"
     corpus.mkdir()
-    result = runner.invoke(app, ["train", "--data", str(corpus), "--out", str(tmp_path / "run")])
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["train", "--data", "novels", "--out", str(tmp_path / "run")])
     assert result.exit_code == 0, result.output
     config = fake_train[0]["config"]
-    assert config.name == "novels" and config.data.dataset == str(corpus)
+    assert config.name == "novels" and config.data.dataset == str(corpus)  # made absolute
     assert config.model == Config().model
 
 
