@@ -1,0 +1,176 @@
+"""The training engine on configs/tiny.toml and a tiny generated corpus (CPU, seconds).
+
+The central property: a run interrupted (by max_steps, or by Ctrl-C in the middle of a step) and
+resumed ends with exactly the parameters and optimiser state of an uninterrupted run.
+"""
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+import qrnn_lm.train as train_module
+import qrnn_lm.train_step as train_step_module
+from qrnn_lm.checkpoint import load_checkpoint
+from qrnn_lm.config import UserError, load_config
+from qrnn_lm.train import TrainingError, train
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "configs" / "tiny.toml"
+WORDS = "the a cat dog sat ran on under mat rug big small red and then it".split()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: intra-op threads only add synchronisation (badly so on a loaded CI machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def write_corpus(folder: Path, seed: int = 0, words=WORDS) -> Path:
+    rng = random.Random(seed)
+    folder.mkdir(parents=True)
+    for name, lines in (("train.txt", 90), ("valid.txt", 12), ("test.txt", 12)):
+        text = "\n".join(" ".join(rng.choices(words, k=rng.randint(3, 9))) for _ in range(lines))
+        (folder / name).write_text(text + "\n", encoding="utf-8")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return write_corpus(tmp_path_factory.mktemp("data") / "corpus")
+
+
+def tiny(corpus, *overrides):
+    return load_config(TINY, [f'data.dataset="{corpus}"', "train.epochs=2", *overrides])
+
+
+def run(config, out, **kwargs):
+    return train(config, out, device="cpu", progress=False, **kwargs)
+
+
+def assert_same_state(a: Path, b: Path):
+    """Same weights, optimiser state, counters and RNG in two last.pt files (bit for bit)."""
+    first, second = load_checkpoint(a), load_checkpoint(b)
+    assert first["counters"] == second["counters"]
+    assert first["optimizer"]["name"] == second["optimizer"]["name"]
+    assert first["model"].keys() == second["model"].keys()
+    for key in first["model"]:
+        assert torch.equal(first["model"][key], second["model"][key]), key
+    states = first["optimizer"]["state"]["state"], second["optimizer"]["state"]["state"]
+    assert states[0].keys() == states[1].keys()
+    for index in states[0]:
+        for name, value in states[0][index].items():
+            assert torch.equal(torch.as_tensor(value), torch.as_tensor(states[1][index][name])), (index, name)
+    assert torch.equal(first["rng"]["torch"], second["rng"]["torch"])
+    assert torch.equal(first["rng"]["bptt"], second["rng"]["bptt"])
+    assert first["history"] == second["history"]
+
+
+@pytest.fixture(scope="module")
+def reference(corpus, tmp_path_factory):
+    """An uninterrupted two-epoch run, with NT-ASGD forced to switch after the first epoch."""
+    out = tmp_path_factory.mktemp("reference")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(train_module, "should_switch_to_asgd", lambda *args: True)
+        results = run(tiny(corpus), out)
+    return out, results
+
+
+def test_a_run_writes_checkpoints_config_logs_and_results(reference, corpus):
+    out, results = reference
+    for name in ("last.pt", "best.pt", "config.toml", "results.json"):
+        assert (out / name).is_file(), name
+    assert any((out / "tb").iterdir())
+    assert load_config(out / "config.toml") == tiny(corpus)
+    saved = json.loads((out / "results.json").read_text())
+    assert saved == results and results["status"] == "completed" and results["epochs_completed"] == 2
+    assert results["optimizer"] == "asgd"
+    assert 1 < results["test_ppl"] < 100 and results["best_val_ppl"] < 100
+    last = load_checkpoint(out / "last.pt")
+    assert last["kind"] == "last" and last["counters"]["epoch"] == 3 and last["counters"]["position"] == 0
+    assert "ax" in next(iter(last["optimizer"]["state"]["state"].values()))  # ASGD's averages saved
+    assert len(last["history"]["val_losses"]) == 2
+    assert set(last["data"]["checksums"]) == {"train.txt", "valid.txt", "test.txt"}
+
+
+def test_max_steps_then_resume_equals_an_uninterrupted_run(reference, corpus, tmp_path, monkeypatch):
+    monkeypatch.setattr(train_module, "should_switch_to_asgd", lambda *args: True)
+    reference_out, reference_results = reference
+    steps_per_epoch = reference_results["steps"] // 2
+    stop = steps_per_epoch // 2 + 1  # in the middle of the first epoch
+    out = tmp_path / "run"
+    first = run(tiny(corpus, f"train.max_steps={stop}"), out)
+    assert first["status"] == "max_steps" and first["steps"] == stop
+    stopped = load_checkpoint(out / "last.pt")
+    assert stopped["counters"]["step"] == stop and 0 < stopped["counters"]["position"]
+    assert (out / "best.pt").is_file()  # validated once so that there is something to test
+    # max_steps counts from the start of the run: 0 lifts the limit.
+    resumed = run(tiny(corpus, "train.max_steps=0"), out, resume=out)
+    assert resumed["steps"] == reference_results["steps"]
+    assert_same_state(out / "last.pt", reference_out / "last.pt")
+    assert resumed["test_loss"] == reference_results["test_loss"]
+
+
+def test_ctrl_c_mid_step_saves_a_checkpoint_that_resumes_exactly(reference, corpus, tmp_path, monkeypatch):
+    monkeypatch.setattr(train_module, "should_switch_to_asgd", lambda *args: True)
+    reference_out, reference_results = reference
+    interrupt_at = reference_results["steps"] // 2 + 3  # in the second epoch, with ASGD active
+    real_step = train_step_module.train_step
+    calls = []
+
+    def step_then_ctrl_c(model, optimizer, inputs, targets, hidden, *args):
+        calls.append(1)
+        if len(calls) == interrupt_at:
+            model(inputs, hidden)  # draws dropout masks and replaces the saved inputs: must be undone
+            raise KeyboardInterrupt
+        return real_step(model, optimizer, inputs, targets, hidden, *args)
+
+    monkeypatch.setattr(train_module, "train_step", step_then_ctrl_c)
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        run(tiny(corpus), out)
+    saved = load_checkpoint(out / "last.pt")
+    assert saved["counters"]["step"] == interrupt_at - 1 and saved["optimizer"]["name"] == "asgd"
+    assert not (out / "results.json").exists()
+    monkeypatch.setattr(train_module, "train_step", real_step)
+    resumed = run(tiny(corpus), out, resume=out / "last.pt")
+    assert_same_state(out / "last.pt", reference_out / "last.pt")
+    assert resumed["test_loss"] == reference_results["test_loss"]
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(corpus, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    run(tiny(corpus, "train.epochs=1"), out)
+    before = (out / "last.pt").read_bytes()
+    real_loss = train_step_module.regularized_loss
+    calls = []
+
+    def nan_after_a_while(*args, **kwargs):
+        cross_entropy, loss = real_loss(*args, **kwargs)
+        calls.append(1)
+        return (cross_entropy * float("nan"), loss) if len(calls) == 5 else (cross_entropy, loss)
+
+    monkeypatch.setattr(train_step_module, "regularized_loss", nan_after_a_while)
+    with pytest.raises(TrainingError) as info:
+        run(tiny(corpus, "train.epochs=2"), out, resume=out)
+    assert isinstance(info.value, UserError) and "nan" in str(info.value) and "\n" not in str(info.value)
+    assert (out / "last.pt").read_bytes() == before
+
+
+def test_resume_with_other_data_is_a_user_error(corpus, tmp_path):
+    out = tmp_path / "run"
+    run(tiny(corpus, "train.max_steps=2"), out)
+    other = write_corpus(tmp_path / "other", seed=1, words=WORDS + ["zebra"])
+    with pytest.raises(UserError, match="other data"):
+        run(tiny(other, "train.max_steps=4"), out, resume=out)
+    with pytest.raises(UserError, match="model.hidden_size"):
+        run(tiny(corpus, "model.hidden_size=30"), out, resume=out)
+    with pytest.raises(UserError, match="already holds a run"):
+        run(tiny(corpus), out)
+    with pytest.raises(UserError, match="does not exist"):
+        run(tiny(corpus), tmp_path / "new", resume=tmp_path / "missing.pt")
