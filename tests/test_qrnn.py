@@ -224,3 +224,39 @@ def test_bad_layer_arguments_raise_value_errors():
         QRNNLayer(3)(torch.randn(4, 2, 3), torch.zeros(3, 3))
     with pytest.raises(ValueError, match="save_prev_x=True needs a forward layer"):
         QRNNLayer(3, window=2, save_prev_x=True, reverse=True)
+
+
+@pytest.mark.parametrize("window,reverse,seq_len", [(2, False, 5), (3, False, 2), (3, True, 5), (4, True, 2)])
+def test_gradients_equal_those_of_the_concatenated_window(window, reverse, seq_len):
+    """The per-block projection's own backward against autograd through cat + Linear."""
+    torch.manual_seed(window)
+    layer = QRNNLayer(3, 4, window=window, reverse=reverse)
+    X, hidden = torch.randn(seq_len, 2, 3, requires_grad=True), torch.randn(2, 4, requires_grad=True)
+    upstream = torch.randn(seq_len, 2, 4)
+    output, h_n = layer(X, hidden)
+    ours = torch.autograd.grad((output * upstream).sum() + h_n.sum(), (X, hidden, *layer.parameters()))
+    weight, bias = (p.detach().requires_grad_() for p in (layer.linear.weight, layer.linear.bias))
+    output, h_n = original_layer(X, weight, bias, hidden, window=window, reverse=reverse)
+    expected = torch.autograd.grad((output * upstream).sum() + h_n.sum(), (X, hidden, weight, bias))
+    for got, want in zip(ours, expected):
+        torch.testing.assert_close(got, want)
+
+
+def test_gradients_with_inputs_kept_from_the_previous_chunk():
+    """A chunk shorter than the window: the kept inputs feed W's gradient but get none themselves."""
+    torch.manual_seed(9)
+    layer = QRNNLayer(3, 4, window=4, save_prev_x=True).double()
+    first, second = torch.randn(5, 2, 3, dtype=torch.float64), torch.randn(2, 2, 3, dtype=torch.float64)
+    layer(first)
+    kept = layer.prevX.clone()
+    assert torch.equal(kept, first[-3:]) and not kept.requires_grad
+
+    def run(X, weight, bias):
+        layer.prevX = kept
+        return torch.func.functional_call(layer, {"linear.weight": weight, "linear.bias": bias}, (X,))[0]
+
+    weight, bias = layer.linear.weight.detach().clone(), layer.linear.bias.detach().clone()
+    inputs = (second.requires_grad_(), weight.requires_grad_(), bias.requires_grad_())
+    assert torch.autograd.gradcheck(lambda X, w, b: run(X, w, b), inputs)
+    expected, _ = original_layer(second, weight, bias, window=4, prev=kept)
+    torch.testing.assert_close(run(second, weight, bias), expected)
