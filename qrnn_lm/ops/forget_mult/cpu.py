@@ -44,24 +44,22 @@ __all__ = ["HAS_NUMBA", "forward", "backward", "use_chunked", "INSTALL_HINT"]
 
 INSTALL_HINT = "pip install numba"
 
-# Lanes per tile. Narrower tiles give more parallel work items but shorter vector loops;
-# 16 float32 lanes are two AVX2 registers. See _tiles_per_row for how the width is chosen.
-MIN_TILE_LANES = 16
+# Lanes per tile. Tiles start on multiples of 16 lanes (one 64-byte cache line of float32) so
+# two threads never write the same cache line; 16-lane tiles that did cost 2x at (4096, 1, 64).
+ALIGN_LANES = 16
+MIN_TILE_LANES = 32
 MAX_TILE_LANES = 512
 
 
-def _tiles_per_row(batch_size: int, hidden_size: int) -> int:
-    """How many tiles to cut each batch element's H lanes into.
-
-    Enough tiles for every numba thread to get work (at least 2 per thread when possible, so an
-    uneven split costs little), but no tile narrower than MIN_TILE_LANES or wider than
-    MAX_TILE_LANES (wide tiles keep a long stride-T walk per tile, which the prefetcher follows).
-    """
+def _tile_lanes(batch_size: int, hidden_size: int) -> int:
+    """Lanes per tile: enough tiles for 2 per numba thread when possible (an uneven split then
+    costs little), at least MIN_TILE_LANES (each step has a fixed cost) and at most
+    MAX_TILE_LANES, a multiple of ALIGN_LANES."""
     threads = numba.get_num_threads()
     wanted_per_row = -(-2 * threads // max(batch_size, 1))  # ceil(2 * threads / B)
-    most = max(1, hidden_size // MIN_TILE_LANES)
-    least = -(-hidden_size // MAX_TILE_LANES)
-    return max(1, least, min(wanted_per_row, most))
+    tile = -(-hidden_size // wanted_per_row)
+    tile = -(-tile // ALIGN_LANES) * ALIGN_LANES
+    return max(1, min(max(tile, MIN_TILE_LANES), MAX_TILE_LANES, hidden_size))
 
 
 if HAS_NUMBA:
@@ -71,10 +69,10 @@ if HAS_NUMBA:
     # with a fresh scratch array the lane loop vectorises (measured 2-3x faster).
 
     @njit(parallel=True, cache=True)
-    def _seq_forward(f, x, h0, lengths, reverse, tiles_per_row, out):
+    def _seq_forward(f, x, h0, lengths, reverse, tile, out):
         """out[t, b, :] = f * x + (1 - f) * state; out[t >= len_b] = 0."""
         seq_len, batch_size, hidden_size = x.shape
-        tile = -(-hidden_size // tiles_per_row)
+        tiles_per_row = -(-hidden_size // tile)
         for item in prange(batch_size * tiles_per_row):
             b = item // tiles_per_row
             lo = (item % tiles_per_row) * tile
@@ -96,10 +94,10 @@ if HAS_NUMBA:
                     out_row[j] = value
 
     @njit(parallel=True, cache=True)
-    def _seq_backward(grad_h, f, x, h, h0, lengths, reverse, tiles_per_row, grad_f, grad_x, grad_h0):
+    def _seq_backward(grad_h, f, x, h, h0, lengths, reverse, tile, grad_f, grad_x, grad_h0):
         """Walk opposite to the forward, carrying (1 - f) * g in a scratch array."""
         seq_len, batch_size, hidden_size = x.shape
-        tile = -(-hidden_size // tiles_per_row)
+        tiles_per_row = -(-hidden_size // tile)
         for item in prange(batch_size * tiles_per_row):
             b = item // tiles_per_row
             lo = (item % tiles_per_row) * tile
@@ -129,7 +127,7 @@ if HAS_NUMBA:
 
 
     @njit(parallel=True, cache=True)
-    def _chunked_forward(f, x, h0, lengths, reverse, tiles_per_row, chunk_len, starts, decays, out):
+    def _chunked_forward(f, x, h0, lengths, reverse, tile, chunk_len, starts, decays, out):
         """Chunked scan. starts, decays: scratch ``[B, n_chunks, H]``.
 
         The recurrence is linear in the state: a chunk run from state s ends at
@@ -140,7 +138,7 @@ if HAS_NUMBA:
         """
         seq_len, batch_size, hidden_size = x.shape
         n_chunks = starts.shape[1]
-        tile = -(-hidden_size // tiles_per_row)
+        tiles_per_row = -(-hidden_size // tile)
         n_tiles = batch_size * tiles_per_row
         for item in prange(n_tiles * n_chunks):  # phase 1
             b, k = item // (tiles_per_row * n_chunks), item % n_chunks
@@ -187,14 +185,14 @@ if HAS_NUMBA:
 
     @njit(parallel=True, cache=True)
     def _chunked_backward(
-        grad_h, f, x, h, h0, lengths, reverse, tiles_per_row, chunk_len, starts, decays,
+        grad_h, f, x, h, h0, lengths, reverse, tile, chunk_len, starts, decays,
         grad_f, grad_x, grad_h0,
     ):
         """Chunked scan of the backward carry c <- (1 - f[t]) * (grad_h[t] + c), same phases
         as _chunked_forward; chunks are numbered along the backward walk (u = 0 first)."""
         seq_len, batch_size, hidden_size = x.shape
         n_chunks = starts.shape[1]
-        tile = -(-hidden_size // tiles_per_row)
+        tiles_per_row = -(-hidden_size // tile)
         n_tiles = batch_size * tiles_per_row
         for item in prange(n_tiles * n_chunks):  # phase 1
             b, k = item // (tiles_per_row * n_chunks), item % n_chunks
@@ -276,7 +274,7 @@ def _chunk_len(seq_len: int, n_tiles: int) -> int:
 def use_chunked(seq_len: int, batch_size: int, hidden_size: int) -> bool:
     """True when the chunked scan is expected to beat the sequential kernel: long sequences
     whose lanes make fewer sequential tiles than there are threads."""
-    n_tiles = batch_size * _tiles_per_row(batch_size, hidden_size)
+    n_tiles = batch_size * -(-hidden_size // _tile_lanes(batch_size, hidden_size))
     return seq_len >= CHUNKED_MIN_STEPS and numba.get_num_threads() >= CHUNKED_MIN_IDLE_RATIO * n_tiles
 
 
@@ -293,9 +291,9 @@ def _strategy(seq_len: int, batch_size: int, hidden_size: int) -> str:
     return "chunked" if use_chunked(seq_len, batch_size, hidden_size) else "sequential"
 
 
-def _chunk_scratch(seq_len, batch_size, hidden_size, tiles, dtype):
+def _chunk_scratch(seq_len, batch_size, hidden_size, tile, dtype):
     """(chunk_len, starts, decays): scratch ``[B, n_chunks, H]`` for the chunked kernels."""
-    chunk_len = _chunk_len(seq_len, batch_size * tiles)
+    chunk_len = _chunk_len(seq_len, batch_size * -(-hidden_size // tile))
     n_chunks = max(1, -(-seq_len // chunk_len))
     starts = np.empty((batch_size, n_chunks, hidden_size), dtype=dtype)
     return chunk_len, starts, np.empty_like(starts)
@@ -308,10 +306,10 @@ def forward(f, x, h0, lengths, reverse):
     out = torch.empty(x.shape, dtype=x_c.dtype)
     lens = _lengths_array(lengths, seq_len, batch_size)
     if out.numel() > 0:
-        tiles = _tiles_per_row(batch_size, hidden_size)
-        args = (f_c.numpy(), x_c.numpy(), h0_c.numpy(), lens, bool(reverse), tiles)
+        tile = _tile_lanes(batch_size, hidden_size)
+        args = (f_c.numpy(), x_c.numpy(), h0_c.numpy(), lens, bool(reverse), tile)
         if _strategy(seq_len, batch_size, hidden_size) == "chunked":
-            scratch = _chunk_scratch(seq_len, batch_size, hidden_size, tiles, args[0].dtype)
+            scratch = _chunk_scratch(seq_len, batch_size, hidden_size, tile, args[0].dtype)
             _chunked_forward(*args, *scratch, out.numpy())
         else:
             _seq_forward(*args, out.numpy())
@@ -329,10 +327,10 @@ def backward(grad_h, f, x, h, h0, lengths, reverse):
     lens = _lengths_array(lengths, seq_len, batch_size)
     outs = (grad_f.numpy(), grad_x.numpy(), grad_h0.numpy())
     if grad_h0.numel() > 0:
-        tiles = _tiles_per_row(batch_size, hidden_size)
-        args = (*arrays, lens, bool(reverse), tiles)
+        tile = _tile_lanes(batch_size, hidden_size)
+        args = (*arrays, lens, bool(reverse), tile)
         if _strategy(seq_len, batch_size, hidden_size) == "chunked":
-            scratch = _chunk_scratch(seq_len, batch_size, hidden_size, tiles, arrays[1].dtype)
+            scratch = _chunk_scratch(seq_len, batch_size, hidden_size, tile, arrays[1].dtype)
             _chunked_backward(*args, *scratch, *outs)
         else:
             _seq_backward(*args, *outs)
