@@ -71,6 +71,10 @@ class QRNNLayer(nn.Module):
         """Forget the inputs kept by ``save_prev_x``; call at the start of every new sequence."""
         self.prevX = None
 
+    def extra_repr(self):
+        return (f"{self.input_size}, {self.hidden_size}, window={self.window}, zoneout={self.zoneout}, "
+                f"save_prev_x={self.save_prev_x}, output_gate={self.output_gate}, reverse={self.reverse}")
+
     def forward(self, X, hidden=None, lengths=None):
         """Run the layer over a whole sequence.
 
@@ -84,7 +88,9 @@ class QRNNLayer(nn.Module):
             ``(H, h_n)``: outputs ``[T, B, hidden_size]`` and the final state ``[1, B, hidden_size]``
             (each sequence's own last step; step 0 when ``reverse``).
         """
-        self._check_input(X, hidden)
+        # Read the weight once: under a parametrization (e.g. weight drop) every read recomputes it.
+        weight, bias = self.linear.weight, self.linear.bias
+        self._check_input(X, hidden, weight)
         seq_len, batch_size, _ = X.shape
         prev = self._saved_inputs(batch_size)
         if lengths is not None:
@@ -92,7 +98,7 @@ class QRNNLayer(nn.Module):
             if self.reverse and self.window > 1:
                 # The window of step t reads x_{t+1}, ...: padding past a sequence's end must be zero.
                 X = X.masked_fill(~_valid_steps(lengths, seq_len).unsqueeze(2), 0)
-        Y = self._project(X, prev)  # [T, B, k*H]
+        Y = self._project(X, prev, weight, bias)  # [T, B, k*H]
         Z, F, O = self._gates(Y)
         h0 = None if hidden is None else hidden.reshape(batch_size, self.hidden_size).to(Z.dtype)
         backend = "auto" if self.use_cuda else "torch"
@@ -102,7 +108,7 @@ class QRNNLayer(nn.Module):
             self.prevX = self._last_inputs(X, prev, lengths)
         return H, self._final_state(C, h0, lengths)
 
-    def _check_input(self, X, hidden):
+    def _check_input(self, X, hidden, weight):
         """Raise ValueError naming the expected and the actual value for a bad input or state."""
         if not isinstance(X, torch.Tensor) or X.dim() != 3:
             shape = tuple(X.shape) if isinstance(X, torch.Tensor) else type(X).__name__
@@ -110,7 +116,6 @@ class QRNNLayer(nn.Module):
         if X.shape[2] != self.input_size:
             raise ValueError(f"QRNNLayer: input must have {self.input_size} features (last dim), "
                              f"got shape {tuple(X.shape)}")
-        weight = self.linear.weight
         if not X.is_floating_point():
             raise ValueError(f"QRNNLayer: input must be a floating point tensor, got {X.dtype}")
         if X.dtype != weight.dtype and not torch.is_autocast_enabled(X.device.type):
@@ -135,13 +140,12 @@ class QRNNLayer(nn.Module):
                              f"size {batch_size}; call reset() before a sequence with a different batch size")
         return self.prevX
 
-    def _project(self, X, prev):
+    def _project(self, X, prev, weight, bias):
         """The gate pre-activations ``Y = linear([x_t, x_{t-1}, ...])``, ``[T, B, k*H]``.
 
         For ``window > 1`` the ``[T, B, window*I]`` concatenation is never built: see
         :class:`_ShiftedLinear`. Same sums as the original's Linear, on the same parameters.
         """
-        weight, bias = self.linear.weight, self.linear.bias
         if self.window == 1:
             return nnf.linear(X, weight, bias)
         device_type = X.device.type

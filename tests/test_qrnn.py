@@ -260,3 +260,19 @@ def test_gradients_with_inputs_kept_from_the_previous_chunk():
     assert torch.autograd.gradcheck(lambda X, w, b: run(X, w, b), inputs)
     expected, _ = original_layer(second, weight, bias, window=4, prev=kept)
     torch.testing.assert_close(run(second, weight, bias), expected)
+
+
+def test_a_weight_parametrization_runs_once_per_call():
+    """Weight drop (the language model's DropConnect) must draw one mask per call, not one per read."""
+    calls = []
+
+    class CountReads(torch.nn.Module):
+        def forward(self, weight):
+            calls.append(1)
+            return weight
+
+    layer = QRNNLayer(3, 4, window=3)
+    torch.nn.utils.parametrize.register_parametrization(layer.linear, "weight", CountReads())
+    calls.clear()
+    layer(torch.randn(5, 2, 3))
+    assert len(calls) == 1
