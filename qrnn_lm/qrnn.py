@@ -150,7 +150,8 @@ class QRNNLayer(nn.Module):
             return nnf.linear(X, weight, bias)
         device_type = X.device.type
         if torch.is_autocast_enabled(device_type):
-            # Autocast does not reach inside an autograd.Function: cast as it would for a Linear.
+            # Autocast does not cast the inputs of an autograd.Function: cast as it would for a
+            # Linear, so every product inside runs in one dtype.
             dtype = torch.get_autocast_dtype(device_type)
             X, weight = X.to(dtype), weight.to(dtype)
             bias = None if bias is None else bias.to(dtype)
@@ -158,8 +159,7 @@ class QRNNLayer(nn.Module):
         seq_len, batch_size, input_size = X.shape
         x_rows = X.reshape(seq_len * batch_size, input_size)  # a view when X is time-major contiguous
         prev_rows = None if prev is None else prev.reshape(-1, input_size)  # [(window-1)*B, I]
-        with torch.autocast(device_type, enabled=False):
-            Y = _ShiftedLinear.apply(x_rows, weight, bias, prev_rows, batch_size, self.reverse)
+        Y = _ShiftedLinear.apply(x_rows, weight, bias, prev_rows, batch_size, self.reverse)
         return Y.view(seq_len, batch_size, -1)
 
     def _gates(self, Y):

@@ -276,3 +276,17 @@ def test_a_weight_parametrization_runs_once_per_call():
     calls.clear()
     layer(torch.randn(5, 2, 3))
     assert len(calls) == 1
+
+
+@pytest.mark.parametrize("window", [1, 2])
+def test_backward_under_autocast_gives_float32_parameter_gradients(window):
+    torch.manual_seed(10)
+    qrnn = QRNN(8, 8, num_layers=2, window=window, save_prev_x=True)
+    X = torch.randn(5, 2, 8, requires_grad=True)
+    for _ in range(2):  # the second call also uses the kept inputs
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            output, _ = qrnn(X)
+        output.float().square().sum().backward()
+    for name, parameter in qrnn.named_parameters():
+        assert parameter.grad.dtype == torch.float32 and parameter.grad.abs().sum() > 0, name
+    assert X.grad.dtype == torch.float32

@@ -127,3 +127,16 @@ class TestGPUMatchesCPU:
         out_gpu, h_gpu = gpu(pack_sequence([s.cuda() for s in sequences], enforce_sorted=False))
         torch.testing.assert_close(out_gpu.data.cpu(), out_cpu.data, atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(h_gpu.cpu(), h_cpu, atol=1e-4, rtol=1e-4)
+
+
+def test_gradcheck_of_a_bidirectional_stack_on_a_packed_batch():
+    torch.manual_seed(9)
+    qrnn = QRNN(2, 3, num_layers=2, window=3, bidirectional=True).double()
+    sequences = [torch.randn(length, 2, dtype=torch.float64, requires_grad=True) for length in (4, 2)]
+    hidden = torch.randn(4, 2, 3, dtype=torch.float64, requires_grad=True)
+
+    def run(first, second, hidden):
+        output, h_n = qrnn(pack_sequence([first, second]), hidden)
+        return output.data, h_n
+
+    assert torch.autograd.gradcheck(run, (*sequences, hidden))
