@@ -15,6 +15,7 @@ import qrnn_lm.train as train_module
 import qrnn_lm.train_step as train_step_module
 from qrnn_lm.checkpoint import load_checkpoint
 from qrnn_lm.config import UserError, load_config
+from qrnn_lm.nt_asgd import averaged_weights, make_optimizer, should_switch_to_asgd
 from qrnn_lm.train import TrainingError, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -174,3 +175,30 @@ def test_resume_with_other_data_is_a_user_error(corpus, tmp_path):
         run(tiny(corpus), out)
     with pytest.raises(UserError, match="does not exist"):
         run(tiny(corpus), tmp_path / "new", resume=tmp_path / "missing.pt")
+
+
+def test_nt_asgd_trigger_matches_awd():
+    # Worse than the best of all validations but the last `nonmono` ones.
+    assert should_switch_to_asgd([5.0, 4.0, 3.0], 6.0, nonmono=2)
+    assert not should_switch_to_asgd([5.0, 4.0, 3.0], 4.5, nonmono=2)
+    assert not should_switch_to_asgd([5.0, 4.0], 9.0, nonmono=2)  # too few validations yet
+
+
+def test_averaged_weights_are_swapped_in_and_out():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    optimizer = make_optimizer("asgd", model, lr=0.5, weight_decay=0.0)
+    for _ in range(3):
+        optimizer.zero_grad()
+        model(torch.randn(4, 3)).pow(2).sum().backward()
+        optimizer.step()
+    raw = [p.detach().clone() for p in model.parameters()]
+    with averaged_weights(model, optimizer) as swapped:
+        assert swapped
+        for param, before in zip(model.parameters(), raw):
+            assert torch.equal(param, optimizer.state[param]["ax"]) and not torch.equal(param, before)
+    for param, before in zip(model.parameters(), raw):
+        assert torch.equal(param, before)
+    sgd = make_optimizer("sgd", model, lr=0.5, weight_decay=0.0)
+    with averaged_weights(model, sgd) as swapped:
+        assert not swapped
