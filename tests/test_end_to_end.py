@@ -124,6 +124,37 @@ def test_generate_needs_no_data_and_is_reproducible_by_seed(run, tmp_path):
     assert first.stderr == ""
 
 
+def test_generate_streams_each_token_as_it_is_sampled(run, monkeypatch):
+    """After each token the sampler yields, that token is already flushed to stdout."""
+    import sys
+
+    import qrnn_lm.generate
+
+    real_generate, flushed = qrnn_lm.generate.generate, []
+
+    def watched(*args, **kwargs):
+        for token in real_generate(*args, **kwargs):
+            yield token
+            flushed.append((token, sys.stdout.buffer.getvalue().decode()))  # bytes written so far
+
+    monkeypatch.setattr(qrnn_lm.generate, "generate", watched)
+    out, _, _ = run
+    result = invoke("generate", out, "--prompt", "the", "--tokens", 8, "--seed", 0)
+    assert result.exit_code == 0, result.output
+    assert len(flushed) == 8
+    for token, written in flushed:
+        assert written.endswith("\n" if token == "<eos>" else token), (token, written)
+
+
+def test_eval_on_other_data(run, tmp_path):
+    out, _, _ = run
+    other = write_corpus(tmp_path / "other", seed=5, words=WORDS[:5] + ["zebra"])  # zebra reads as <unk>
+    result = invoke("eval", out, "--data", other, "--split", "valid", "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith(f"{other} valid: loss")
+    assert _parse_eval(result.stdout)[2] == sum(len(line.split()) + 1 for line in (other / "valid.txt").open()) - 1
+
+
 def test_generate_without_prompt_and_with_filters(run):
     out, _, _ = run
     result = invoke("generate", out, "--tokens", 15, "--top-k", 3, "--top-p", 0.9, "--temperature", 0.7, "--seed", 0)
