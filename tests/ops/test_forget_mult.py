@@ -28,7 +28,8 @@ TOLERANCES = {
     torch.float16: dict(atol=2e-2, rtol=1e-2),
     torch.bfloat16: dict(atol=1e-1, rtol=5e-2),
 }
-BACKENDS = ["numba", "numba-chunked", "torch"]
+# "numba" runs small calls in the calling thread; "numba-parallel" forces the prange kernel.
+BACKENDS = ["numba", "numba-parallel", "numba-chunked", "torch"]
 
 
 @contextlib.contextmanager
@@ -48,11 +49,14 @@ def nan_poisoned_allocations(monkeypatch):
 
 
 def backend_module(name, monkeypatch):
-    """The backend module; for numba, forces the sequential or the chunked strategy."""
+    """The backend module; for numba, forces the sequential or the chunked strategy, and for
+    "numba-parallel" the parallel sequential kernel even on small shapes."""
     if name == "torch":
         return loop
     strategy = "chunked" if name == "numba-chunked" else "sequential"
     monkeypatch.setenv("QRNN_LM_FORGET_MULT_CPU_STRATEGY", strategy)
+    if name == "numba-parallel":
+        monkeypatch.setattr(cpu, "SERIAL_MAX_ELEMENTS", 0)
     return cpu
 
 
@@ -125,7 +129,7 @@ def test_fp32_matches_reference(backend, shape, reverse, with_lengths, monkeypat
     check_backend(module, shape, torch.float32, reverse, with_lengths, monkeypatch)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ["numba", "numba-chunked", "torch"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64], ids=str)
 @pytest.mark.parametrize("shape", SMALL_SHAPES, ids=lambda s: "T{}-B{}-H{}".format(*s))
 @pytest.mark.parametrize("reverse,with_lengths", list(itertools.product([False, True], [False, True])))
@@ -134,7 +138,7 @@ def test_other_dtypes_match_reference(backend, dtype, shape, reverse, with_lengt
     check_backend(module, shape, dtype, reverse, with_lengths, monkeypatch)
 
 
-@pytest.mark.parametrize("backend", ["numba", "numba-chunked"])
+@pytest.mark.parametrize("backend", ["numba", "numba-parallel", "numba-chunked"])
 def test_long_sequence_few_lanes(backend, monkeypatch):
     """The shapes the chunked scan is for (many chunks, chunk edges inside and past lengths)."""
     module = backend_module(backend, monkeypatch)
@@ -142,12 +146,15 @@ def test_long_sequence_few_lanes(backend, monkeypatch):
         check_backend(module, (700, 3, 5), torch.float32, reverse, True, monkeypatch, seed=7)
 
 
-def test_chunked_scan_really_runs_when_forced(monkeypatch):
-    """Guard against the chunked tests silently running the sequential kernel."""
+def test_forced_strategies_really_apply(monkeypatch):
+    """Guard against the chunked/parallel tests silently running another kernel."""
     monkeypatch.setenv("QRNN_LM_FORGET_MULT_CPU_STRATEGY", "chunked")
     assert cpu._strategy(63, 1, 7) == "chunked"
     monkeypatch.setenv("QRNN_LM_FORGET_MULT_CPU_STRATEGY", "sequential")
     assert cpu._strategy(4096, 1, 1) == "sequential"
+    monkeypatch.setattr(cpu, "SERIAL_MAX_ELEMENTS", 0)
+    assert not cpu._run_serially(20, 4, 2, 5) or cpu.numba.get_num_threads() == 1  # 12 tiles
+    assert cpu._run_serially(20, 1, 8, 5)  # one tile: nothing to share out
     monkeypatch.setenv("QRNN_LM_FORGET_MULT_CPU_STRATEGY", "fastest")
     with pytest.raises(ValueError, match="'auto', 'chunked' or 'sequential'.*fastest"):
         cpu._strategy(63, 1, 7)

@@ -64,90 +64,122 @@ def _tile_lanes(batch_size: int, hidden_size: int) -> int:
 
 if HAS_NUMBA:
 
-    # The running state lives in a small per-tile scratch array rather than being read back
-    # from the previous output row: numba does not tell LLVM that arrays do not alias, and
+    # Building blocks, run by one thread on one tile (batch element b, lanes lo:hi) over a range
+    # of walk steps. The running state lives in a small scratch array rather than being read
+    # back from the previous output row: numba does not tell LLVM that arrays do not alias, and
     # with a fresh scratch array the lane loop vectorises (measured 2-3x faster).
+
+    @njit(cache=True, inline="always")
+    def _forward_run(f, x, b, lo, hi, length, reverse, s_start, s_stop, state, out):
+        """Forward walk steps s_start..s_stop-1 from ``state`` (updated in place), writing out."""
+        for s in range(s_start, s_stop):
+            t = length - 1 - s if reverse else s
+            f_row, x_row, out_row = f[t, b, lo:hi], x[t, b, lo:hi], out[t, b, lo:hi]
+            for j in range(hi - lo):
+                ft = f_row[j]
+                value = ft * x_row[j] + (1.0 - ft) * state[j]
+                state[j] = value
+                out_row[j] = value
+
+    @njit(cache=True, inline="always")
+    def _backward_run(grad_h, f, x, h, h0, b, lo, hi, length, reverse, u_start, u_stop, carry,
+                      grad_f, grad_x):
+        """Backward walk steps u_start..u_stop-1 (u = 0 undoes the forward's last step) from
+        ``carry`` = (1 - f) * g of the step undone before (updated in place)."""
+        for u in range(u_start, u_stop):
+            t = u if reverse else length - 1 - u
+            first = (t == length - 1) if reverse else (t == 0)  # the forward's first step
+            t_prev = t + 1 if reverse else t - 1
+            h_prev = h0[b, lo:hi] if first else h[t_prev, b, lo:hi]
+            f_row, x_row, g_row = f[t, b, lo:hi], x[t, b, lo:hi], grad_h[t, b, lo:hi]
+            gf_row, gx_row = grad_f[t, b, lo:hi], grad_x[t, b, lo:hi]
+            for j in range(hi - lo):
+                ft = f_row[j]
+                g = g_row[j] + carry[j]
+                gx_row[j] = ft * g
+                gf_row[j] = (x_row[j] - h_prev[j]) * g
+                carry[j] = (1.0 - ft) * g
+
+    @njit(cache=True)
+    def _zero_steps(array, b, lo, hi, t_start, t_stop):
+        for t in range(t_start, t_stop):
+            for j in range(lo, hi):
+                array[t, b, j] = 0.0
+
+    @njit(cache=True)
+    def _forward_tile(f, x, h0, lengths, reverse, tile, item, out):
+        seq_len, _, hidden_size = x.shape
+        tiles_per_row = -(-hidden_size // tile)
+        b, lo = item // tiles_per_row, (item % tiles_per_row) * tile
+        hi, length = min(lo + tile, hidden_size), lengths[b]
+        _zero_steps(out, b, lo, hi, length, seq_len)  # padding
+        state = h0[b, lo:hi].copy()
+        _forward_run(f, x, b, lo, hi, length, reverse, 0, length, state, out)
+
+    @njit(cache=True)
+    def _backward_tile(grad_h, f, x, h, h0, lengths, reverse, tile, item, grad_f, grad_x, grad_h0):
+        seq_len, _, hidden_size = x.shape
+        tiles_per_row = -(-hidden_size // tile)
+        b, lo = item // tiles_per_row, (item % tiles_per_row) * tile
+        hi, length = min(lo + tile, hidden_size), lengths[b]
+        _zero_steps(grad_f, b, lo, hi, length, seq_len)  # padding
+        _zero_steps(grad_x, b, lo, hi, length, seq_len)
+        carry = np.zeros(hi - lo, dtype=grad_h0.dtype)
+        _backward_run(grad_h, f, x, h, h0, b, lo, hi, length, reverse, 0, length, carry, grad_f, grad_x)
+        grad_h0[b, lo:hi] = carry
+
+    # The sequential strategy: tiles in parallel (prange) or, for small calls, all in the
+    # calling thread (a parallel launch costs tens of microseconds, and on a busy machine it
+    # waits for every worker thread to be scheduled).
 
     @njit(parallel=True, cache=True)
     def _seq_forward(f, x, h0, lengths, reverse, tile, out):
-        """out[t, b, :] = f * x + (1 - f) * state; out[t >= len_b] = 0."""
-        seq_len, batch_size, hidden_size = x.shape
-        tiles_per_row = -(-hidden_size // tile)
-        for item in prange(batch_size * tiles_per_row):
-            b = item // tiles_per_row
-            lo = (item % tiles_per_row) * tile
-            hi = min(lo + tile, hidden_size)
-            length = lengths[b]
-            for t in range(length, seq_len):
-                for j in range(lo, hi):
-                    out[t, b, j] = 0.0
-            state = np.empty(hi - lo, dtype=out.dtype)
-            for j in range(hi - lo):
-                state[j] = h0[b, lo + j]
-            for s in range(length):
-                t = length - 1 - s if reverse else s
-                f_row, x_row, out_row = f[t, b, lo:hi], x[t, b, lo:hi], out[t, b, lo:hi]
-                for j in range(hi - lo):
-                    ft = f_row[j]
-                    value = ft * x_row[j] + (1.0 - ft) * state[j]
-                    state[j] = value
-                    out_row[j] = value
+        for item in prange(x.shape[1] * -(-x.shape[2] // tile)):
+            _forward_tile(f, x, h0, lengths, reverse, tile, item, out)
+
+    @njit(cache=True)
+    def _seq_forward_serial(f, x, h0, lengths, reverse, tile, out):
+        for item in range(x.shape[1] * -(-x.shape[2] // tile)):
+            _forward_tile(f, x, h0, lengths, reverse, tile, item, out)
 
     @njit(parallel=True, cache=True)
     def _seq_backward(grad_h, f, x, h, h0, lengths, reverse, tile, grad_f, grad_x, grad_h0):
-        """Walk opposite to the forward, carrying (1 - f) * g in a scratch array."""
-        seq_len, batch_size, hidden_size = x.shape
-        tiles_per_row = -(-hidden_size // tile)
-        for item in prange(batch_size * tiles_per_row):
-            b = item // tiles_per_row
-            lo = (item % tiles_per_row) * tile
-            hi = min(lo + tile, hidden_size)
-            length = lengths[b]
-            for t in range(length, seq_len):
-                for j in range(lo, hi):
-                    grad_f[t, b, j] = 0.0
-                    grad_x[t, b, j] = 0.0
-            carry = np.zeros(hi - lo, dtype=grad_h0.dtype)
-            # s counts backward steps; t is the forward step being undone.
-            for s in range(length):
-                t = s if reverse else length - 1 - s
-                first = (t == length - 1) if reverse else (t == 0)  # the forward's first step
-                t_prev = t + 1 if reverse else t - 1
-                h_prev = h0[b, lo:hi] if first else h[t_prev, b, lo:hi]
-                f_row, x_row, g_row = f[t, b, lo:hi], x[t, b, lo:hi], grad_h[t, b, lo:hi]
-                gf_row, gx_row = grad_f[t, b, lo:hi], grad_x[t, b, lo:hi]
-                for j in range(hi - lo):
-                    ft = f_row[j]
-                    g = g_row[j] + carry[j]
-                    gx_row[j] = ft * g
-                    gf_row[j] = (x_row[j] - h_prev[j]) * g
-                    carry[j] = (1.0 - ft) * g
-            for j in range(hi - lo):
-                grad_h0[b, lo + j] = carry[j]
+        for item in prange(x.shape[1] * -(-x.shape[2] // tile)):
+            _backward_tile(grad_h, f, x, h, h0, lengths, reverse, tile, item, grad_f, grad_x, grad_h0)
 
+    @njit(cache=True)
+    def _seq_backward_serial(grad_h, f, x, h, h0, lengths, reverse, tile, grad_f, grad_x, grad_h0):
+        for item in range(x.shape[1] * -(-x.shape[2] // tile)):
+            _backward_tile(grad_h, f, x, h, h0, lengths, reverse, tile, item, grad_f, grad_x, grad_h0)
+
+    # The chunked scan. The recurrence is linear in the state: a chunk of steps run from state s
+    # ends at ``local_end + decay * s``, where local_end is its end state from a zero start and
+    # decay the product of its (1 - f). Phase 1 finds both for every chunk in parallel, phase 2
+    # carries the true start of every chunk across the (few) chunk boundaries, phase 3 reruns
+    # every chunk in parallel from its true start and writes the outputs. The backward carry
+    # c <- (1 - f[t]) * (grad_h[t] + c) is the same kind of recurrence, scanned the same way,
+    # with chunks numbered along the backward walk. Work item = (tile, chunk).
+
+    @njit(cache=True)
+    def _chunk_item(item, n_chunks, tile, hidden_size, lengths, chunk_len):
+        tiles_per_row = -(-hidden_size // tile)
+        b, k = item // (tiles_per_row * n_chunks), item % n_chunks
+        lo = (item // n_chunks % tiles_per_row) * tile
+        length = lengths[b]
+        s_start, s_stop = min(k * chunk_len, length), min((k + 1) * chunk_len, length)
+        return b, k, lo, min(lo + tile, hidden_size), length, s_start, s_stop
 
     @njit(parallel=True, cache=True)
     def _chunked_forward(f, x, h0, lengths, reverse, tile, chunk_len, starts, decays, out):
-        """Chunked scan. starts, decays: scratch ``[B, n_chunks, H]``.
-
-        The recurrence is linear in the state: a chunk run from state s ends at
-        ``local_end + decay * s``, with local_end its end state from a zero start and decay the
-        product of its (1 - f). Phase 1 finds both for every chunk in parallel, phase 2 carries
-        the true start of every chunk across the (few) chunk boundaries, phase 3 reruns every
-        chunk in parallel from its true start and writes h.
-        """
+        """starts, decays: scratch ``[B, n_chunks, H]``."""
         seq_len, batch_size, hidden_size = x.shape
         n_chunks = starts.shape[1]
-        tiles_per_row = -(-hidden_size // tile)
-        n_tiles = batch_size * tiles_per_row
-        for item in prange(n_tiles * n_chunks):  # phase 1
-            b, k = item // (tiles_per_row * n_chunks), item % n_chunks
-            lo = (item // n_chunks % tiles_per_row) * tile
-            hi = min(lo + tile, hidden_size)
-            length = lengths[b]
+        n_items = batch_size * -(-hidden_size // tile) * n_chunks
+        for item in prange(n_items):  # phase 1: end state from zero, product of (1 - f)
+            b, k, lo, hi, length, s_start, s_stop = _chunk_item(item, n_chunks, tile, hidden_size, lengths, chunk_len)
             state = np.zeros(hi - lo, dtype=out.dtype)
             decay = np.ones(hi - lo, dtype=out.dtype)
-            for s in range(k * chunk_len, min((k + 1) * chunk_len, length)):
+            for s in range(s_start, s_stop):
                 t = length - 1 - s if reverse else s
                 f_row, x_row = f[t, b, lo:hi], x[t, b, lo:hi]
                 for j in range(hi - lo):
@@ -156,52 +188,30 @@ if HAS_NUMBA:
                     decay[j] *= 1.0 - ft
             starts[b, k, lo:hi] = state
             decays[b, k, lo:hi] = decay
-        for item in prange(n_tiles):  # phase 2: starts[b, k] becomes chunk k's true start
-            b = item // tiles_per_row
-            lo = (item % tiles_per_row) * tile
-            for j in range(lo, min(lo + tile, hidden_size)):
+        for b in prange(batch_size):  # phase 2: starts[b, k] becomes chunk k's true start
+            for j in range(hidden_size):
                 carry = h0[b, j]
                 for k in range(n_chunks):
                     end = starts[b, k, j] + decays[b, k, j] * carry
                     starts[b, k, j] = carry
                     carry = end
-        for item in prange(n_tiles * n_chunks):  # phase 3
-            b, k = item // (tiles_per_row * n_chunks), item % n_chunks
-            lo = (item // n_chunks % tiles_per_row) * tile
-            hi = min(lo + tile, hidden_size)
-            length = lengths[b]
-            for t in range(max(k * chunk_len, length), min((k + 1) * chunk_len, seq_len)):
-                for j in range(lo, hi):
-                    out[t, b, j] = 0.0  # padding
+        for item in prange(n_items):  # phase 3
+            b, k, lo, hi, length, s_start, s_stop = _chunk_item(item, n_chunks, tile, hidden_size, lengths, chunk_len)
+            _zero_steps(out, b, lo, hi, max(k * chunk_len, length), min((k + 1) * chunk_len, seq_len))
             state = starts[b, k, lo:hi].copy()
-            for s in range(k * chunk_len, min((k + 1) * chunk_len, length)):
-                t = length - 1 - s if reverse else s
-                f_row, x_row, out_row = f[t, b, lo:hi], x[t, b, lo:hi], out[t, b, lo:hi]
-                for j in range(hi - lo):
-                    ft = f_row[j]
-                    value = ft * x_row[j] + (1.0 - ft) * state[j]
-                    state[j] = value
-                    out_row[j] = value
+            _forward_run(f, x, b, lo, hi, length, reverse, s_start, s_stop, state, out)
 
     @njit(parallel=True, cache=True)
-    def _chunked_backward(
-        grad_h, f, x, h, h0, lengths, reverse, tile, chunk_len, starts, decays,
-        grad_f, grad_x, grad_h0,
-    ):
-        """Chunked scan of the backward carry c <- (1 - f[t]) * (grad_h[t] + c), same phases
-        as _chunked_forward; chunks are numbered along the backward walk (u = 0 first)."""
+    def _chunked_backward(grad_h, f, x, h, h0, lengths, reverse, tile, chunk_len, starts, decays,
+                          grad_f, grad_x, grad_h0):
         seq_len, batch_size, hidden_size = x.shape
         n_chunks = starts.shape[1]
-        tiles_per_row = -(-hidden_size // tile)
-        n_tiles = batch_size * tiles_per_row
-        for item in prange(n_tiles * n_chunks):  # phase 1
-            b, k = item // (tiles_per_row * n_chunks), item % n_chunks
-            lo = (item // n_chunks % tiles_per_row) * tile
-            hi = min(lo + tile, hidden_size)
-            length = lengths[b]
+        n_items = batch_size * -(-hidden_size // tile) * n_chunks
+        for item in prange(n_items):  # phase 1
+            b, k, lo, hi, length, u_start, u_stop = _chunk_item(item, n_chunks, tile, hidden_size, lengths, chunk_len)
             carry = np.zeros(hi - lo, dtype=grad_f.dtype)
             decay = np.ones(hi - lo, dtype=grad_f.dtype)
-            for u in range(k * chunk_len, min((k + 1) * chunk_len, length)):
+            for u in range(u_start, u_stop):
                 t = u if reverse else length - 1 - u
                 f_row, g_row = f[t, b, lo:hi], grad_h[t, b, lo:hi]
                 for j in range(hi - lo):
@@ -210,39 +220,20 @@ if HAS_NUMBA:
                     decay[j] *= keep
             starts[b, k, lo:hi] = carry
             decays[b, k, lo:hi] = decay
-        for item in prange(n_tiles):  # phase 2; the carry left after the last chunk is grad_h0
-            b = item // tiles_per_row
-            lo = (item % tiles_per_row) * tile
-            for j in range(lo, min(lo + tile, hidden_size)):
+        for b in prange(batch_size):  # phase 2; the carry left after the last chunk is grad_h0
+            for j in range(hidden_size):
                 carry = 0.0
                 for k in range(n_chunks):
                     end = starts[b, k, j] + decays[b, k, j] * carry
                     starts[b, k, j] = carry
                     carry = end
                 grad_h0[b, j] = carry
-        for item in prange(n_tiles * n_chunks):  # phase 3
-            b, k = item // (tiles_per_row * n_chunks), item % n_chunks
-            lo = (item // n_chunks % tiles_per_row) * tile
-            hi = min(lo + tile, hidden_size)
-            length = lengths[b]
-            for t in range(max(k * chunk_len, length), min((k + 1) * chunk_len, seq_len)):
-                for j in range(lo, hi):
-                    grad_f[t, b, j] = 0.0  # padding
-                    grad_x[t, b, j] = 0.0
+        for item in prange(n_items):  # phase 3
+            b, k, lo, hi, length, u_start, u_stop = _chunk_item(item, n_chunks, tile, hidden_size, lengths, chunk_len)
+            _zero_steps(grad_f, b, lo, hi, max(k * chunk_len, length), min((k + 1) * chunk_len, seq_len))
+            _zero_steps(grad_x, b, lo, hi, max(k * chunk_len, length), min((k + 1) * chunk_len, seq_len))
             carry = starts[b, k, lo:hi].copy()
-            for u in range(k * chunk_len, min((k + 1) * chunk_len, length)):
-                t = u if reverse else length - 1 - u
-                first = (t == length - 1) if reverse else (t == 0)  # the forward's first step
-                t_prev = t + 1 if reverse else t - 1
-                h_prev = h0[b, lo:hi] if first else h[t_prev, b, lo:hi]
-                f_row, x_row, g_row = f[t, b, lo:hi], x[t, b, lo:hi], grad_h[t, b, lo:hi]
-                gf_row, gx_row = grad_f[t, b, lo:hi], grad_x[t, b, lo:hi]
-                for j in range(hi - lo):
-                    ft = f_row[j]
-                    g = g_row[j] + carry[j]
-                    gx_row[j] = ft * g
-                    gf_row[j] = (x_row[j] - h_prev[j]) * g
-                    carry[j] = (1.0 - ft) * g
+            _backward_run(grad_h, f, x, h, h0, b, lo, hi, length, reverse, u_start, u_stop, carry, grad_f, grad_x)
 
 
 def _as_compute(tensor: torch.Tensor) -> torch.Tensor:
@@ -262,6 +253,17 @@ def _lengths_array(lengths: torch.Tensor | None, seq_len: int, batch_size: int):
 # CHUNK_RULE_PLACEHOLDER
 CHUNKED_MIN_STEPS = 1024
 CHUNKED_MIN_IDLE_RATIO = 3
+
+
+# Up to this many elements the sequential kernel runs in the calling thread: a parallel launch
+# costs 30-90 us on the 2-core CI machine. Measured (fwd, serial vs parallel): (63, 3, 500)
+# 52 vs 107 us, (4096, 1, 64) 140 vs 190 us, (70, 20, 1550) 1.76 vs 0.89 ms (best of 30).
+SERIAL_MAX_ELEMENTS = 1 << 18
+
+
+def _run_serially(numel: int, batch_size: int, tile: int, hidden_size: int) -> bool:
+    n_tiles = batch_size * -(-hidden_size // tile)
+    return numel <= SERIAL_MAX_ELEMENTS or n_tiles == 1 or numba.get_num_threads() == 1
 
 
 def _chunk_len(seq_len: int, n_tiles: int) -> int:
@@ -311,6 +313,8 @@ def forward(f, x, h0, lengths, reverse):
         if _strategy(seq_len, batch_size, hidden_size) == "chunked":
             scratch = _chunk_scratch(seq_len, batch_size, hidden_size, tile, args[0].dtype)
             _chunked_forward(*args, *scratch, out.numpy())
+        elif _run_serially(out.numel(), batch_size, tile, hidden_size):
+            _seq_forward_serial(*args, out.numpy())
         else:
             _seq_forward(*args, out.numpy())
     return out.to(x.dtype)
@@ -332,6 +336,8 @@ def backward(grad_h, f, x, h, h0, lengths, reverse):
         if _strategy(seq_len, batch_size, hidden_size) == "chunked":
             scratch = _chunk_scratch(seq_len, batch_size, hidden_size, tile, arrays[1].dtype)
             _chunked_backward(*args, *scratch, *outs)
+        elif _run_serially(x.numel(), batch_size, tile, hidden_size):
+            _seq_backward_serial(*args, *outs)
         else:
             _seq_backward(*args, *outs)
     return grad_f.to(x.dtype), grad_x.to(x.dtype), grad_h0.to(h0.dtype)
