@@ -17,6 +17,7 @@ from qrnn_lm.checkpoint import load_checkpoint
 from qrnn_lm.config import UserError, load_config
 from qrnn_lm.nt_asgd import averaged_weights, make_optimizer, should_switch_to_asgd
 from qrnn_lm.train import TrainingError, train
+from qrnn_lm.train_state import sigint_deferred
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "tiny.toml"
@@ -202,3 +203,16 @@ def test_averaged_weights_are_swapped_in_and_out():
     sgd = make_optimizer("sgd", model, lr=0.5, weight_decay=0.0)
     with averaged_weights(model, sgd) as swapped:
         assert not swapped
+
+
+def test_ctrl_c_is_held_until_the_weight_update_is_complete():
+    import os
+    import signal
+
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with sigint_deferred():
+            os.kill(os.getpid(), signal.SIGINT)  # arrives in the middle of the "update"
+            done.append("update finished")
+    assert done == ["update finished"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
