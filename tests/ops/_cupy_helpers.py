@@ -30,7 +30,10 @@ def nvrtc_compile(backend, arch: str) -> bytes:
     options = [o.encode() for o in backend.NVRTC_OPTIONS] + [f"--gpu-architecture={arch}".encode()]
     (err,) = nvrtc.nvrtcCompileProgram(program, len(options), options)
     _, log_size = nvrtc.nvrtcGetProgramLogSize(program)
-    log = b" " * log_size
+    # A fresh, writable buffer: NVRTC writes into it. (Never `b" " * n`: for n = 1, the usual
+    # empty log, that is CPython's shared one-byte object b" ", and NVRTC would overwrite every
+    # space character of the process with a NUL byte.)
+    log = bytearray(log_size)
     nvrtc.nvrtcGetProgramLog(program, log)
     assert err == nvrtc.nvrtcResult.NVRTC_SUCCESS, log.decode(errors="replace")
     if arch.startswith("compute_"):
@@ -38,10 +41,10 @@ def nvrtc_compile(backend, arch: str) -> bytes:
     else:
         get_size, get = nvrtc.nvrtcGetCUBINSize, nvrtc.nvrtcGetCUBIN
     _, size = get_size(program)
-    output = b" " * size
+    output = bytearray(size)
     get(program, output)
     nvrtc.nvrtcDestroyProgram(program)
-    return output
+    return bytes(output)
 
 
 def build_host_library(compiler: str, directory: Path) -> ctypes.CDLL:
