@@ -10,7 +10,8 @@ read and grad_f, grad_x written) divided by the time, also as a fraction of a re
 measured in the same run, ``torch.add(a, b, out=c)`` over three 64 MB tensors. All candidates
 of a shape, the reference included, are timed round-robin after a warm-up, so background load
 hits them alike (the naive loop, 20-2000x slower, is timed in 3 of the rounds only). A second section compares the numba chunked scan with the sequential kernel
-on long sequences with few lanes (what ``cpu.use_chunked`` decides from).
+on long sequences with few lanes (what ``cpu.use_chunked`` decides from), calling the
+backend's forward/backward directly.
 
 Usage: python scripts/bench_forget_mult.py [--repeats N] [--quick] [--device cpu|cuda]
 ``run(...)`` returns the rows, for reuse by ``qrnn-lm bench forget-mult``.
@@ -81,19 +82,32 @@ class _Strategy:
 
 
 def _candidates_for(impl_fns: dict, shape, device, passes):
-    """name -> (setup, fn) for every implementation and pass at one shape."""
+    """name -> (setup, fn) for every implementation and pass at one shape.
+
+    An implementation is ``(setup, op)`` with ``op(f, x) -> h`` differentiated by autograd, or
+    ``(setup, (forward, backward))``: the backend contract's functions, called directly.
+    """
     generator = torch.Generator(device="cpu").manual_seed(0)
     f = torch.rand(shape, generator=generator).to(device).requires_grad_(True)
     x = torch.randn(shape, generator=generator).to(device).requires_grad_(True)
     grad_h = torch.randn(shape, generator=generator).to(device)
+    h0 = torch.zeros(shape[1:], device=device)
+    fd, xd = f.detach(), x.detach()
     candidates = {}
     for impl, (setup, op) in impl_fns.items():
-        if "fwd" in passes:
-            candidates[(impl, "fwd")] = (setup, lambda op=op: op(f.detach(), x.detach()))
-        if "fwd+bwd" in passes:
-            candidates[(impl, "fwd+bwd")] = (
-                setup, lambda op=op: torch.autograd.grad(op(f, x), (f, x), grad_h)
+        if isinstance(op, tuple):
+            forward, backward = op
+            fwd = lambda forward=forward: forward(fd, xd, h0, None, False)
+            both = lambda forward=forward, backward=backward: backward(
+                grad_h, fd, xd, forward(fd, xd, h0, None, False), h0, None, False
             )
+        else:
+            fwd = lambda op=op: op(fd, xd)
+            both = lambda op=op: torch.autograd.grad(op(f, x), (f, x), grad_h)
+        if "fwd" in passes:
+            candidates[(impl, "fwd")] = (setup, fwd)
+        if "fwd+bwd" in passes:
+            candidates[(impl, "fwd+bwd")] = (setup, both)
     return candidates
 
 
@@ -161,9 +175,12 @@ def run(
         for shape in kernel_shapes:
             rows += _rows_for_shape("kernels", shape, impls, "naive", device, repeats, warmup)
         if device.type == "cpu":
+            from qrnn_lm.ops.forget_mult import cpu
+
+            # Kernel against kernel: the backend's own forward/backward, without the op's
+            # fixed per-call cost, which would blur the comparison at these small sizes.
             chunked_impls = {
-                name: (_Strategy(name), lambda f, x: forget_mult(f, x, backend="numba"))
-                for name in ("sequential", "chunked")
+                name: (_Strategy(name), (cpu.forward, cpu.backward)) for name in ("sequential", "chunked")
             }
             for shape in chunked_shapes:
                 rows += _rows_for_shape("chunked", shape, chunked_impls, "sequential", device, repeats, warmup)

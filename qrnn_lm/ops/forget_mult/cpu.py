@@ -249,8 +249,16 @@ def _lengths_array(lengths: torch.Tensor | None, seq_len: int, batch_size: int):
     return lengths.detach().to(torch.int64).contiguous().numpy()
 
 
-# Measured on this project's 2-core CI machine (scripts/bench_forget_mult.py, "chunked" section):
-# CHUNK_RULE_PLACEHOLDER
+# When the chunked scan pays. It reads f and x twice (phase 1 and phase 3), so it needs about
+# twice the work of the sequential kernel and only wins when most threads would otherwise idle:
+# at least CHUNKED_MIN_IDLE_RATIO threads per sequential tile, and T long enough to amortise
+# three parallel launches. Measured on this project's 2-core machine, the backend's forward and
+# backward called directly, 55 interleaved repeats, time of the sequential kernel divided by the
+# chunked one (>1 would mean chunked wins), median (best):
+#   (4096, 1, 64) fwd 0.44 (0.42) bwd 0.59 (0.62);  (4096, 1, 16) fwd 0.40 (0.42) bwd 0.56 (0.58);
+#   (4096, 1, 1) fwd 0.41 (0.42) bwd 0.48 (0.50);   (16384, 1, 8) fwd 0.42 (0.64) bwd 0.59 (0.59);
+#   (65536, 1, 4) fwd 0.54 (0.51) bwd 0.60 (0.62).
+# So on 2 threads the rule below never picks it; with 3+ threads per sequential tile it does.
 CHUNKED_MIN_STEPS = 1024
 CHUNKED_MIN_IDLE_RATIO = 3
 
