@@ -28,9 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from .checkpoint import model_from_checkpoint
+from .checkpoint import load_checkpoint, model_from_checkpoint
 from .config import to_toml
 from .evaluate import evaluate, resolve_device
 from .metrics import make_logger
@@ -191,8 +189,6 @@ def _finish(run: Run, status: str, seconds: float) -> dict[str, Any]:
             with averaged_weights(run.model, run.optimizer):
                 save_run_checkpoint(run, "best", Snapshot(best_state, capture_rng(run.generator),
                                                            capture_stream(run.model, run.hidden)))
-    from .checkpoint import load_checkpoint
-
     best = load_checkpoint(out_dir / "best.pt", map_location="cpu")
     model, _, _ = model_from_checkpoint(best, run.device)
     test_data = run.batchify(run.corpus.test, run.config.data.test_batch_size)

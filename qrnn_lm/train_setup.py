@@ -31,7 +31,7 @@ from .train_state import (
 )
 from .train_step import Meter, TrainingError
 
-__all__ = ["Run", "TrainingError", "setup_run", "save_run_checkpoint", "resume_config_check"]
+__all__ = ["Run", "TrainingError", "setup_run", "make_stream", "save_run_checkpoint", "resume_config_check"]
 
 # Keys that must not change on resume: they define the weights' shapes or the training stream.
 _FIXED_ON_RESUME = ("batch_size", "bptt", "variable_bptt")
@@ -63,8 +63,13 @@ class Run:
         return self.corpus.vocab
 
     def batchify(self, ids: torch.Tensor, batch_size: int) -> torch.Tensor:
-        """``[N]`` -> ``[N // B, B]`` on the run's device (a distributed run takes its columns here)."""
-        return batchify(ids, batch_size).to(self.device)
+        return make_stream(ids, batch_size, self.device)
+
+
+def make_stream(ids: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
+    """``[N]`` token ids -> ``[N // B, B]`` parallel streams on ``device``: the one place where the
+    training, validation and test streams are cut (a distributed run would take its columns here)."""
+    return batchify(ids, batch_size).to(device)
 
 
 def resume_config_check(config: Config, saved: Config) -> None:
@@ -151,8 +156,8 @@ def setup_run(
         optimizer=optimizer,
         generator=generator,
         state=state,
-        train_data=batchify(corpus.train, config.data.batch_size).to(device),
-        val_data=batchify(corpus.valid, config.data.eval_batch_size).to(device),
+        train_data=make_stream(corpus.train, config.data.batch_size, device),
+        val_data=make_stream(corpus.valid, config.data.eval_batch_size, device),
         hidden=hidden,
         echo=_echo(progress),
     )

@@ -1,6 +1,5 @@
 """Checkpoints: round trip, atomic writes, and one-line CheckpointErrors for bad files."""
 
-import dataclasses
 import os
 import pickle
 from pathlib import Path
@@ -154,8 +153,6 @@ def test_pickle_that_would_run_code_is_refused(tmp_path):
     assert_one_line(info.value, "run code")
     assert not marker.exists()
     # Sanity: a plain unpickler would have run it (so the test can fail).
-    with open(path, "rb"):
-        pass
     assert pickle.loads(pickle.dumps(RunsCode(marker))) is None and marker.exists()
 
 
@@ -179,4 +176,3 @@ def test_save_creates_the_folder(tmp_path):
     _, payload = make_payload()
     path = save_checkpoint(tmp_path / "deep" / "er" / "c.pt", payload)
     assert path.is_file() and os.listdir(path.parent) == ["c.pt"]
-    assert dataclasses.is_dataclass(Config)
