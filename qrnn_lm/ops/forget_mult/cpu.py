@@ -6,7 +6,8 @@ Two strategies, both forward and backward, both directions, with per-sequence le
 
 - sequential (``_seq_*``): the lanes of each batch element are cut into tiles of contiguous lanes;
   tiles run in parallel (``prange``), each walks time sequentially with the inner loop over its
-  contiguous lanes, which LLVM vectorises. Every tensor is read or written once.
+  contiguous lanes, which LLVM vectorises. Every tensor is read or written once. Small calls
+  run the same tiles in the calling thread (``_seq_*_serial``), skipping the parallel launch.
 - chunked scan (``_chunked_*``): for long T with few lanes, where there are too few tiles to keep
   the cores busy: T is cut into chunks scanned in parallel, then the chunk boundaries are
   carried (see ``_chunked_forward``). Chosen automatically by :func:`use_chunked`.
