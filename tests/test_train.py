@@ -216,3 +216,47 @@ def test_ctrl_c_is_held_until_the_weight_update_is_complete():
             done.append("update finished")
     assert done == ["update finished"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+
+
+RUN_SCRIPT = """
+import sys
+from pathlib import Path
+from qrnn_lm.config import load_config
+from qrnn_lm.train import train
+try:
+    train(load_config(sys.argv[1], sys.argv[3:]), Path(sys.argv[2]), device="cpu", progress=False)
+except KeyboardInterrupt:
+    sys.exit(130)
+"""
+
+
+def test_a_real_sigint_saves_the_exact_position_and_resumes_exactly(corpus, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    many_epochs = "train.epochs=100000"  # never finishes by itself
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen([sys.executable, "-c", RUN_SCRIPT, str(TINY), str(out), f'data.dataset="{corpus}"',
+                                many_epochs], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not (out / "last.pt").exists():  # the first epoch is done: the run is in its loop
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, "no checkpoint after 300 s"
+            time.sleep(0.05)
+        time.sleep(0.5)
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=120) == 130, process.communicate()
+    finally:
+        if process.poll() is None:
+            process.kill()
+    saved = load_checkpoint(out / "last.pt")["counters"]
+    assert saved["step"] > 0
+    target = f"train.max_steps={saved['step'] + 15}"
+    run(tiny(corpus, many_epochs, target), out, resume=out)
+    run(tiny(corpus, many_epochs, target), tmp_path / "reference")
+    assert_same_state(out / "last.pt", tmp_path / "reference" / "last.pt")
