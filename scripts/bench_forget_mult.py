@@ -43,7 +43,7 @@ def _sync(device: torch.device) -> None:
 
 def time_round_robin(candidates: dict, repeats: int, warmup: int, device: torch.device,
                      capped: tuple = (), cap: int = 3) -> dict:
-    """Median seconds per call of each ``name -> (setup, fn)``; setup runs untimed before fn.
+    """(median, best) seconds per call of each ``name -> (setup, fn)``; setup runs untimed first.
 
     Candidates whose name contains an entry of ``capped`` (the slow naive loop) take part in
     only one warm-up and ``cap`` timed rounds, spread evenly over the run.
@@ -62,7 +62,7 @@ def time_round_robin(candidates: dict, repeats: int, warmup: int, device: torch.
             _sync(device)
             if round_index >= warmup:
                 times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
+    return {name: (statistics.median(values), min(values)) for name, values in times.items()}
 
 
 def _bandwidth_candidate(device: torch.device):
@@ -133,15 +133,15 @@ def _rows_for_shape(section, shape, impls, baseline, device, repeats, warmup):
     bw_setup, bw_fn, bw_bytes = _bandwidth_candidate(device)
     candidates[("bandwidth reference", "")] = (bw_setup, bw_fn)
     medians = time_round_robin(candidates, repeats, warmup, device, capped=("naive",))
-    reference_gbs = bw_bytes / medians.pop(("bandwidth reference", "")) / 1e9
+    reference_gbs = bw_bytes / medians.pop(("bandwidth reference", ""))[0] / 1e9
     rows = []
     numel = shape[0] * shape[1] * shape[2]
-    for (impl, pass_name), seconds in medians.items():
+    for (impl, pass_name), (seconds, best) in medians.items():
         gbs = TENSORS_MOVED[pass_name] * numel * 4 / seconds / 1e9
-        base = medians.get((baseline, pass_name))
+        base = medians.get((baseline, pass_name), (None,))[0]
         rows.append(dict(
             section=section, T=shape[0], B=shape[1], H=shape[2], pass_=pass_name, impl=impl,
-            ms=seconds * 1e3, speedup=(base / seconds) if base else None,
+            ms=seconds * 1e3, best_ms=best * 1e3, speedup=(base / seconds) if base else None,
             gbs=gbs, bw_fraction=gbs / reference_gbs, reference_gbs=reference_gbs,
         ))
     return rows
@@ -157,6 +157,7 @@ def run(
     """Time everything; returns one dict per (section, shape, pass, implementation).
 
     Keys: section ("kernels" or "chunked"), T, B, H, pass_ ("fwd"/"fwd+bwd"), impl, ms (median),
+    best_ms (fastest call; shows how much of the median is other load on the machine),
     speedup (vs "naive" in the kernels section, vs "sequential" in the chunked one), gbs,
     bw_fraction (gbs / reference_gbs), reference_gbs (the bandwidth reference of that shape).
     """
@@ -193,14 +194,14 @@ def run(
 
 
 def format_table(rows: list[dict]) -> str:
-    header = f"{'section':<8} {'T':>6} {'B':>3} {'H':>5} {'pass':<8} {'impl':<11} {'median ms':>10} " \
+    header = f"{'section':<8} {'T':>6} {'B':>3} {'H':>5} {'pass':<8} {'impl':<11} {'median ms':>10} {'best ms':>9} " \
              f"{'speed-up':>9} {'GB/s':>7} {'of ref':>7} {'ref GB/s':>9}"
     lines = [header, "-" * len(header)]
     for r in rows:
         speedup = f"{r['speedup']:.1f}x" if r["speedup"] is not None else ""
         lines.append(
             f"{r['section']:<8} {r['T']:>6} {r['B']:>3} {r['H']:>5} {r['pass_']:<8} {r['impl']:<11} "
-            f"{r['ms']:>10.3f} {speedup:>9} {r['gbs']:>7.1f} {r['bw_fraction']:>7.2f} {r['reference_gbs']:>9.1f}"
+            f"{r['ms']:>10.3f} {r['best_ms']:>9.3f} {speedup:>9} {r['gbs']:>7.1f} {r['bw_fraction']:>7.2f} {r['reference_gbs']:>9.1f}"
         )
     return "\n".join(lines)
 
