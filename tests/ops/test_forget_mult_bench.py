@@ -1,0 +1,36 @@
+"""scripts/bench_forget_mult.py: run() on tiny shapes gives well-formed rows (no timing checks).
+
+Shape legend: T = time steps, B = batch, H = hidden lanes.
+"""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_forget_mult.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_forget_mult", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_run_gives_one_row_per_shape_pass_and_implementation(bench, monkeypatch):
+    monkeypatch.setattr(bench, "BANDWIDTH_ELEMENTS", 1 << 16)  # keep the reference small here
+    rows = bench.run(repeats=1, quick=True, kernel_shapes=[(3, 2, 5)], chunked_shapes=[(8, 1, 3)])
+    keys = {(r["section"], r["T"], r["B"], r["H"], r["pass_"], r["impl"]) for r in rows}
+    assert keys == {
+        ("kernels", 3, 2, 5, p, impl) for p in ("fwd", "fwd+bwd") for impl in ("naive", "numba")
+    } | {("chunked", 8, 1, 3, p, impl) for p in ("fwd", "fwd+bwd") for impl in ("sequential", "chunked")}
+    for row in rows:
+        assert row["ms"] >= row["best_ms"] > 0 and row["reference_gbs"] > 0
+        assert row["bw_fraction"] == pytest.approx(row["gbs"] / row["reference_gbs"])
+    naive = [r for r in rows if r["impl"] in ("naive", "sequential")]
+    assert all(r["speedup"] == pytest.approx(1.0) for r in naive)
+    table = bench.format_table(rows)
+    assert len(table.splitlines()) == 2 + len(rows) and "median ms" in table
+    assert "target: numba fwd+bwd >= 20x naive" in bench.target_summary(rows)
