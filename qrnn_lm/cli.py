@@ -80,7 +80,8 @@ def _one_line(message: str) -> str:
     return " ".join(part.strip() for part in str(message).splitlines() if part.strip())
 
 
-def _fail(message: str) -> typer.Exit:
+def _error_exit(message: str) -> typer.Exit:
+    """Print ``error: <message>`` as one line on stderr; return the exit-1 exception to raise."""
     typer.echo(f"error: {_one_line(message)}", err=True)
     return typer.Exit(EXIT_USER_ERROR)
 
@@ -91,7 +92,7 @@ def _user_errors():
     try:
         yield
     except UserError as error:
-        raise _fail(str(error)) from None
+        raise _error_exit(str(error)) from None
     except KeyboardInterrupt:
         typer.echo("\ninterrupted", err=True)
         raise typer.Exit(EXIT_INTERRUPTED) from None
@@ -102,7 +103,7 @@ def _check_data(data: str | None) -> None:
     if data is None or data in {item.value for item in Dataset} or Path(data).expanduser().is_dir():
         return
     names = ", ".join(item.value for item in Dataset)
-    raise _fail(f"unknown dataset or missing folder '{data}': use {names} or a folder holding train.txt, valid.txt, test.txt")
+    raise _error_exit(f"unknown dataset or missing folder '{data}': use {names} or a folder holding train.txt, valid.txt, test.txt")
 
 
 def _recipe_dir() -> Path | None:
@@ -197,7 +198,7 @@ def train(
     if epochs is not None:
         overrides.append(f"train.epochs={epochs}")
     if data is None and config is None and resume is None:
-        raise _fail("say what to train on: --data ptb|wikitext-2|wikitext-103|PATH, or --config FILE, or --resume DIR")
+        raise _error_exit("say what to train on: --data ptb|wikitext-2|wikitext-103|PATH, or --config FILE, or --resume DIR")
     _check_data(data)
     with _user_errors():
         resumed = None
@@ -270,7 +271,7 @@ def evaluate(
     Example: qrnn-lm eval runs/ptb-small/best.pt --split test
     """
     if batch_size < 1:
-        raise _fail(f"--batch-size must be >= 1, got {batch_size}")
+        raise _error_exit(f"--batch-size must be >= 1, got {batch_size}")
     _check_data(data)
     with _user_errors():
         from .evaluate import evaluate_checkpoint
