@@ -184,3 +184,34 @@ def test_empty_sequence_and_empty_batch(backend, monkeypatch):
         grad_f, grad_x, grad_h0 = module.backward(torch.ones(shape), f, x, h, h0, None, False)
         assert h.shape == grad_f.shape == grad_x.shape == shape
         assert torch.equal(grad_h0, torch.zeros(shape[1:]))
+
+
+def test_parallel_kernels_from_several_python_threads():
+    """numba's workqueue layer aborts the whole process on concurrent parallel launches, so the
+    check runs in a subprocess; the backend must serialise its launches."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(
+        """
+        import threading, torch
+        from qrnn_lm.ops.forget_mult import cpu
+        cpu.SERIAL_MAX_ELEMENTS = 0  # force the parallel kernels on these small tensors
+        f, x, h0 = torch.rand(50, 4, 300), torch.rand(50, 4, 300), torch.rand(4, 300)
+        expected = cpu.forward(f, x, h0, None, False)
+        bad = []
+        def work():
+            for _ in range(30):
+                h = cpu.forward(f, x, h0, None, False)
+                cpu.backward(h, f, x, h, h0, None, False)
+                bad.extend([1] if not torch.equal(h, expected) else [])
+        threads = [threading.Thread(target=work) for _ in range(4)]
+        [t.start() for t in threads]
+        [t.join() for t in threads]
+        print("mismatches", len(bad))
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "mismatches 0" in result.stdout
