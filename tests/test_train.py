@@ -250,7 +250,12 @@ def test_a_real_sigint_saves_the_exact_position_and_resumes_exactly(corpus, tmp_
             time.sleep(0.05)
         time.sleep(0.5)
         process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=120) == 130, process.communicate()
+        try:
+            code = process.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            pytest.fail(f"the run did not stop within 120 s of SIGINT: {process.communicate()[1][-2000:]}")
+        assert code == 130, process.communicate()
     finally:
         if process.poll() is None:
             process.kill()
