@@ -94,7 +94,10 @@ def evaluate_checkpoint(
 ) -> dict[str, Any]:
     """Evaluate a checkpoint (a path or a loaded payload) on ``split`` of its dataset or of ``data``.
 
-    Words missing from the checkpoint's vocabulary map to its ``<unk>``. Returns
+    Words missing from the checkpoint's vocabulary map to its ``<unk>``. With ``batch_size`` 1 every
+    token but the first is scored; with ``B > 1`` the split is cut into B streams (the last
+    ``N mod B`` tokens are dropped and each stream's first token is not a target), which is faster
+    and differs slightly. Returns
     ``{"loss", "ppl", "tokens", "split", "dataset", "batch_size"}``.
     """
     if split not in SPLITS:

@@ -265,3 +265,22 @@ def test_a_real_sigint_saves_the_exact_position_and_resumes_exactly(corpus, tmp_
     run(tiny(corpus, many_epochs, target), out, resume=out)
     run(tiny(corpus, many_epochs, target), tmp_path / "reference")
     assert_same_state(out / "last.pt", tmp_path / "reference" / "last.pt")
+
+
+def test_next_segment_lengths():
+    from qrnn_lm.config import DataConfig
+    from qrnn_lm.train_step import next_segment
+
+    source = torch.arange(400).view(200, 2)
+    fixed = DataConfig(bptt=12, variable_bptt=False)
+    inputs, targets = next_segment(source, 10, fixed, torch.Generator().manual_seed(0))
+    assert inputs.shape == (12, 2) and torch.equal(targets, source[11:23])
+    variable = DataConfig(bptt=30, variable_bptt=True)
+
+    def lengths(seed):
+        generator = torch.Generator().manual_seed(seed)
+        return [next_segment(source, 0, variable, generator)[0].size(0) for _ in range(40)]
+
+    assert lengths(1) == lengths(1) and len(set(lengths(1))) > 3  # random, but only from the generator
+    inputs, _ = next_segment(source, 195, fixed, torch.Generator())
+    assert inputs.size(0) == 4  # cut at the end of the stream
