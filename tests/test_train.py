@@ -284,3 +284,12 @@ def test_next_segment_lengths():
     assert lengths(1) == lengths(1) and len(set(lengths(1))) > 3  # random, but only from the generator
     inputs, _ = next_segment(source, 195, fixed, torch.Generator())
     assert inputs.size(0) == 4  # cut at the end of the stream
+
+
+def test_adam_with_lr_decay(corpus, tmp_path):
+    results = run(tiny(corpus, 'train.optimizer="adam"', "train.lr=0.01", "train.lr_decay_epochs=[1]"), tmp_path / "run")
+    last = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert results["optimizer"] == "adam" and last["optimizer"]["name"] == "adam"
+    assert last["history"]["lr"] == pytest.approx(0.001)
+    assert last["optimizer"]["state"]["param_groups"][0]["lr"] == pytest.approx(0.001)
+    assert "exp_avg" in next(iter(last["optimizer"]["state"]["state"].values()))
