@@ -8,8 +8,8 @@ CUDA), each kernel's speed-up over the naive loop, and its achieved bandwidth: t
 must move (3 tensors forward: f, x read, h written; 9 forward+backward: plus grad_h, f, x, h
 read and grad_f, grad_x written) divided by the time, also as a fraction of a reference
 measured in the same run, ``torch.add(a, b, out=c)`` over three 64 MB tensors. All candidates
-of a shape, the reference included, are timed round-robin after a warm-up, so background load
-hits them alike (the naive loop, 20-2000x slower, is timed in 3 of the rounds only). A second section compares the numba chunked scan with the sequential kernel
+of a shape, the reference included, are timed round-robin (in a rotating order) after a
+warm-up, so background load hits them alike (the naive loop, 20-2000x slower, is timed in 3 of the rounds only). A second section compares the numba chunked scan with the sequential kernel
 on long sequences with few lanes (what ``cpu.use_chunked`` decides from), calling the
 backend's forward/backward directly.
 
@@ -51,8 +51,13 @@ def time_round_robin(candidates: dict, repeats: int, warmup: int, device: torch.
     times = {name: [] for name in candidates}
     total = warmup + repeats
     capped_rounds = {0} | {warmup + (i * repeats) // cap for i in range(min(cap, repeats))}
+    names = list(candidates)
     for round_index in range(total):
-        for name, (setup, fn) in candidates.items():
+        # Rotate the order each round: whatever runs right after a torch op shares the cores
+        # with PyTorch's OpenMP threads still spinning, and that should hit every candidate alike.
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            setup, fn = candidates[name]
             if any(c in name for c in capped) and round_index not in capped_rounds:
                 continue
             setup()
