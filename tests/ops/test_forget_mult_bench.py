@@ -1,22 +1,16 @@
-"""scripts/bench_forget_mult.py: run() on tiny shapes gives well-formed rows (no timing checks).
+"""qrnn_lm.bench.forget_mult: run() on tiny shapes gives well-formed rows (no timing checks).
 
 Shape legend: T = time steps, B = batch, H = hidden lanes.
 """
 
-import importlib.util
-from pathlib import Path
-
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_forget_mult.py"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_forget_mult", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from qrnn_lm.bench import forget_mult
+
+    return forget_mult
 
 
 def test_run_gives_one_row_per_shape_pass_and_implementation(bench, monkeypatch):

@@ -1,0 +1,1 @@
+"""Benchmarks: the ForgetMult kernels, the QRNN layer against nn.LSTM, LM training throughput."""
