@@ -4,6 +4,9 @@
 hidden state (and the saved convolution inputs) across segments, and averages the loss over every
 target token: ``sum of -log p(target) / number of targets``, in nats. Perplexity is its ``exp``.
 With batch size 1 (the literature's convention) every token of the split but the first is a target.
+
+``loss_sum`` gives the sum and the count instead of the mean: a data-parallel trainer evaluates each
+rank's share of the streams with it and all-reduces both, which gives the exact token-weighted mean.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from .checkpoint import load_checkpoint, model_from_checkpoint
 from .config import UserError
 from .data import Corpus, batchify, get_batch, prepare_dataset
 
-__all__ = ["resolve_device", "evaluate", "evaluate_checkpoint", "SPLITS"]
+__all__ = ["resolve_device", "evaluate", "loss_sum", "evaluate_checkpoint", "SPLITS"]
 
 SPLITS = ("train", "valid", "test")
 
@@ -44,7 +47,6 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
     return device
 
 
-@torch.no_grad()
 def evaluate(model: torch.nn.Module, source: torch.Tensor, bptt: int, *, progress: bool = False) -> float:
     """Mean per-token loss (nats) of ``model`` over every target of ``source``.
 
@@ -58,6 +60,18 @@ def evaluate(model: torch.nn.Module, source: torch.Tensor, bptt: int, *, progres
     Returns:
         ``total loss / (N - 1) * B`` as a Python float.
     """
+    if source.dim() == 2 and source.size(1) == 0:
+        raise ValueError(f"source must hold at least one stream, got {tuple(source.shape)}")
+    total, count = loss_sum(model, source, bptt, progress=progress)
+    return total / count
+
+
+@torch.no_grad()
+def loss_sum(model: torch.nn.Module, source: torch.Tensor, bptt: int, *, progress: bool = False) -> tuple[float, int]:
+    """``(sum of -log p(target) in nats, number of targets)`` over ``source`` ``[N, B]``, as
+    :func:`evaluate`; ``(0.0, 0)`` for a source with no streams (``B = 0``: a rank without a share)."""
+    if source.dim() == 2 and source.size(1) == 0 and source.size(0) >= 2:
+        return 0.0, 0
     if source.dim() != 2 or source.size(0) < 2:
         raise ValueError(f"source must be [N, B] with N >= 2, got {tuple(source.shape)}")
     if bptt < 1:
@@ -79,7 +93,7 @@ def evaluate(model: torch.nn.Module, source: torch.Tensor, bptt: int, *, progres
         total += loss.double()
     model.reset()
     model.train(was_training)
-    return total.item() / ((source.size(0) - 1) * source.size(1))
+    return total.item(), (source.size(0) - 1) * source.size(1)
 
 
 def evaluate_checkpoint(

@@ -18,6 +18,15 @@ Stopping and resuming:
   KeyboardInterrupt for the caller (the CLI prints the resume command).
 * A non-finite loss or gradient norm raises :class:`TrainingError`; no checkpoint is written, so
   the last good ``last.pt`` stays.
+
+Data parallel: started by torchrun (``torchrun --nproc_per_node N -m qrnn_lm train ...``), ``train``
+joins the process group (:func:`qrnn_lm.distributed.session`) and each rank trains its block of
+the global batch's streams through DistributedDataParallel, which makes N ranks train the same
+model as one process with the whole batch (see ``train_setup`` and ``train_step``). Rank 0 alone
+writes ``config.toml``, TensorBoard, checkpoints, ``results.json`` and console output; validation
+and test are exact token-weighted means over the ranks' shares. A Ctrl-C in a distributed run
+saves nothing mid-epoch (the ranks are interrupted at different points): resume from the last
+``last.pt`` written at an epoch end or at ``max_steps``.
 """
 
 from __future__ import annotations
@@ -28,13 +37,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+from . import distributed
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .config import to_toml
-from .evaluate import evaluate, resolve_device
-from .metrics import make_logger
+from .evaluate import loss_sum, resolve_device
+from .metrics import NullLogger, make_logger
+from .model import QRNNLanguageModel
 from .nt_asgd import averaged_weights, should_switch_to_asgd, switch_to_asgd
 from .train_setup import Run, TrainingError, resume_config_check, save_run_checkpoint, setup_run
-from .train_state import Snapshot, capture_rng, capture_stream, sigint_deferred
+from .train_state import Snapshot, capture_stream, sigint_deferred
 from .train_step import next_segment, train_step
 
 __all__ = ["train", "TrainingError", "resume_config_check"]
@@ -59,21 +70,24 @@ def train(
         device: ``"auto"`` (cuda if available, else cpu), ``"cpu"`` or ``"cuda"``.
         resume: a ``last.pt`` (or a run folder, meaning its ``last.pt``) to continue exactly.
         data_dir: where named datasets live (see :func:`qrnn_lm.data.resolve_data_dir`).
-        progress: tqdm bars and console lines.
+        progress: tqdm bars and console lines (on rank 0 only).
 
     Returns:
         the results dict also written to ``out_dir/results.json``.
     """
     out_dir = Path(out_dir)
-    run = setup_run(config, out_dir, resolve_device(device), resume, data_dir, progress)
-    (out_dir / "config.toml").write_text(to_toml(run.config), encoding="utf-8")
-    run.logger = make_logger(out_dir / "tb")
-    started = time.perf_counter()
-    try:
-        status = _train_loop(run)
-        results = _finish(run, status, time.perf_counter() - started)
-    finally:
-        run.logger.close()
+    with distributed.session(resolve_device(device)) as rank_device:
+        main = distributed.is_main()
+        run = setup_run(config, out_dir, rank_device, resume, data_dir, progress and main)
+        if main:
+            (out_dir / "config.toml").write_text(to_toml(run.config), encoding="utf-8")
+        run.logger = make_logger(out_dir / "tb") if main else NullLogger()
+        started = time.perf_counter()
+        try:
+            status = _train_loop(run)
+            results = _finish(run, status, time.perf_counter() - started)
+        finally:
+            run.logger.close()
     return results
 
 
@@ -108,10 +122,10 @@ def _train_loop(run: Run) -> str:
 def _one_step(run: Run, bar) -> None:
     cfg = run.config
     # Everything a replay of this step needs, taken before any randomness is drawn.
-    run.snapshot = Snapshot(run.state.copy(), capture_rng(run.generator), capture_stream(run.model, run.hidden))
+    run.snapshot = Snapshot(run.state.copy(), run.rng(), capture_stream(run.model, run.hidden))
     inputs, targets = next_segment(run.train_data, run.state.position, cfg.data, run.generator)  # [L, B]
     where = f"at epoch {run.state.epoch}, step {run.state.step + 1}"
-    result = train_step(run.model, run.optimizer, inputs, targets, run.hidden, cfg.train, where)
+    result = train_step(run.ddp, run.optimizer, inputs, targets, run.hidden, cfg.train, where)
     seq_len = inputs.size(0)
     with sigint_deferred():
         # awd-lstm-lm rescales the learning rate by the segment's length for every optimiser.
@@ -123,9 +137,9 @@ def _one_step(run: Run, bar) -> None:
         run.hidden = result.hidden
         run.state.position += seq_len
         run.state.step += 1
-        run.state.tokens += targets.numel()
+        run.state.tokens += targets.numel() * run.world_size  # every rank's tokens
         run.snapshot = None
-    run.meter.add(result.loss, result.grad_norm, targets.numel())
+    run.meter.add(result.loss, result.grad_norm, targets.numel() * run.world_size)
     if bar is not None:
         bar.update(seq_len)
     if run.state.step % cfg.train.log_interval == 0:
@@ -137,9 +151,15 @@ def _one_step(run: Run, bar) -> None:
 
 
 def validate(run: Run) -> float:
-    """Validation loss of the current model (averaged weights when ASGD is active)."""
+    """Validation loss of the current model (averaged weights when ASGD is active): the exact
+    per-token mean over every rank's share of the validation streams."""
     with averaged_weights(run.model, run.optimizer):
-        return evaluate(run.model, run.val_data, run.config.data.bptt)
+        return _exact_mean(run.model, run.val_data, run.config.data.bptt)
+
+
+def _exact_mean(model, source, bptt: int, progress: bool = False) -> float:
+    total, count = distributed.all_reduce_sum(loss_sum(model, source, bptt, progress=progress))
+    return total / count
 
 
 def _end_of_epoch(run: Run) -> None:
@@ -172,6 +192,10 @@ def _end_of_epoch(run: Run) -> None:
 
 def _save_interrupted(run: Run) -> None:
     """Ctrl-C: write last.pt at the start of the interrupted step (or the current boundary)."""
+    if run.world_size > 1:
+        # Saving gathers from every rank, which Ctrl-C reached at different points: it could hang.
+        run.echo(f"interrupted: nothing saved mid-epoch in a distributed run; resume from {run.out_dir / 'last.pt'}")
+        return
     path = save_run_checkpoint(run, "last", run.snapshot)
     run.echo(f"interrupted at epoch {run.state.epoch}, step {run.state.step}: saved {path}")
 
@@ -180,20 +204,17 @@ def _finish(run: Run, status: str, seconds: float) -> dict[str, Any]:
     state, out_dir = run.state, run.out_dir
     if status == "max_steps":
         save_run_checkpoint(run, "last")
-        if not (out_dir / "best.pt").exists():
+        if not distributed.broadcast_object((out_dir / "best.pt").exists()):  # rank 0's folder
             # No epoch finished yet: validate once so there is a best.pt to test, eval and sample.
             val_loss = validate(run)
             run.echo(f"stopped at step {state.step} (max_steps): valid ppl {_ppl(val_loss):.2f}")
             best_state = state.copy()
             best_state.best_val_loss = val_loss
             with averaged_weights(run.model, run.optimizer):
-                save_run_checkpoint(run, "best", Snapshot(best_state, capture_rng(run.generator),
-                                                           capture_stream(run.model, run.hidden)))
-    best = load_checkpoint(out_dir / "best.pt", map_location="cpu")
-    model, _, _ = model_from_checkpoint(best, run.device)
-    test_data = run.batchify(run.corpus.test, run.config.data.test_batch_size)
-    test_loss = evaluate(model, test_data, run.config.data.bptt, progress=run.progress)
-    best_val = float(best["history"]["best_val_loss"])
+                save_run_checkpoint(run, "best", Snapshot(best_state, run.rng(), capture_stream(run.model, run.hidden)))
+    model, best_val = _best_model(run)
+    test_data = run.batchify(run.corpus.test, run.config.data.test_batch_size)  # this rank's share
+    test_loss = _exact_mean(model, test_data, run.config.data.bptt, progress=run.progress)
     results = {
         "name": run.config.name,
         "dataset": run.config.data.dataset,
@@ -206,16 +227,33 @@ def _finish(run: Run, status: str, seconds: float) -> dict[str, Any]:
         "best_val_ppl": _ppl(best_val),
         "test_loss": test_loss,
         "test_ppl": _ppl(test_loss),
-        "test_tokens": (test_data.size(0) - 1) * test_data.size(1),
+        "test_tokens": (test_data.size(0) - 1) * run.config.data.test_batch_size,
         "test_batch_size": run.config.data.test_batch_size,
         "checkpoint": str(out_dir / "best.pt"),
         "seconds": round(seconds, 1),
     }
-    (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    if run.rank == 0:
+        (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     run.logger.log({"test/loss": test_loss, "test/ppl": _ppl(test_loss)}, state.step)
     run.echo(f"test loss {test_loss:.3f} | test ppl {_ppl(test_loss):.2f} (best.pt, batch size "
              f"{run.config.data.test_batch_size})")
     return results
+
+
+def _best_model(run: Run) -> tuple[QRNNLanguageModel, float]:
+    """The model of ``best.pt`` (read by rank 0, its weights broadcast to the other ranks) in eval
+    mode, and its validation loss."""
+    model, best_val = None, None
+    if run.rank == 0:
+        best = load_checkpoint(run.out_dir / "best.pt", map_location="cpu")
+        model, _, _ = model_from_checkpoint(best, run.device)
+        best_val = float(best["history"]["best_val_loss"])
+    if run.world_size > 1:
+        if model is None:
+            model = QRNNLanguageModel(len(run.vocab), run.config.model).to(run.device).eval()
+        distributed.broadcast_tensors(list(model.state_dict().values()))
+        best_val = distributed.broadcast_object(best_val)
+    return model, best_val
 
 
 def _epoch_bar(run: Run, limit: int):
@@ -223,7 +261,7 @@ def _epoch_bar(run: Run, limit: int):
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=limit, initial=min(run.state.position, limit), unit="tok", unit_scale=run.train_data.size(1),
+    return tqdm(total=limit, initial=min(run.state.position, limit), unit="tok", unit_scale=run.config.data.batch_size,
                 desc=f"epoch {run.state.epoch}/{run.config.train.epochs}", dynamic_ncols=True, leave=False)
 
 

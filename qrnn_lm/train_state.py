@@ -4,6 +4,11 @@ state carried along the training stream (hidden states and the QRNN layers' save
 The trainer keeps a :class:`RunState` and, at the start of every step, a :class:`Snapshot` of the
 random and carried state; a checkpoint written after an interruption in the middle of a step uses
 the snapshot, so the resumed run replays that step with the same dropout masks and BPTT length.
+
+Randomness comes from three sources: the BPTT generator (segment lengths; equal on every rank),
+the *shared* generator of :class:`SharedMasks` (weight-drop masks: one model, so one mask per step
+on every rank), and the device's default generator (the per-stream masks: locked dropout, zoneout,
+embedding dropout; each rank of a distributed run has its own stream).
 """
 
 from __future__ import annotations
@@ -27,6 +32,9 @@ __all__ = [
     "capture_stream",
     "restore_stream",
     "sigint_deferred",
+    "SharedMasks",
+    "stream_columns",
+    "concat_streams",
 ]
 
 
@@ -67,21 +75,64 @@ class RunState:
         return RunState(**{**asdict(self), "val_losses": list(self.val_losses)})
 
 
-def capture_rng(generator: torch.Generator) -> dict[str, Any]:
-    """The torch CPU RNG, every CUDA device's RNG (when CUDA is initialised) and the BPTT generator."""
+def capture_rng(generator: torch.Generator, shared: torch.Generator | None = None) -> dict[str, Any]:
+    """The torch CPU RNG, every CUDA device's RNG (when CUDA is initialised), the BPTT generator
+    and the shared weight-drop generator (when given)."""
     state = {"torch": torch.get_rng_state(), "bptt": generator.get_state(), "cuda": []}
+    if shared is not None:
+        state["shared"] = shared.get_state()
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
-def restore_rng(state: dict[str, Any], generator: torch.Generator) -> None:
-    torch.set_rng_state(state["torch"])
+def restore_rng(state: dict[str, Any], generator: torch.Generator, shared: torch.Generator | None = None,
+                *, own_streams: bool = True) -> None:
+    """Put saved states back. ``own_streams=False`` leaves the default CPU/CUDA generators alone
+    (a distributed rank whose own stream was not saved seeds it instead)."""
     generator.set_state(state["bptt"])
+    if shared is not None and "shared" in state:
+        try:
+            shared.set_state(state["shared"])
+        except RuntimeError:  # saved on another device type: keep the fresh seeding
+            pass
+    if not own_streams:
+        return
+    torch.set_rng_state(state["torch"])
     if state.get("cuda") and torch.cuda.is_available():
         cuda_states = state["cuda"]
         if len(cuda_states) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(cuda_states)
+
+
+class SharedMasks:
+    """Draws every weight-drop mask from one seeded generator, the same on every rank.
+
+    Weight drop masks the *model's* weights, so all ranks of a data-parallel run must use the same
+    mask at a step, exactly as one process with the whole batch would. ``F.dropout`` has no
+    generator argument, so hooks around each given parametrization module swap the device's
+    default generator state with this generator's for the duration of the call.
+    """
+
+    def __init__(self, modules: list[nn.Module], device: torch.device, seed: int):
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+        if device.type == "cuda":
+            self._default = torch.cuda.default_generators[device.index if device.index is not None else 0]
+        else:
+            self._default = torch.default_generator
+        self._saved: list[torch.Tensor] = []
+        self.handles = []
+        for module in modules:
+            self.handles.append(module.register_forward_pre_hook(self._enter))
+            self.handles.append(module.register_forward_hook(self._leave))
+
+    def _enter(self, module, args):
+        self._saved.append(self._default.get_state())
+        self._default.set_state(self.generator.get_state())
+
+    def _leave(self, module, args, output):
+        self.generator.set_state(self._default.get_state())
+        self._default.set_state(self._saved.pop())
 
 
 def capture_stream(model: nn.Module, hidden: list[torch.Tensor] | None) -> dict[str, Any]:
@@ -111,6 +162,25 @@ def stream_to_cpu(stream: dict[str, Any]) -> dict[str, Any]:
         "hidden": None if stream["hidden"] is None else [cpu(h) for h in stream["hidden"]],
         "prev_x": [cpu(p) for p in stream["prev_x"]],
     }
+
+
+def stream_columns(stream: dict[str, Any], start: int, stop: int) -> dict[str, Any]:
+    """The carried state of streams ``start:stop`` (hidden ``[B, H]`` rows, prev_x ``[w-1, B, I]``
+    columns) of a stream state saved for the global batch."""
+    return {
+        "hidden": None if stream["hidden"] is None else [h[start:stop] for h in stream["hidden"]],
+        "prev_x": [None if p is None else p[:, start:stop] for p in stream["prev_x"]],
+    }
+
+
+def concat_streams(streams: list[dict[str, Any]]) -> dict[str, Any]:
+    """Join the ranks' stream states (in rank order) into the state of the global batch."""
+    first = streams[0]
+    hidden = None
+    if first["hidden"] is not None:
+        hidden = [torch.cat(parts, dim=0) for parts in zip(*(s["hidden"] for s in streams))]
+    prev_x = [None if parts[0] is None else torch.cat(parts, dim=1) for parts in zip(*(s["prev_x"] for s in streams))]
+    return {"hidden": hidden, "prev_x": prev_x}
 
 
 @dataclass

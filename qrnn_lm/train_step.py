@@ -4,6 +4,14 @@ Kept apart from the loop so a distributed trainer can reuse them unchanged: ``ne
 on whatever ``[N, B]`` stream it is given (a rank's share of the columns), ``train_step`` runs
 forward, backward and clipping but leaves the optimiser step (and the learning-rate rescaling) to
 the caller.
+
+Data parallel: ``model`` is then the DistributedDataParallel wrapper, whose backward averages the
+gradients over ranks. Each rank's loss is the mean over its own tokens (cross-entropy, AR and TAR
+alike) and every rank holds the same number of tokens (equal stream blocks, equal segment length),
+so the average of the ranks' gradients is the gradient of the mean over the global batch. Before
+backward the ranks exchange their losses and segment lengths in one small all-gather: a NaN on any
+rank stops every rank with the same TrainingError (no rank is left waiting in an all-reduce), and
+lengths that differ (diverged BPTT generators) are a RuntimeError.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import distributed
 from .config import DataConfig, TrainConfig, UserError
 from .data import get_batch, sample_seq_len
 
@@ -28,7 +37,7 @@ class TrainingError(UserError):
 
 @dataclass
 class StepResult:
-    loss: float  # the step's cross-entropy (nats per token), without AR/TAR
+    loss: float  # the step's cross-entropy (nats per token, mean over every rank's tokens), without AR/TAR
     grad_norm: float  # total gradient norm before clipping
     hidden: list[torch.Tensor]  # the new hidden state, detached from the graph
 
@@ -87,12 +96,7 @@ def train_step(
     optimizer.zero_grad(set_to_none=True)
     logits, new_hidden, raw_output, dropped_output = model(inputs, hidden)
     cross_entropy, loss = regularized_loss(logits, targets, raw_output, dropped_output, train.alpha, train.beta)
-    loss_value = cross_entropy.item()
-    if not math.isfinite(loss_value) or not math.isfinite(loss.item()):
-        raise TrainingError(
-            f"the training loss became {loss_value} {where}; lower train.lr (or train.clip) and "
-            "resume from the run's last.pt, which is kept as it was"
-        )
+    loss_value = _checked_loss(cross_entropy.item(), loss.item(), inputs.size(0), where)
     loss.backward()
     max_norm = train.clip if train.clip > 0 else math.inf
     grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
@@ -102,6 +106,26 @@ def train_step(
             "resume from the run's last.pt, which is kept as it was"
         )
     return StepResult(loss_value, grad_norm, [h.detach() for h in new_hidden])
+
+
+def _checked_loss(cross_entropy: float, loss: float, seq_len: int, where: str) -> float:
+    """The cross-entropy averaged over all ranks (equal token counts); raises TrainingError on
+    every rank when the loss is not finite on any rank."""
+    rows = distributed.all_gather_floats([cross_entropy, loss, seq_len])  # one row per rank
+    lengths = {int(row[2]) for row in rows}
+    if len(lengths) > 1:
+        raise RuntimeError(f"the ranks drew different BPTT lengths {[int(row[2]) for row in rows]} {where}: "
+                           "their BPTT generators diverged")
+    for rank, (value, total, _) in enumerate(rows):
+        if not math.isfinite(value) or not math.isfinite(total):
+            on_rank = f" on rank {rank}" if len(rows) > 1 else ""
+            shown = value if not math.isfinite(value) else total
+            raise TrainingError(
+                f"the training loss became {shown}{on_rank} {where}; "
+                + ("every rank stopped; " if len(rows) > 1 else "")
+                + "lower train.lr (or train.clip) and resume from the run's last.pt, which is kept as it was"
+            )
+    return sum(row[0] for row in rows) / len(rows)
 
 
 class Meter:
