@@ -228,7 +228,7 @@ def _report_interrupt(out: Path, device: str, data_dir: Path | None) -> None:
     if not last.is_file():
         typer.echo(f"\ninterrupted before the first checkpoint; nothing saved in {out}", err=True)
         return
-    command = [_program(), "train", "--resume", str(out)]
+    command = [*_program(), "train", "--resume", str(out)]
     if device != "auto":
         command += ["--device", device]
     if data_dir is not None:
@@ -240,9 +240,15 @@ def _report_interrupt(out: Path, device: str, data_dir: Path | None) -> None:
     typer.echo(f"resume with: {text}", err=True)
 
 
-def _program() -> str:
-    """How the user ran us: the script path when it is ``qrnn-lm`` (e.g. ``.venv/bin/qrnn-lm``)."""
-    return sys.argv[0] if Path(sys.argv[0]).name == "qrnn-lm" else "qrnn-lm"
+def _program() -> list[str]:
+    """How the user ran us: the script as typed (``.venv/bin/qrnn-lm``), ``python -m qrnn_lm``
+    with this interpreter, else plain ``qrnn-lm``."""
+    name = Path(sys.argv[0]).name
+    if name == "qrnn-lm":
+        return [sys.argv[0]]
+    if name == "__main__.py" and Path(sys.argv[0]).parent.name == "qrnn_lm":
+        return [sys.executable, "-m", "qrnn_lm"]
+    return ["qrnn-lm"]
 
 
 def _format_results(results: dict, out: Path) -> str:
