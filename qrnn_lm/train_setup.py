@@ -207,16 +207,17 @@ def setup_run(
 
 
 def _load_corpus(config: Config, data_dir: str | Path | None, progress: bool) -> Corpus:
-    """Rank 0 prepares (maybe downloads) the dataset first, then each other machine's first rank,
-    then everyone reads it: no two processes download into one folder at once."""
+    """Rank 0 prepares (maybe downloads) and tokenises the dataset first, then each other
+    machine's first rank, then all the others, which find the files and the token cache ready:
+    no two processes download into one folder, nor tokenise a large corpus, at once."""
     rank, local_rank = distributed.get_rank(), distributed.get_local_rank()
     turn = 0 if rank == 0 else 1 if local_rank == 0 else 2
-    folder = None
+    corpus = None
     for current in range(3 if distributed.get_world_size() > 1 else 1):
         if turn == current:
-            folder = prepare_dataset(config.data.dataset, data_dir, progress=progress)
+            corpus = Corpus.load(prepare_dataset(config.data.dataset, data_dir, progress=progress), progress=progress)
         distributed.barrier()
-    return Corpus.load(folder, progress=progress)
+    return corpus
 
 
 def _wrap_ddp(model: QRNNLanguageModel, device: torch.device) -> torch.nn.Module:
@@ -233,7 +234,7 @@ def _wrap_ddp(model: QRNNLanguageModel, device: torch.device) -> torch.nn.Module
     from torch.nn.parallel import DistributedDataParallel
 
     device_ids = [device.index] if device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)
+    return DistributedDataParallel(model, device_ids=device_ids)
 
 
 def _restore_rank_state(payload, model, generator, shared, device, seed, rank, world_size):
