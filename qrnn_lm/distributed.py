@@ -30,6 +30,7 @@ import torch.distributed as dist
 __all__ = [
     "session",
     "launched_by_torchrun",
+    "check_devices",
     "get_rank",
     "get_local_rank",
     "get_world_size",
@@ -90,14 +91,9 @@ def session(device: torch.device) -> Iterator[torch.device]:
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         yield device
         return
+    check_devices(device)
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":
-        count = torch.cuda.device_count()
-        if local_rank >= count:
-            raise RuntimeError(
-                f"local rank {local_rank} needs CUDA device {local_rank}, but this machine has {count}; "
-                f"start at most {count} processes per node (--nproc_per_node)"
-            )
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
         dist.init_process_group("nccl", device_id=device)
@@ -107,6 +103,19 @@ def session(device: torch.device) -> Iterator[torch.device]:
         yield device
     finally:
         dist.destroy_process_group()
+
+
+def check_devices(device: torch.device) -> None:
+    """Raise ValueError when torchrun started more CUDA ranks on this machine than it has GPUs
+    (each rank needs its own device)."""
+    if device.type != "cuda" or not launched_by_torchrun():
+        return
+    wanted, count = int(os.environ.get("LOCAL_WORLD_SIZE", "1")), torch.cuda.device_count()
+    if wanted > count:
+        raise ValueError(
+            f"{wanted} processes on this machine need {wanted} CUDA devices (one each), but it has {count}; "
+            f"start at most {count} processes per node, or train on the CPU with --device cpu"
+        )
 
 
 def barrier() -> None:

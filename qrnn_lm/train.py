@@ -39,7 +39,7 @@ from typing import Any
 
 from . import distributed
 from .checkpoint import load_checkpoint, model_from_checkpoint
-from .config import to_toml
+from .config import UserError, to_toml
 from .evaluate import loss_sum, resolve_device
 from .metrics import NullLogger, make_logger
 from .model import QRNNLanguageModel
@@ -76,7 +76,12 @@ def train(
         the results dict also written to ``out_dir/results.json``.
     """
     out_dir = Path(out_dir)
-    with distributed.session(resolve_device(device)) as rank_device:
+    device = resolve_device(device)
+    try:
+        distributed.check_devices(device)
+    except ValueError as error:
+        raise UserError(str(error)) from None
+    with distributed.session(device) as rank_device:
         main = distributed.is_main()
         run = setup_run(config, out_dir, rank_device, resume, data_dir, progress and main)
         if main:

@@ -232,6 +232,15 @@ def two_ranks(corpus, tmp_path_factory):
         {"name": "resumed", "kind": "run_train",
          "args": {"overrides": config_overrides(corpus), "out": str(tmp / "single-stopped"),
                   "resume": str(tmp / "single-stopped")}},
+        # All dropouts on (tiny.toml's): 2 ranks stopped and resumed by 2 ranks, bit for bit.
+        {"name": "drop_full", "kind": "run_train",
+         "args": {"overrides": [f'data.dataset="{corpus}"', "train.epochs=2"], "out": str(tmp / "drop-full")}},
+        {"name": "drop_stopped", "kind": "run_train",
+         "args": {"overrides": [f'data.dataset="{corpus}"', "train.epochs=2", f"train.max_steps={STOP}"],
+                  "out": str(tmp / "drop")}},
+        {"name": "drop_resumed", "kind": "run_train",
+         "args": {"overrides": [f'data.dataset="{corpus}"', "train.epochs=2"], "out": str(tmp / "drop"),
+                  "resume": str(tmp / "drop")}},
         {"name": "nan", "kind": "run_train",
          "args": {"overrides": config_overrides(corpus), "out": str(tmp / "nan"), "nan_at": 4}},
     ]
@@ -285,6 +294,18 @@ def test_resume_with_another_number_of_ranks_continues_exactly(two_ranks, corpus
     _, resumed_losses = single(corpus, tmp / "stopped", resume=tmp / "stopped", monkeypatch=monkeypatch)
     assert resumed_losses == pytest.approx(losses[STOP:], rel=RTOL)
     assert_same_run(tmp / "stopped" / "last.pt", tmp / "single" / "last.pt")
+
+
+def test_with_dropout_each_rank_has_its_own_masks_and_a_resume_on_as_many_ranks_is_exact(two_ranks):
+    tmp, _, ranks = two_ranks
+    assert ranks[0]["drop_resumed"]["losses"] == ranks[0]["drop_full"]["losses"][STOP:]
+    first, second = load_checkpoint(tmp / "drop" / "last.pt"), load_checkpoint(tmp / "drop-full" / "last.pt")
+    assert not torch.equal(first["rng"]["ranks"][0]["torch"], first["rng"]["ranks"][1]["torch"])  # own streams
+    assert first["counters"] == second["counters"]
+    for key in first["model"]:
+        assert torch.equal(first["model"][key], second["model"][key]), key
+    for a, b in zip(first["rng"]["ranks"], second["rng"]["ranks"]):
+        assert torch.equal(a["torch"], b["torch"])
 
 
 def test_a_nan_on_one_rank_stops_every_rank_with_the_same_error(two_ranks):
