@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -206,12 +207,14 @@ def launch_local(nproc: int, argv: Sequence[str], *, module: str = "qrnn_lm") ->
     """Run ``python -m <module> <argv>`` as ``nproc`` ranks on this machine with torchrun's
     machinery (``torch.distributed.run --standalone``: a local rendezvous on a free port, no
     restarts). Returns 0 when every rank succeeded, else the first failed rank's exit code (also
-    printed as one line on stderr; the ranks' own output, e.g. rank 0's error line, comes before).
+    printed as one line on stderr; the ranks' own output, e.g. rank 0's error line, comes before);
+    130 when interrupted (Ctrl-C or SIGTERM: torchrun passes the signal on to every rank).
 
     Equivalent to ``torchrun --standalone --nproc_per_node <nproc> -m <module> <argv>``.
     """
     if not isinstance(nproc, int) or isinstance(nproc, bool) or nproc < 1:
         raise ValueError(f"nproc must be a positive int, got {nproc!r}")
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import main as torchrun_main
 
@@ -227,4 +230,14 @@ def launch_local(nproc: int, argv: Sequence[str], *, module: str = "qrnn_lm") ->
         print(f"error: rank {rank} of {nproc} failed (exit code {failure.exitcode}); every rank was stopped",
               file=sys.stderr)
         return code
+    except SignalException as error:
+        print(f"\ninterrupted ({signal_name(error.sigval)}): every rank was stopped", file=sys.stderr)
+        return 130
     return 0
+
+
+def signal_name(sigval: Any) -> str:
+    try:
+        return signal.Signals(sigval).name
+    except ValueError:
+        return str(sigval)

@@ -238,15 +238,15 @@ def _wrap_ddp(model: QRNNLanguageModel, device: torch.device) -> torch.nn.Module
 
 
 def _restore_rank_state(payload, model, generator, shared, device, seed, rank, world_size):
-    """Counter-independent parts of a resume: RNG states and this rank's columns of the carried
-    stream state (saved for the global batch). Returns the hidden state."""
-    saved_ranks = payload["rng"].get("ranks")
-    own = payload["rng"]
-    if world_size > 1:
-        own = saved_ranks[rank] if saved_ranks is not None and len(saved_ranks) == world_size else None
-    restore_rng(payload["rng"], generator, shared.generator, own_streams=False)
-    if own is not None:
-        restore_rng(own, generator, shared.generator)
+    """RNG states and this rank's columns of the carried stream state (saved for the global batch,
+    so any number of ranks can resume). Returns this rank's hidden state."""
+    rng = payload["rng"]
+    restore_rng(rng, generator, shared.generator, own_streams=False)  # the generators all ranks share
+    saved_ranks = rng.get("ranks")  # every rank's own generators, saved by a distributed run
+    if world_size == 1:
+        restore_rng(rng, generator, shared.generator)  # rank 0's own streams (or the one process's)
+    elif saved_ranks is not None and len(saved_ranks) == world_size:
+        restore_rng(saved_ranks[rank], generator, shared.generator)
     else:  # another number of ranks saved this run: seed this rank's own dropout masks afresh
         torch.manual_seed(distributed.rank_seed(seed, rank, int(payload["counters"]["step"])))
     batch = payload["config"]["data"]["batch_size"]

@@ -344,6 +344,8 @@ def test_one_process_needs_no_process_group():
         assert device == torch.device("cpu") and distributed.get_world_size() == 1 and distributed.is_main()
         assert distributed.all_reduce_sum([1.5, 2]) == [1.5, 2.0]
         assert distributed.gather_objects({"a": 1}) == [{"a": 1}]
+    with pytest.raises(ValueError, match="nproc must be a positive int, got 0"):
+        distributed.launch_local(0, ["train"])
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA devices")
