@@ -98,7 +98,7 @@ def weight_drop_grads(rank, p):
             for name, p in model.named_parameters()}
 
 
-def run_train(rank, overrides, out, resume=None, nan_at=0):
+def run_train(rank, overrides, out, resume=None, nan_at=0, skew=False):
     """train() on 2 ranks; the per-step losses (global means) as the meter got them."""
     losses = []
     real_add = train_step_module.Meter.add
@@ -110,13 +110,17 @@ def run_train(rank, overrides, out, resume=None, nan_at=0):
             ce, loss = real_loss(*args)
             return (ce, loss * float("nan")) if len(calls) == nan_at else (ce, loss)
         train_step_module.regularized_loss = nan_loss
+    real_length = train_step_module.sample_seq_len
+    if skew and rank == 1:  # a BPTT generator that drifted on one rank
+        train_step_module.sample_seq_len = lambda *args: real_length(*args) + 1
     try:
         results = train_module.train(load_config(TINY, overrides), Path(out), device="cpu", progress=False,
                                      resume=resume)
         return {"losses": losses, "results": results}
-    except train_module.TrainingError as error:
-        return {"losses": losses, "error": str(error)}
+    except (train_module.TrainingError, RuntimeError) as error:
+        return {"losses": losses, "error": f"{type(error).__name__}: {error}"}
     finally:
+        train_step_module.sample_seq_len = real_length
         train_step_module.Meter.add = real_add
         if nan_at and rank == 1:
             train_step_module.regularized_loss = real_loss
@@ -241,6 +245,8 @@ def two_ranks(corpus, tmp_path_factory):
         {"name": "drop_resumed", "kind": "run_train",
          "args": {"overrides": [f'data.dataset="{corpus}"', "train.epochs=2"], "out": str(tmp / "drop"),
                   "resume": str(tmp / "drop")}},
+        {"name": "skew", "kind": "run_train",
+         "args": {"overrides": config_overrides(corpus), "out": str(tmp / "skew"), "skew": True}},
         {"name": "nan", "kind": "run_train",
          "args": {"overrides": config_overrides(corpus), "out": str(tmp / "nan"), "nan_at": 4}},
     ]
@@ -315,6 +321,13 @@ def test_a_nan_on_one_rank_stops_every_rank_with_the_same_error(two_ranks):
         assert "nan on rank 1" in message and "every rank stopped" in message and "\n" not in message
         assert len(report["nan"]["losses"]) == 3  # steps 1-3 done, step 4 refused on both ranks
     assert not (tmp / "nan" / "last.pt").exists()
+
+
+def test_ranks_whose_bptt_lengths_differ_stop_at_the_first_step(two_ranks):
+    _, _, ranks = two_ranks
+    for report in ranks:
+        assert report["skew"]["losses"] == []
+        assert report["skew"]["error"].startswith("RuntimeError: the ranks drew different BPTT lengths")
 
 
 def test_a_rank_that_dies_stops_every_rank_without_a_hang(corpus, tmp_path):
