@@ -15,7 +15,8 @@ import torch.nn.functional as nnf
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from .ops.forget_mult import forget_mult
+from .qrnn_gates import gates_and_recurrence
+from .qrnn_window import project
 
 __all__ = ["QRNNLayer", "QRNN"]
 
@@ -98,12 +99,11 @@ class QRNNLayer(nn.Module):
             if self.reverse and self.window > 1:
                 # The window of step t reads x_{t+1}, ...: padding past a sequence's end must be zero.
                 X = X.masked_fill(~_valid_steps(lengths, seq_len).unsqueeze(2), 0)
-        Y = self._project(X, prev, weight, bias)  # [T, B, k*H]
-        Z, F, O = self._gates(Y)
-        h0 = None if hidden is None else hidden.reshape(batch_size, self.hidden_size).to(Z.dtype)
-        backend = "auto" if self.use_cuda else "torch"
-        C = forget_mult(F, Z, h0, reverse=self.reverse, lengths=lengths, backend=backend)  # [T, B, H]
-        H = torch.sigmoid(O) * C if O is not None else C
+        Y = project(X, prev, weight, bias, self.window, self.reverse)  # [T, B, k*H]
+        h0 = None if hidden is None else hidden.reshape(batch_size, self.hidden_size).to(Y.dtype)
+        H, C = gates_and_recurrence(Y, h0, zoneout=self.zoneout, training=self.training,
+                                    output_gate=self.output_gate, reverse=self.reverse, lengths=lengths,
+                                    use_cuda=self.use_cuda)  # [T, B, H] each
         if self.window > 1 and self.save_prev_x:
             self.prevX = self._last_inputs(X, prev, lengths)
         return H, self._final_state(C, h0, lengths)
@@ -140,44 +140,6 @@ class QRNNLayer(nn.Module):
                              f"size {batch_size}; call reset() before a sequence with a different batch size")
         return self.prevX
 
-    def _project(self, X, prev, weight, bias):
-        """The gate pre-activations ``Y = linear([x_t, x_{t-1}, ...])``, ``[T, B, k*H]``.
-
-        For ``window > 1`` the ``[T, B, window*I]`` concatenation is never built: see
-        :class:`_ShiftedLinear`. Same sums as the original's Linear, on the same parameters.
-        """
-        if self.window == 1:
-            return nnf.linear(X, weight, bias)
-        device_type = X.device.type
-        if torch.is_autocast_enabled(device_type):
-            # Autocast does not cast the inputs of an autograd.Function: cast as it would for a
-            # Linear, so every product inside runs in one dtype.
-            dtype = torch.get_autocast_dtype(device_type)
-            X, weight = X.to(dtype), weight.to(dtype)
-            bias = None if bias is None else bias.to(dtype)
-            prev = None if prev is None else prev.to(dtype)
-        seq_len, batch_size, input_size = X.shape
-        x_rows = X.reshape(seq_len * batch_size, input_size)  # a view when X is time-major contiguous
-        prev_rows = None if prev is None else prev.reshape(-1, input_size)  # [(window-1)*B, I]
-        Y = _ShiftedLinear.apply(x_rows, weight, bias, prev_rows, batch_size, self.reverse)
-        return Y.view(seq_len, batch_size, -1)
-
-    def _gates(self, Y):
-        """Split ``Y`` into Z = tanh, F = sigmoid (with zoneout) and raw O (None without output gate)."""
-        if self.output_gate:
-            Z, F, O = Y.chunk(3, dim=2)  # each [T, B, H]
-        else:
-            (Z, F), O = Y.chunk(2, dim=2), None
-        Z = torch.tanh(Z)
-        F = torch.sigmoid(F)
-        if self.zoneout:
-            if self.training:
-                # A zero in F keeps the previous state for that element at that step.
-                F = F * torch.empty_like(F).bernoulli_(1 - self.zoneout)
-            else:
-                F = F * (1 - self.zoneout)
-        return Z, F, O
-
     def _last_inputs(self, X, prev, lengths):
         """The last ``window - 1`` inputs ``[window - 1, B, I]`` (detached) for the next call."""
         keep = self.window - 1
@@ -204,67 +166,6 @@ class QRNNLayer(nn.Module):
         # An empty sequence keeps its initial state.
         start = torch.zeros_like(last) if h0 is None else h0
         return torch.where((lengths > 0).unsqueeze(1), last, start).unsqueeze(0)
-
-
-class _ShiftedLinear(torch.autograd.Function):
-    """``Y[t] = bias + sum_s W_s x_{t-s}`` (``x_{t+s}`` when reverse) as one autograd node.
-
-    ``W_s`` is the s-th input-sized column block of the one weight. In time-major rows
-    (``X.view(T*B, I)``) a shift by s steps is a shift by ``s*B`` rows, so every block product is one
-    matrix product on contiguous row ranges, accumulated in place. Compared with a Linear over the
-    concatenated window it saves building (and keeping for backward) a ``[T*B, window*I]`` copy;
-    the backward pass accumulates the matching products the same way. Measured about as fast as
-    the concatenation on CPU forward+backward, usually a few percent faster.
-    """
-
-    @staticmethod
-    def forward(ctx, x_rows, weight, bias, prev_rows, batch_size, reverse):
-        blocks = weight.split(x_rows.shape[1], dim=1)  # window x [out, I], views
-        Y = x_rows @ blocks[0].t() if bias is None else torch.addmm(bias, x_rows, blocks[0].t())
-        sources = {"x": x_rows, "prev": prev_rows}
-        for shift, out, source, rows in _shift_terms(x_rows, prev_rows, batch_size, len(blocks), reverse):
-            Y[out].addmm_(sources[source][rows], blocks[shift].t())
-        ctx.save_for_backward(x_rows, weight, prev_rows)
-        ctx.batch_size, ctx.reverse, ctx.has_bias = batch_size, reverse, bias is not None
-        return Y
-
-    @staticmethod
-    def backward(ctx, grad_Y):
-        x_rows, weight, prev_rows = ctx.saved_tensors
-        blocks = weight.split(x_rows.shape[1], dim=1)
-        sources = {"x": x_rows, "prev": prev_rows}
-        need_x, need_weight, need_bias = ctx.needs_input_grad[:3]
-        grad_x = grad_Y @ blocks[0] if need_x else None  # [T*B, I]
-        grad_blocks = [grad_Y.t() @ x_rows if need_weight else None] + [None] * (len(blocks) - 1)
-        for shift, out, source, rows in _shift_terms(x_rows, prev_rows, ctx.batch_size, len(blocks), ctx.reverse):
-            if need_x and source == "x":
-                grad_x[rows].addmm_(grad_Y[out], blocks[shift])
-            if need_weight:
-                term = grad_Y[out].t() @ sources[source][rows]  # [out, I]
-                grad_blocks[shift] = term if grad_blocks[shift] is None else grad_blocks[shift].add_(term)
-        grad_weight = None
-        if need_weight:
-            # A block with no term (a chunk shorter than its shift, nothing kept) gets zeros.
-            grad_weight = torch.cat([torch.zeros_like(blocks[0]) if g is None else g for g in grad_blocks], dim=1)
-        grad_bias = grad_Y.sum(0) if need_bias and ctx.has_bias else None
-        return grad_x, grad_weight, grad_bias, None, None, None
-
-
-def _shift_terms(x_rows, prev_rows, batch_size, window, reverse):
-    """Yield ``(shift, output rows, "x" or "prev", source rows)`` for every block product but block 0."""
-    seq_len = x_rows.shape[0] // batch_size
-    for shift in range(1, window):
-        rows = max(seq_len - shift, 0) * batch_size  # output rows whose shifted input is inside X
-        offset = shift * batch_size
-        if rows and reverse:
-            yield shift, slice(0, rows), "x", slice(offset, offset + rows)
-        elif rows:
-            yield shift, slice(offset, offset + rows), "x", slice(0, rows)
-        if prev_rows is not None:
-            # The first steps' earlier inputs were kept from the previous call: prev[window-1-shift+t].
-            steps = min(shift, seq_len) * batch_size
-            start = (window - 1 - shift) * batch_size
-            yield shift, slice(0, steps), "prev", slice(start, start + steps)
 
 
 def _valid_steps(lengths, seq_len):

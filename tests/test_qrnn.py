@@ -6,7 +6,7 @@ Bidirectional and PackedSequence cases are in test_qrnn_bidirectional_packed.py.
 import pytest
 import torch
 
-import qrnn_lm.qrnn as qrnn_module
+import qrnn_lm.qrnn_gates as gates_module
 from qrnn_lm import QRNN, QRNNLayer
 from test_qrnn_transcription import original_layer, original_qrnn
 
@@ -165,13 +165,20 @@ def test_bias_false_builds_layers_without_bias():
 
 
 def test_use_cuda_false_forces_the_torch_backend(monkeypatch):
-    backends = []
-    real = qrnn_module.forget_mult
-    monkeypatch.setattr(qrnn_module, "forget_mult", lambda *a, **k: backends.append(k["backend"]) or real(*a, **k))
+    """use_cuda=False runs the unfused path on the torch loop; the default on CPU runs the fused op."""
+    backends, fused_calls = [], []
+    real_forget_mult, real_fused = gates_module.forget_mult, gates_module.qrnn_gates
+    monkeypatch.setattr(gates_module, "forget_mult",
+                        lambda *a, **k: backends.append(k["backend"]) or real_forget_mult(*a, **k))
+    monkeypatch.setattr(gates_module, "qrnn_gates", lambda *a, **k: fused_calls.append(1) or real_fused(*a, **k))
     X = torch.randn(3, 2, 4)
     QRNN(4, 4, use_cuda=False)(X)
+    assert backends == ["torch"] and not fused_calls
     QRNN(4, 4)(X)
-    assert backends == ["torch", "auto"]
+    assert backends == ["torch"] and fused_calls == [1]
+    monkeypatch.setenv("QRNN_LM_QRNN_GATES", "unfused")
+    QRNN(4, 4)(X)
+    assert backends == ["torch", "auto"] and fused_calls == [1]
 
 
 def test_layers_argument_stacks_prebuilt_layers():

@@ -1,0 +1,153 @@
+"""The fused QRNN gates op (numba) against the reference (torch activations + reference ForgetMult).
+
+Shape legend: T = time steps, B = batch, H = hidden lanes; ``y`` is [T, B, k*H].
+
+Each case compares the outputs (h, c) and all gradients (y, h0), with upstream gradients on both
+h and c, with ``naive.qrnn_gates_reference`` differentiated by autograd. The kernels' outputs are
+poisoned with NaN before they write, so an element a kernel forgets shows up as a mismatch.
+"""
+
+import contextlib
+
+import pytest
+import torch
+
+from qrnn_lm.ops.qrnn_gates import cpu, qrnn_gates
+from qrnn_lm.ops.qrnn_gates.naive import qrnn_gates_reference
+
+SHAPES = [(1, 1, 1), (1, 3, 500), (2, 1, 7), (2, 4, 500), (63, 1, 7), (63, 3, 1), (63, 2, 500)]
+TOLERANCES = {
+    torch.float64: dict(atol=1e-10, rtol=1e-10),
+    torch.float32: dict(atol=2e-5, rtol=2e-5),
+    torch.float16: dict(atol=2e-2, rtol=1e-2),
+    torch.bfloat16: dict(atol=1e-1, rtol=5e-2),
+}
+
+
+@contextlib.contextmanager
+def nan_poisoned_allocations(monkeypatch):
+    """Inside the block, torch.empty/empty_like return NaN-filled tensors (float dtypes)."""
+    real_empty, real_empty_like = torch.empty, torch.empty_like
+
+    def poison(tensor):
+        if tensor.dtype.is_floating_point:
+            tensor.fill_(float("nan"))
+        return tensor
+
+    with monkeypatch.context() as patch:
+        patch.setattr(torch, "empty", lambda *a, **k: poison(real_empty(*a, **k)))
+        patch.setattr(torch, "empty_like", lambda *a, **k: poison(real_empty_like(*a, **k)))
+        yield
+
+
+def make_inputs(shape, output_gate, dtype=torch.float32, zoneout_mask=False, lengths=None, seed=0):
+    seq_len, batch_size, hidden_size = shape
+    generator = torch.Generator().manual_seed(seed)
+    num_gates = 3 if output_gate else 2
+    # Scaled so the activations reach their saturated ends too.
+    y = 3 * torch.randn(seq_len, batch_size, num_gates * hidden_size, generator=generator)
+    h0 = torch.randn(batch_size, hidden_size, generator=generator)
+    keep = (torch.rand(seq_len, batch_size, hidden_size, generator=generator) > 0.3).to(dtype) if zoneout_mask else None
+    upstream = [torch.randn(seq_len, batch_size, hidden_size, generator=generator) for _ in range(2)]
+    lengths = None if lengths is None else torch.tensor(lengths)
+    return y.to(dtype), h0.to(dtype), keep, [u.to(dtype) for u in upstream], lengths
+
+
+def outputs_and_grads(fn, y, h0, keep, upstream, output_gate, **kwargs):
+    y, h0 = y.clone().requires_grad_(), h0.clone().requires_grad_()
+    h, c = fn(y, h0, keep, output_gate=output_gate, **kwargs)
+    out = h if output_gate else c
+    loss = (out.float() * upstream[0].float()).sum() + (c.float() * upstream[1].float()).sum()
+    grad_y, grad_h0 = torch.autograd.grad(loss, (y, h0))
+    return out.detach(), c.detach(), grad_y, grad_h0
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("output_gate", [True, False], ids=["fo", "f"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("parallel", [False, True], ids=["serial", "parallel"])
+def test_outputs_and_all_gradients_match_the_reference(shape, output_gate, reverse, parallel, monkeypatch):
+    if parallel:
+        monkeypatch.setattr(cpu, "SERIAL_MAX_ELEMENTS", 0)
+    y, h0, keep, upstream, _ = make_inputs(shape, output_gate)
+    expected = outputs_and_grads(qrnn_gates_reference, y, h0, keep, upstream, output_gate, reverse=reverse)
+    with nan_poisoned_allocations(monkeypatch):
+        got = outputs_and_grads(qrnn_gates, y, h0, keep, upstream, output_gate, reverse=reverse)
+    for name, g, e in zip(("out", "c", "grad_y", "grad_h0"), got, expected):
+        torch.testing.assert_close(g, e, **TOLERANCES[torch.float32], msg=name)
+
+
+@pytest.mark.parametrize("output_gate", [True, False], ids=["fo", "f"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("parallel", [False, True], ids=["serial", "parallel"])
+def test_zoneout_mask_scale_and_lengths(output_gate, reverse, parallel, monkeypatch):
+    if parallel:
+        monkeypatch.setattr(cpu, "SERIAL_MAX_ELEMENTS", 0)
+    y, h0, keep, upstream, lengths = make_inputs((9, 4, 37), output_gate, zoneout_mask=True, lengths=[9, 0, 4, 1])
+    kwargs = dict(reverse=reverse, lengths=lengths, zoneout_scale=0.7)
+    expected = outputs_and_grads(qrnn_gates_reference, y, h0, keep, upstream, output_gate, **kwargs)
+    with nan_poisoned_allocations(monkeypatch):
+        got = outputs_and_grads(qrnn_gates, y, h0, keep, upstream, output_gate, **kwargs)
+    for name, g, e in zip(("out", "c", "grad_y", "grad_h0"), got, expected):
+        torch.testing.assert_close(g, e, **TOLERANCES[torch.float32], msg=name)
+    assert (got[2][4:, 2] == 0).all() and (got[2][:, 1] == 0).all()  # padding gets no gradient
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16], ids=str)
+def test_other_dtypes_match_the_reference(dtype):
+    y, h0, keep, upstream, lengths = make_inputs((5, 3, 20), True, dtype=dtype, zoneout_mask=True, lengths=[5, 2, 3])
+    expected = outputs_and_grads(qrnn_gates_reference, y, h0, keep, upstream, True, lengths=lengths)
+    got = outputs_and_grads(qrnn_gates, y, h0, keep, upstream, True, lengths=lengths)
+    for name, g, e in zip(("out", "c", "grad_y", "grad_h0"), got, expected):
+        assert g.dtype == dtype, name
+        torch.testing.assert_close(g, e.to(dtype), **TOLERANCES[dtype], msg=name)
+
+
+@pytest.mark.parametrize("output_gate", [True, False], ids=["fo", "f"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_gradcheck_float64(output_gate, reverse):
+    y, h0, keep, _, lengths = make_inputs((4, 3, 2), output_gate, dtype=torch.float64, zoneout_mask=True,
+                                          lengths=[4, 0, 2])
+    y, h0 = y.requires_grad_(), h0.requires_grad_()
+
+    def op(y, h0):
+        return qrnn_gates(y, h0, keep, zoneout_scale=0.9, output_gate=output_gate, reverse=reverse, lengths=lengths)
+
+    assert torch.autograd.gradcheck(op, (y, h0))
+
+
+def test_opcheck():
+    y, h0, keep, upstream, lengths = make_inputs((4, 3, 5), True, zoneout_mask=True, lengths=[4, 0, 2])
+    y, h0 = y.requires_grad_(), h0.requires_grad_()
+    for args in [(y, h0, keep, lengths, 0.8, True, False), (y, h0, None, None, 1.0, False, True)]:
+        if not args[5]:
+            args = (y[..., :10].detach().requires_grad_(),) + args[1:]
+        torch.library.opcheck(torch.ops.qrnn_lm.qrnn_gates.default, args)
+    h, c = qrnn_gates(y, h0, keep, lengths=lengths)
+    backward_args = (upstream[0], upstream[1], y.detach(), c.detach(), h0.detach(), keep, lengths, 1.0, True, False)
+    torch.library.opcheck(torch.ops.qrnn_lm.qrnn_gates_backward.default, backward_args)
+
+
+def test_torch_compile_fullgraph_matches_eager():
+    y, h0, _, _, _ = make_inputs((6, 2, 4), True)
+
+    def fn(y, h0):
+        h, c = qrnn_gates(y, h0)
+        return h.sum() + c[-1].sum()
+
+    compiled = torch.compile(fn, backend="aot_eager", fullgraph=True)
+    torch.testing.assert_close(compiled(y, h0), fn(y, h0))
+
+
+@pytest.mark.parametrize("call,message", [
+    (lambda: qrnn_gates(torch.randn(3, 2)), r"shape \[T, B, k\*H\] \(3 dims\), got \(3, 2\)"),
+    (lambda: qrnn_gates(torch.randn(3, 2, 7)), "last dim must be 3 \\* hidden_size \\(output_gate=True\\), got 7"),
+    (lambda: qrnn_gates(torch.randn(3, 2, 6), torch.zeros(2, 3)), r"h0 must be \[B, H\] = \(2, 2\)"),
+    (lambda: qrnn_gates(torch.randn(3, 2, 6), keep=torch.ones(3, 2, 3)), r"keep must be \[T, B, H\] = \(3, 2, 2\)"),
+    (lambda: qrnn_gates(torch.randn(3, 2, 6), zoneout_scale=1.5), r"zoneout_scale must lie in \[0, 1\], got 1.5"),
+    (lambda: qrnn_gates(torch.randn(3, 2, 6), lengths=torch.tensor([1, 4])), r"lengths must lie in \[0, T=3\]"),
+    (lambda: qrnn_gates(torch.ones(3, 2, 6, dtype=torch.int32)), "float16, bfloat16, float32 or float64"),
+])
+def test_bad_arguments_raise_value_errors(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
