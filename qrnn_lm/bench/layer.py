@@ -1,0 +1,221 @@
+"""``qrnn-lm bench layer``: one QRNN layer against ``torch.nn.LSTM`` (the paper's Figure 4, right).
+
+Shape letters: T = sequence length, B = batch size, H = hidden size; inputs are ``[T, B, H]``.
+
+For every (B, T) of the grid, in inference (forward under ``torch.no_grad``) and training
+(forward + backward to the input and all parameters, with a fixed random upstream gradient), it
+times ``nn.LSTM(H, H)`` and ``QRNNLayer(H, H, window=w)`` for each window, interleaved, and reports
+the median times and the speed-ups LSTM time / QRNN time. Writes a CSV, and a PNG heatmap of the
+speed-ups when matplotlib is installed (``pip install qrnn-lm[plot]``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import statistics
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..qrnn import QRNNLayer
+from .timing import time_round_robin
+
+__all__ = ["BATCH_SIZES", "SEQ_LENS", "MODES", "run", "format_table", "summarize", "write_csv",
+           "plot_heatmap", "main"]
+
+BATCH_SIZES = (8, 16, 32, 64, 128, 256)  # the paper's grid
+SEQ_LENS = (32, 64, 128, 256, 512)
+MODES = ("inference", "training")
+
+
+def _candidate(module: nn.Module, x: torch.Tensor, grad_out: torch.Tensor, mode: str):
+    """A no-argument function running one forward (and backward in training) of ``module``."""
+    if mode == "inference":
+        def infer():
+            with torch.no_grad():
+                module(x)
+        return infer
+    inputs = [x, *module.parameters()]
+
+    def train():
+        output = module(x)[0]  # [T, B, H]
+        torch.autograd.grad(output, inputs, grad_out)  # no accumulation into .grad between calls
+    return train
+
+
+def run(hidden_size: int = 320, batch_sizes=BATCH_SIZES, seq_lens=SEQ_LENS, windows=(1, 2),
+        modes=MODES, repeats: int = 5, warmup: int = 2, device: str = "cpu", seed: int = 0,
+        progress=None) -> list[dict]:
+    """Time the grid. Returns one row per (mode, batch_size, seq_len) with ``lstm_ms``,
+    ``qrnn_w{w}_ms`` and ``speedup_w{w}`` (LSTM time / QRNN time) for each window ``w``.
+
+    ``progress``: optional callable receiving each row as it is finished.
+    """
+    for mode in modes:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    device = torch.device(device)
+    torch.manual_seed(seed)
+    lstm = nn.LSTM(hidden_size, hidden_size).to(device)
+    qrnns = {w: QRNNLayer(hidden_size, hidden_size, window=w).to(device) for w in windows}
+    rows = []
+    for mode in modes:
+        for batch_size in batch_sizes:
+            for seq_len in seq_lens:
+                x = torch.randn(seq_len, batch_size, hidden_size, device=device,
+                                requires_grad=mode == "training")
+                grad_out = torch.randn(seq_len, batch_size, hidden_size, device=device)
+                candidates = {"lstm": _candidate(lstm, x, grad_out, mode)}
+                for w, qrnn in qrnns.items():
+                    candidates[f"qrnn_w{w}"] = _candidate(qrnn, x, grad_out, mode)
+                medians = time_round_robin(candidates, repeats, warmup, device)
+                row = {"device": device.type, "mode": mode, "hidden_size": hidden_size,
+                       "batch_size": batch_size, "seq_len": seq_len, "lstm_ms": medians["lstm"] * 1e3}
+                for w in windows:
+                    row[f"qrnn_w{w}_ms"] = medians[f"qrnn_w{w}"] * 1e3
+                    row[f"speedup_w{w}"] = medians["lstm"] / medians[f"qrnn_w{w}"]
+                rows.append(row)
+                if progress is not None:
+                    progress(row)
+    return rows
+
+
+def _windows(rows: list[dict]) -> list[int]:
+    return sorted(int(key[len("speedup_w"):]) for key in rows[0] if key.startswith("speedup_w")) if rows else []
+
+
+def format_table(rows: list[dict]) -> str:
+    """A plain-text table: one line per grid point, times in ms and speed-ups ``x``."""
+    windows = _windows(rows)
+    header = ["mode", "B", "T", "LSTM ms"] + [f"QRNN w{w} ms" for w in windows] + [f"LSTM/QRNN w{w}" for w in windows]
+    lines = [header]
+    for row in rows:
+        lines.append([row["mode"], str(row["batch_size"]), str(row["seq_len"]), f"{row['lstm_ms']:.2f}"]
+                     + [f"{row[f'qrnn_w{w}_ms']:.2f}" for w in windows]
+                     + [f"{row[f'speedup_w{w}']:.2f}x" for w in windows])
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    return "\n".join("  ".join(cell.rjust(width) for cell, width in zip(line, widths)) for line in lines)
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """Per mode and window: the median, smallest and largest speed-up over the grid."""
+    summary = []
+    for mode in dict.fromkeys(row["mode"] for row in rows):
+        for w in _windows(rows):
+            speedups = [row[f"speedup_w{w}"] for row in rows if row["mode"] == mode]
+            summary.append({"mode": mode, "window": w, "median": statistics.median(speedups),
+                            "min": min(speedups), "max": max(speedups)})
+    return summary
+
+
+def format_summary(rows: list[dict]) -> str:
+    return "\n".join(f"{s['mode']:>9} window {s['window']}: LSTM/QRNN median {s['median']:.2f}x "
+                     f"(min {s['min']:.2f}x, max {s['max']:.2f}x)" for s in summarize(rows))
+
+
+def write_csv(rows: list[dict], path: str | Path) -> Path:
+    """Write the rows (one per grid point and mode) to ``path``; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({key: f"{value:.4f}" if isinstance(value, float) else value for key, value in row.items()})
+    return path
+
+
+def plot_heatmap(rows: list[dict], path: str | Path) -> Path | None:
+    """A PNG heatmap of the speed-ups (batch size x sequence length, one panel per mode and
+    window), like the paper's Figure 4. Returns None, writing nothing, without matplotlib."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    modes, windows = list(dict.fromkeys(row["mode"] for row in rows)), _windows(rows)
+    batch_sizes = sorted({row["batch_size"] for row in rows})
+    seq_lens = sorted({row["seq_len"] for row in rows})
+    figure, axes = plt.subplots(len(modes), len(windows), squeeze=False,
+                                figsize=(1.2 * len(seq_lens) * len(windows) + 1.5, 0.7 * len(batch_sizes) * len(modes) + 1.2))
+    for i, mode in enumerate(modes):
+        for j, w in enumerate(windows):
+            grid = [[float("nan")] * len(seq_lens) for _ in batch_sizes]
+            for row in rows:
+                if row["mode"] == mode:
+                    grid[batch_sizes.index(row["batch_size"])][seq_lens.index(row["seq_len"])] = row[f"speedup_w{w}"]
+            axis = axes[i][j]
+            axis.imshow(grid, cmap="viridis", aspect="auto")
+            for r, values in enumerate(grid):
+                for c, value in enumerate(values):
+                    axis.text(c, r, f"{value:.1f}x", ha="center", va="center", color="white", fontsize=8)
+            axis.set_xticks(range(len(seq_lens)), [str(t) for t in seq_lens])
+            axis.set_yticks(range(len(batch_sizes)), [str(b) for b in batch_sizes])
+            axis.set_xlabel("sequence length")
+            axis.set_ylabel("batch size")
+            axis.set_title(f"{mode}, QRNN window {w}: LSTM time / QRNN time", fontsize=9)
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def parse_int_list(text: str, name: str) -> list[int]:
+    """``"8,16,32"`` -> ``[8, 16, 32]``; ValueError naming the option for anything else."""
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise ValueError(f"{name} must be a comma-separated list of positive integers, got {text!r}")
+    return values
+
+
+def report(rows: list[dict], csv_path: str | Path | None, png_path: str | Path | None) -> str:
+    """The table, the summary, and where the CSV/PNG went (or why there is no PNG)."""
+    lines = [format_table(rows), "", format_summary(rows)]
+    if csv_path:
+        lines.append(f"CSV: {write_csv(rows, csv_path)}")
+    if png_path:
+        written = plot_heatmap(rows, png_path)
+        lines.append(f"heatmap: {written}" if written else "heatmap: skipped (matplotlib is not installed; "
+                     "pip install qrnn-lm[plot])")
+    return "\n".join(lines)
+
+
+def header() -> str:
+    """The machine the numbers come from: device, threads, torch version."""
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU only"
+    return (f"torch {torch.__version__}, {torch.get_num_threads()} intra-op threads, {device}")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--hidden-size", type=int, default=320)
+    parser.add_argument("--batch-sizes", default=",".join(map(str, BATCH_SIZES)))
+    parser.add_argument("--seq-lens", default=",".join(map(str, SEQ_LENS)))
+    parser.add_argument("--windows", default="1,2")
+    parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--csv", default="bench_layer.csv")
+    parser.add_argument("--png", default="bench_layer.png")
+    args = parser.parse_args(argv)
+    print(header(), flush=True)
+    rows = run(args.hidden_size, parse_int_list(args.batch_sizes, "--batch-sizes"),
+               parse_int_list(args.seq_lens, "--seq-lens"), parse_int_list(args.windows, "--windows"),
+               [m.strip() for m in args.modes.split(",")], args.repeats, args.warmup, args.device,
+               progress=lambda row: print(f"  {row['mode']} B={row['batch_size']} T={row['seq_len']}: "
+                                          + " ".join(f"{k}={v:.2f}" for k, v in row.items() if k.endswith(("_ms", "speedup_w1", "speedup_w2"))),
+                                          flush=True))
+    print(report(rows, args.csv, args.png))
+
+
+if __name__ == "__main__":
+    main()

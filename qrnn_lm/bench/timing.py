@@ -1,0 +1,69 @@
+"""Timing helpers shared by the benchmarks: medians over repeats after a warm-up, interleaved.
+
+Every comparison in a benchmark is a ratio of two medians measured in the same run, with the
+candidates timed round-robin (A, B, C, A, B, C, ...), so background load on a shared machine
+hits them alike.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Callable
+
+import torch
+
+__all__ = ["synchronize", "time_round_robin", "SectionTimer"]
+
+
+def synchronize(device: torch.device | str) -> None:
+    """Wait for the device's queued work (a no-op on CPU), so a timer sees finished work."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_round_robin(candidates: dict[str, Callable[[], object]], repeats: int, warmup: int,
+                     device: torch.device | str = "cpu") -> dict[str, float]:
+    """Median seconds per call of each ``name -> fn``.
+
+    Runs ``warmup`` untimed rounds, then ``repeats`` timed rounds; in every round each candidate
+    runs once, in order. Raises ValueError for ``repeats < 1`` or ``warmup < 0``.
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    if warmup < 0:
+        raise ValueError(f"warmup must be >= 0, got {warmup}")
+    times: dict[str, list[float]] = {name: [] for name in candidates}
+    for round_index in range(warmup + repeats):
+        for name, fn in candidates.items():
+            synchronize(device)
+            start = time.perf_counter()
+            fn()
+            synchronize(device)
+            if round_index >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+class SectionTimer:
+    """Accumulates synchronised wall time per named section: ``with timer("embedding"): ...``."""
+
+    def __init__(self, device: torch.device | str = "cpu"):
+        self.device = device
+        self.totals: dict[str, float] = {}
+        self._name = ""
+        self._start = 0.0
+
+    def __call__(self, name: str) -> "SectionTimer":
+        self._name = name
+        return self
+
+    def __enter__(self) -> "SectionTimer":
+        synchronize(self.device)
+        self._start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        synchronize(self.device)
+        self.totals[self._name] = self.totals.get(self._name, 0.0) + time.perf_counter() - self._start
