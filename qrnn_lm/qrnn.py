@@ -15,7 +15,7 @@ import torch.nn.functional as nnf
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from .qrnn_gates import gates_and_recurrence
+from .qrnn_gates import gates_and_recurrence, use_fused
 from .qrnn_window import project
 
 __all__ = ["QRNNLayer", "QRNN"]
@@ -99,14 +99,16 @@ class QRNNLayer(nn.Module):
             if self.reverse and self.window > 1:
                 # The window of step t reads x_{t+1}, ...: padding past a sequence's end must be zero.
                 X = X.masked_fill(~_valid_steps(lengths, seq_len).unsqueeze(2), 0)
-        Y = project(X, prev, weight, bias, self.window, self.reverse)  # [T, B, k*H]
+        fused = use_fused(X, self.use_cuda)
+        # The fused op adds the bias itself, sparing the matrix product a pass over its output.
+        Y = project(X, prev, weight, None if fused else bias, self.window, self.reverse)  # [T, B, k*H]
         h0 = None if hidden is None else hidden.reshape(batch_size, self.hidden_size).to(Y.dtype)
-        H, C = gates_and_recurrence(Y, h0, zoneout=self.zoneout, training=self.training,
-                                    output_gate=self.output_gate, reverse=self.reverse, lengths=lengths,
-                                    use_cuda=self.use_cuda)  # [T, B, H] each
+        H, h_n = gates_and_recurrence(Y, bias if fused else None, h0, fused=fused, zoneout=self.zoneout,
+                                      training=self.training, output_gate=self.output_gate, reverse=self.reverse,
+                                      lengths=lengths, use_cuda=self.use_cuda)  # [T, B, H], [1, B, H]
         if self.window > 1 and self.save_prev_x:
             self.prevX = self._last_inputs(X, prev, lengths)
-        return H, self._final_state(C, h0, lengths)
+        return H, h_n
 
     def _check_input(self, X, hidden, weight):
         """Raise ValueError naming the expected and the actual value for a bad input or state."""
@@ -153,19 +155,6 @@ class QRNNLayer(nn.Module):
         # Sequence b's last inputs are X[len_b - keep : len_b] = history[len_b : len_b + keep].
         rows = lengths.unsqueeze(0) + torch.arange(keep, device=X.device).unsqueeze(1)  # [keep, B]
         return history[rows, torch.arange(X.shape[1], device=X.device)]
-
-    def _final_state(self, C, h0, lengths):
-        """Each sequence's state after its last step ``[1, B, H]``."""
-        if lengths is None:
-            return C[:1] if self.reverse else C[-1:]
-        if self.reverse:
-            last = C[0]  # the backward pass of every sequence ends at step 0
-        else:
-            batch = torch.arange(C.shape[1], device=C.device)
-            last = C[(lengths - 1).clamp(min=0), batch]  # [B, H]
-        # An empty sequence keeps its initial state.
-        start = torch.zeros_like(last) if h0 is None else h0
-        return torch.where((lengths > 0).unsqueeze(1), last, start).unsqueeze(0)
 
 
 def _valid_steps(lengths, seq_len):

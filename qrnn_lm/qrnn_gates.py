@@ -4,11 +4,15 @@ Shape letters: T = time steps, B = batch, H = hidden size; time-major ``[T, B, .
 
 Two paths with the same results (tested against each other):
 
-- fused (CPU with the numba kernels): one op, ``qrnn_lm::qrnn_gates``, reads the linear map's
-  output ``Y`` once and writes ``H`` and ``C``; its backward writes the gradient of ``Y`` in one
-  pass. No ``chunk``/``cat``, no ``.contiguous()`` copies, no separate activation passes.
-- unfused (GPU, other devices, ``use_cuda=False``, or ``QRNN_LM_QRNN_GATES=unfused``): torch
-  activations and the ForgetMult op of the device (the Triton kernel on CUDA).
+- unfused (the default): torch activations and the ForgetMult op of the device (numba on CPU,
+  the Triton kernel on CUDA).
+- fused (CPU with numba, opt-in with ``QRNN_LM_QRNN_GATES=fused``): one op,
+  ``qrnn_lm::qrnn_gates``, reads the linear map's output once, adds the bias, and writes ``H``,
+  ``C`` and the final state; its backward writes the gradient of ``Y`` in one pass. It is not the
+  default because it did not measure faster on the 2-core CPU it was written on: there the layer
+  is bound by its matrix products and the exponentials of the activations, which torch's
+  vectorised elementwise ops already spread over the cores (fused vs unfused, training,
+  hidden 320, window 1: 0.95-1.02x on a quiet machine, 1.03-1.25x while other jobs ran).
 """
 
 from __future__ import annotations
@@ -21,26 +25,31 @@ from .ops.forget_mult import forget_mult
 from .ops.forget_mult.function import resolve_backend
 from .ops.qrnn_gates import HAS_NUMBA, qrnn_gates
 
-__all__ = ["gates_and_recurrence", "ENV_GATES"]
+__all__ = ["use_fused", "gates_and_recurrence", "ENV_GATES"]
 
-# "auto" (default): fused where available; "unfused": always the torch ops + ForgetMult path.
+# "unfused" (default): torch ops + ForgetMult; "fused": the fused CPU op where it can run.
 ENV_GATES = "QRNN_LM_QRNN_GATES"
 
 
-def _use_fused(Y: torch.Tensor, use_cuda: bool) -> bool:
-    choice = os.environ.get(ENV_GATES, "auto") or "auto"
-    if choice not in ("auto", "unfused"):
-        raise ValueError(f"{ENV_GATES} must be 'auto' or 'unfused', got {choice!r}")
-    return (choice == "auto" and use_cuda and HAS_NUMBA and Y.device.type == "cpu"
-            and resolve_backend(Y.device, "auto") == "numba")
+def use_fused(X: torch.Tensor, use_cuda: bool) -> bool:
+    """True when the layer's input ``X`` goes through the fused op (asked for, CPU, numba)."""
+    choice = os.environ.get(ENV_GATES, "unfused") or "unfused"
+    if choice not in ("fused", "unfused"):
+        raise ValueError(f"{ENV_GATES} must be 'fused' or 'unfused', got {choice!r}")
+    return (choice == "fused" and use_cuda and HAS_NUMBA and X.device.type == "cpu"
+            and resolve_backend(X.device, "auto") == "numba")
 
 
-def gates_and_recurrence(Y, h0, *, zoneout, training, output_gate, reverse, lengths, use_cuda):
-    """From the gate pre-activations ``Y`` ``[T, B, k*H]`` to ``(H, C)``, ``[T, B, H]`` each.
+def gates_and_recurrence(Y, bias, h0, *, fused, zoneout, training, output_gate, reverse, lengths, use_cuda):
+    """From the gate pre-activations ``Y`` ``[T, B, k*H]`` to ``(H [T, B, H], h_n [1, B, H])``.
 
     ``Z = tanh``, ``F = sigmoid`` (times a Bernoulli(1 - zoneout) mask in training, times
     ``1 - zoneout`` in eval), ``C = ForgetMult(F, Z, h0)``, ``H = sigmoid(O) * C`` (``C`` without
-    the output gate). ``h0``: ``[B, H]`` in Y's dtype or None; ``lengths``: None or ``[B]``.
+    the output gate); ``h_n`` is each sequence's state after its last valid step (step 0 when
+    ``reverse``; ``h0`` for an empty sequence). ``bias``: None, or ``[k*H]`` still to be added
+    to ``Y`` (the fused op adds it inside, sparing the matrix product a pass over its output).
+    ``h0``: ``[B, H]`` in Y's dtype or None; ``lengths``: None or ``[B]``; ``fused``: from
+    :func:`use_fused`.
     """
     num_gates = 3 if output_gate else 2
     hidden_size = Y.shape[2] // num_gates
@@ -51,10 +60,13 @@ def gates_and_recurrence(Y, h0, *, zoneout, training, output_gate, reverse, leng
         # path's empty_like(F).bernoulli_, so both paths consume the RNG alike.
         keep = torch.empty(mask_shape, dtype=Y.dtype, device=Y.device).bernoulli_(1 - zoneout)
     scale = 1 - zoneout if zoneout and not training else 1.0
-    if _use_fused(Y, use_cuda):
-        H, C = qrnn_gates(Y, h0, keep, zoneout_scale=scale, output_gate=output_gate, reverse=reverse,
-                          lengths=lengths)
-        return (H if output_gate else C), C
+    bias = None if bias is None else bias.to(Y.dtype)
+    if fused:
+        H, C, c_n = qrnn_gates(Y, h0, keep, bias, zoneout_scale=scale, output_gate=output_gate, reverse=reverse,
+                               lengths=lengths)
+        return (H if output_gate else C), c_n.unsqueeze(0)
+    if bias is not None:
+        Y = Y + bias
     gates = Y.chunk(num_gates, dim=2)  # each [T, B, H]
     Z = torch.tanh(gates[0])
     F = torch.sigmoid(gates[1])
@@ -64,4 +76,19 @@ def gates_and_recurrence(Y, h0, *, zoneout, training, output_gate, reverse, leng
         F = F * scale
     backend = "auto" if use_cuda else "torch"
     C = forget_mult(F, Z, h0, reverse=reverse, lengths=lengths, backend=backend)  # [T, B, H]
-    return (torch.sigmoid(gates[2]) * C if output_gate else C), C
+    H = torch.sigmoid(gates[2]) * C if output_gate else C
+    return H, _final_state(C, h0, lengths, reverse)
+
+
+def _final_state(C, h0, lengths, reverse):
+    """Each sequence's state after its last step ``[1, B, H]``."""
+    if lengths is None:
+        return C[:1] if reverse else C[-1:]
+    if reverse:
+        last = C[0]  # the backward pass of every sequence ends at step 0
+    else:
+        batch = torch.arange(C.shape[1], device=C.device)
+        last = C[(lengths - 1).clamp(min=0), batch]  # [B, H]
+    # An empty sequence keeps its initial state.
+    start = torch.zeros_like(last) if h0 is None else h0
+    return torch.where((lengths > 0).unsqueeze(1), last, start).unsqueeze(0)

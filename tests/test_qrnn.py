@@ -165,7 +165,6 @@ def test_bias_false_builds_layers_without_bias():
 
 
 def test_use_cuda_false_forces_the_torch_backend(monkeypatch):
-    """use_cuda=False runs the unfused path on the torch loop; the default on CPU runs the fused op."""
     backends, fused_calls = [], []
     real_forget_mult, real_fused = gates_module.forget_mult, gates_module.qrnn_gates
     monkeypatch.setattr(gates_module, "forget_mult",
@@ -173,12 +172,12 @@ def test_use_cuda_false_forces_the_torch_backend(monkeypatch):
     monkeypatch.setattr(gates_module, "qrnn_gates", lambda *a, **k: fused_calls.append(1) or real_fused(*a, **k))
     X = torch.randn(3, 2, 4)
     QRNN(4, 4, use_cuda=False)(X)
-    assert backends == ["torch"] and not fused_calls
     QRNN(4, 4)(X)
-    assert backends == ["torch"] and fused_calls == [1]
-    monkeypatch.setenv("QRNN_LM_QRNN_GATES", "unfused")
+    assert backends == ["torch", "auto"] and not fused_calls
+    monkeypatch.setenv("QRNN_LM_QRNN_GATES", "fused")  # the opt-in fused CPU op
+    QRNN(4, 4, use_cuda=False)(X)
     QRNN(4, 4)(X)
-    assert backends == ["torch", "auto"] and fused_calls == [1]
+    assert backends == ["torch", "auto", "torch"] and fused_calls == [1]
 
 
 def test_layers_argument_stacks_prebuilt_layers():

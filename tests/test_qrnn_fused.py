@@ -1,7 +1,7 @@
 """The QRNN layer's fused CPU path (``qrnn_lm::qrnn_gates``) against its unfused path (torch
 activations + ForgetMult), outputs and all gradients, over the layer's options.
 
-``QRNN_LM_QRNN_GATES=unfused`` selects the unfused path; both run on the same parameters, inputs
+``QRNN_LM_QRNN_GATES`` selects the path (``fused`` or the default ``unfused``); both run on the same parameters, inputs
 and RNG state, so zoneout masks in training are the same draws.
 """
 
@@ -16,7 +16,7 @@ from qrnn_lm import qrnn_gates as gates_module
 def run_both(monkeypatch, make_module, make_inputs, seed=0):
     """(fused results, unfused results): outputs, final states and every gradient."""
     results = []
-    for choice in ("auto", "unfused"):
+    for choice in ("fused", "unfused"):
         monkeypatch.setenv(gates_module.ENV_GATES, choice)
         torch.manual_seed(seed)
         module = make_module()
@@ -70,7 +70,7 @@ def test_packed_bidirectional_stack_fused_equals_unfused(window, monkeypatch):
 
 def test_chunks_with_save_prev_x_fused_equals_unfused(monkeypatch):
     results = []
-    for choice in ("auto", "unfused"):
+    for choice in ("fused", "unfused"):
         monkeypatch.setenv(gates_module.ENV_GATES, choice)
         torch.manual_seed(3)
         qrnn = QRNN(4, 5, num_layers=2, window=2, save_prev_x=True)
@@ -82,12 +82,12 @@ def test_chunks_with_save_prev_x_fused_equals_unfused(monkeypatch):
     assert_all_close(*results)
 
 
-def test_the_fused_path_runs_on_cpu_and_the_unfused_one_when_asked(monkeypatch):
-    y = torch.randn(3, 2, 12)
-    assert gates_module._use_fused(y, use_cuda=True)
-    assert not gates_module._use_fused(y, use_cuda=False)
-    monkeypatch.setenv(gates_module.ENV_GATES, "unfused")
-    assert not gates_module._use_fused(y, use_cuda=True)
+def test_the_fused_path_runs_on_cpu_when_asked(monkeypatch):
+    X = torch.randn(3, 2, 4)
+    assert not gates_module.use_fused(X, use_cuda=True)  # the default
+    monkeypatch.setenv(gates_module.ENV_GATES, "fused")
+    assert gates_module.use_fused(X, use_cuda=True)
+    assert not gates_module.use_fused(X, use_cuda=False)  # use_cuda=False: the torch loop
     monkeypatch.setenv(gates_module.ENV_GATES, "fast")
-    with pytest.raises(ValueError, match="must be 'auto' or 'unfused', got 'fast'"):
-        gates_module._use_fused(y, use_cuda=True)
+    with pytest.raises(ValueError, match="must be 'fused' or 'unfused', got 'fast'"):
+        gates_module.use_fused(X, use_cuda=True)

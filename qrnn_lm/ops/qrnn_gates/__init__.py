@@ -17,7 +17,7 @@ __all__ = ["qrnn_gates", "HAS_NUMBA", "IMPORT_ERROR"]
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-def _check(y, h0, keep, zoneout_scale, output_gate, lengths):
+def _check(y, h0, keep, bias, zoneout_scale, output_gate, lengths):
     """Raise ValueError naming the expected and the actual value for any bad argument."""
     if not isinstance(y, torch.Tensor) or y.dim() != 3:
         shape = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
@@ -42,6 +42,10 @@ def _check(y, h0, keep, zoneout_scale, output_gate, lengths):
         got = (tuple(keep.shape), keep.dtype) if isinstance(keep, torch.Tensor) else type(keep).__name__
         raise ValueError(f"qrnn_gates: keep must be [T, B, H] = {(seq_len, batch_size, hidden_size)} "
                          f"of dtype {y.dtype}, got {got}")
+    if bias is not None and (not isinstance(bias, torch.Tensor) or tuple(bias.shape) != (width,)
+                             or bias.dtype != y.dtype):
+        got = (tuple(bias.shape), bias.dtype) if isinstance(bias, torch.Tensor) else type(bias).__name__
+        raise ValueError(f"qrnn_gates: bias must be [k*H] = ({width},) of dtype {y.dtype}, got {got}")
     if not 0.0 <= zoneout_scale <= 1.0:
         raise ValueError(f"qrnn_gates: zoneout_scale must lie in [0, 1], got {zoneout_scale!r}")
     if lengths is not None:
@@ -61,13 +65,14 @@ def qrnn_gates(
     y: torch.Tensor,
     h0: torch.Tensor | None = None,
     keep: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
     *,
     zoneout_scale: float = 1.0,
     output_gate: bool = True,
     reverse: bool = False,
     lengths: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The QRNN layer after its linear map, fused: with ``Z, F, O = y.chunk(k, dim=2)``,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The QRNN layer after its linear map, fused: with ``Z, F, O = (y + bias).chunk(k, dim=2)``,
     ``f = sigmoid(F) * zoneout_scale * keep``, ``c_t = f_t * tanh(Z_t) + (1 - f_t) * c_{t-1}``,
     ``h_t = sigmoid(O_t) * c_t``.
 
@@ -76,6 +81,8 @@ def qrnn_gates(
         h0: initial state ``[B, H]``; default None means zeros.
         keep: default None. Zoneout mask ``[T, B, H]`` (0 keeps the previous state of a lane at a
             step), same dtype as ``y``; not differentiated.
+        bias: default None. ``[k*H]`` added to every row of ``y`` (the linear map's bias, so that
+            the matrix product does not need a pass of its own to add it).
         zoneout_scale: default 1. Multiplies the forget gate (``1 - zoneout`` in evaluation).
         output_gate: default True. False: ``y`` holds Z and F only and the output is ``c``.
         reverse: default False. True walks from each sequence's last valid step to step 0.
@@ -83,10 +90,16 @@ def qrnn_gates(
             output 0 and do not enter the recurrence.
 
     Returns:
-        ``(h, c)``: the outputs and the states, ``[T, B, H]`` each, in y's dtype; without the
-        output gate ``h`` is an empty tensor and the output is ``c``. Differentiable in ``y`` and ``h0``.
+        ``(h, c, c_n)`` in y's dtype: the outputs and the states ``[T, B, H]`` (without the
+        output gate ``h`` is an empty tensor and the output is ``c``), and each sequence's final
+        state ``[B, H]`` (after its last valid step; step 0 when ``reverse``; ``h0`` for an empty
+        sequence). Differentiable in ``y``, ``h0`` and ``bias``.
     """
-    _check(y, h0, keep, zoneout_scale, output_gate, lengths)
+    _check(y, h0, keep, bias, zoneout_scale, output_gate, lengths)
     if h0 is None:
         h0 = y.new_zeros(y.shape[1], y.shape[2] // (3 if output_gate else 2))
-    return qrnn_gates_op(y, h0, keep, lengths, float(zoneout_scale), bool(output_gate), bool(reverse))
+    # Keep the activations for the backward only when there will be one.
+    save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (y, h0, bias))
+    h, c, c_n, _ = qrnn_gates_op(y, h0, keep, bias, lengths, float(zoneout_scale), bool(output_gate), bool(reverse),
+                                 save)
+    return h, c, c_n

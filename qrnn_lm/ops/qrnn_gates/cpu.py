@@ -3,12 +3,14 @@
 Shapes: T = time steps, B = batch, H = hidden lanes; ``y`` is ``[T, B, k*H]`` with the gate
 pre-activations Z, F, O side by side in each row (k = 3, or 2 without the output gate).
 
-Per lane and step (``m`` = zoneout_scale, times the zoneout mask when there is one):
+Per lane and step (``m`` = zoneout_scale, times the zoneout mask when there is one; ``y`` plus
+the bias of its column):
     z = tanh(y_z), s = sigmoid(y_f), f = s * m, c_t = f * z + (1 - f) * c_{t-1}, h_t = sigmoid(y_o) * c_t
-The backward recomputes z, s and o from ``y`` (three exponentials per lane and step are cheaper
-here than writing and re-reading a ``[T, B, k*H]`` tensor of activations) and writes the
-gradient of ``y`` directly, so the gates' gradients never exist as separate tensors:
-    g = dL/dh_t * o + dL/dc_t (from outside) + carry
+The forward also writes each sequence's final state, and (under autograd) the activations z, s, o
+into one ``[T, B, k*H]`` tensor; the backward reads them (or recomputes them from ``y`` when they
+were not kept) and writes the gradient of ``y`` directly, so the gates' gradients never exist as
+separate tensors:
+    g = dL/dh_t * o + dL/dc_t (from outside) + carry      (carry starts at dL/dc_n)
     dy_o = dL/dh_t * c_t * o (1 - o);  dy_z = g f (1 - z^2);  dy_f = g (z - c_{t-1}) m s (1 - s)
     carry = g (1 - f)                  (dL/dc_{t-1} through the recurrence; dL/dh0 at the end)
 
@@ -127,7 +129,8 @@ if HAS_NUMBA:
     # slower). The scratch rows are then copied out (a memcpy within L1).
 
     @njit(cache=True, error_model="numpy", fastmath=True)
-    def _forward_tile(y, h0, keep, has_keep, consts, lengths, reverse, output_gate, tile, item, h, c):
+    def _forward_tile(y, bias, h0, keep, has_keep, consts, lengths, reverse, output_gate, save, tile, item,
+                      h, c, c_n, acts):
         seq_len, _, hidden_size = c.shape
         b, lo, hi, length = _tile_of(item, tile, hidden_size, lengths)
         one, scale = consts[0], consts[1]
@@ -135,16 +138,24 @@ if HAS_NUMBA:
             c[t, b, lo:hi] = 0
             if output_gate:
                 h[t, b, lo:hi] = 0
+            if save:
+                for gate in range(acts.shape[2] // hidden_size):
+                    acts[t, b, gate * hidden_size + lo:gate * hidden_size + hi] = 0
         lanes = hi - lo
         state = h0[b, lo:hi].copy()
-        z, f, out = np.empty(lanes, c.dtype), np.empty(lanes, c.dtype), np.empty(lanes, c.dtype)
-        for s in range(length):
-            t = length - 1 - s if reverse else s
+        z, s, f, o, out = (np.empty(lanes, c.dtype), np.empty(lanes, c.dtype), np.empty(lanes, c.dtype),
+                           np.empty(lanes, c.dtype), np.empty(lanes, c.dtype))
+        bias_z, bias_f = bias[lo:hi], bias[hidden_size + lo:hidden_size + hi]
+        bias_o = bias[2 * hidden_size + lo:2 * hidden_size + hi] if output_gate else bias_z
+        for step in range(length):
+            t = length - 1 - step if reverse else step
             y_z, y_f = y[t, b, lo:hi], y[t, b, hidden_size + lo:hidden_size + hi]
             for j in range(lanes):
-                z[j] = _tanh(y_z[j])
+                z[j] = _tanh(y_z[j] + bias_z[j])
             for j in range(lanes):
-                f[j] = _sigmoid(y_f[j]) * scale
+                s[j] = _sigmoid(y_f[j] + bias_f[j])
+            for j in range(lanes):
+                f[j] = s[j] * scale
             if has_keep:
                 keep_row = keep[t, b, lo:hi]
                 for j in range(lanes):
@@ -152,52 +163,76 @@ if HAS_NUMBA:
             for j in range(lanes):
                 state[j] = f[j] * z[j] + (one - f[j]) * state[j]
             c[t, b, lo:hi] = state
+            if save:
+                acts[t, b, lo:hi] = z
+                acts[t, b, hidden_size + lo:hidden_size + hi] = s
             if output_gate:
                 y_o = y[t, b, 2 * hidden_size + lo:2 * hidden_size + hi]
                 for j in range(lanes):
-                    out[j] = _sigmoid(y_o[j]) * state[j]
+                    o[j] = _sigmoid(y_o[j] + bias_o[j])
+                for j in range(lanes):
+                    out[j] = o[j] * state[j]
                 h[t, b, lo:hi] = out
+                if save:
+                    acts[t, b, 2 * hidden_size + lo:2 * hidden_size + hi] = o
+        c_n[b, lo:hi] = state  # the state after the walk (h0 for an empty sequence)
 
     @njit(cache=True, error_model="numpy", fastmath=True)
-    def _backward_tile(grad_h, grad_c, y, c, h0, keep, has_keep, consts, lengths, reverse, output_gate,
-                       tile, item, grad_y, grad_h0):
+    def _backward_tile(grad_h, grad_c, grad_c_n, has_grad, source, from_acts, bias, c, h0, keep, has_keep,
+                       consts, lengths, reverse, output_gate, tile, item, grad_y, grad_h0):
         seq_len, _, hidden_size = c.shape
         b, lo, hi, length = _tile_of(item, tile, hidden_size, lengths)
         one, scale = consts[0], consts[1]
-        num_gates = y.shape[2] // hidden_size
+        num_gates = grad_y.shape[2] // hidden_size
         for t in range(length, seq_len):  # padding gets no gradient
             for gate in range(num_gates):
                 grad_y[t, b, gate * hidden_size + lo:gate * hidden_size + hi] = 0
         lanes = hi - lo
         dtype = grad_h0.dtype
-        carry = np.zeros(lanes, dtype)
+        carry = grad_c_n[b, lo:hi].copy() if has_grad[2] else np.zeros(lanes, dtype)
         z, s, m, o = np.empty(lanes, dtype), np.empty(lanes, dtype), np.empty(lanes, dtype), np.empty(lanes, dtype)
         g, grad = np.empty(lanes, dtype), np.empty(lanes, dtype)
+        bias_z, bias_f = bias[lo:hi], bias[hidden_size + lo:hidden_size + hi]
+        bias_o = bias[2 * hidden_size + lo:2 * hidden_size + hi] if output_gate else bias_z
         for u in range(length):
             t = u if reverse else length - 1 - u
             first = (t == length - 1) if reverse else (t == 0)  # the forward walk's first step
             prev = h0[b, lo:hi] if first else c[t + 1 if reverse else t - 1, b, lo:hi]
-            value, grad_c_row = c[t, b, lo:hi], grad_c[t, b, lo:hi]
-            y_z, y_f = y[t, b, lo:hi], y[t, b, hidden_size + lo:hidden_size + hi]
-            for j in range(lanes):
-                z[j] = _tanh(y_z[j])
-            for j in range(lanes):
-                s[j] = _sigmoid(y_f[j])
+            value = c[t, b, lo:hi]
+            src_z, src_f = source[t, b, lo:hi], source[t, b, hidden_size + lo:hidden_size + hi]
+            if from_acts:  # the activations saved by the forward
+                z[:] = src_z
+                s[:] = src_f
+            else:  # recomputed from the pre-activations
+                for j in range(lanes):
+                    z[j] = _tanh(src_z[j] + bias_z[j])
+                for j in range(lanes):
+                    s[j] = _sigmoid(src_f[j] + bias_f[j])
             m[:] = scale  # the forget gate's multiplier: f = s * m
             if has_keep:
                 keep_row = keep[t, b, lo:hi]
                 for j in range(lanes):
                     m[j] *= keep_row[j]
-            for j in range(lanes):
-                g[j] = grad_c_row[j] + carry[j]  # dL/dc_t
+            g[:] = carry  # dL/dc_t
+            if has_grad[1]:
+                grad_c_row = grad_c[t, b, lo:hi]
+                for j in range(lanes):
+                    g[j] += grad_c_row[j]
             if output_gate:
-                y_o, grad_out = y[t, b, 2 * hidden_size + lo:2 * hidden_size + hi], grad_h[t, b, lo:hi]
-                for j in range(lanes):
-                    o[j] = _sigmoid(y_o[j])
-                for j in range(lanes):
-                    g[j] += grad_out[j] * o[j]
-                for j in range(lanes):
-                    grad[j] = grad_out[j] * value[j] * o[j] * (one - o[j])
+                src_o = source[t, b, 2 * hidden_size + lo:2 * hidden_size + hi]
+                if from_acts:
+                    o[:] = src_o
+                else:
+                    for j in range(lanes):
+                        o[j] = _sigmoid(src_o[j] + bias_o[j])
+                if has_grad[0]:
+                    grad_out = grad_h[t, b, lo:hi]
+                    for j in range(lanes):
+                        g[j] += grad_out[j] * o[j]
+                    for j in range(lanes):
+                        grad[j] = grad_out[j] * value[j] * o[j] * (one - o[j])
+                else:
+                    grad[:] = 0
                 grad_y[t, b, 2 * hidden_size + lo:2 * hidden_size + hi] = grad
             for j in range(lanes):
                 grad[j] = g[j] * s[j] * m[j] * (one - z[j] * z[j])
@@ -210,28 +245,32 @@ if HAS_NUMBA:
         grad_h0[b, lo:hi] = carry
 
     @njit(parallel=True, cache=True)
-    def _forward_parallel(y, h0, keep, has_keep, consts, lengths, reverse, output_gate, tile, h, c):
+    def _forward_parallel(y, bias, h0, keep, has_keep, consts, lengths, reverse, output_gate, save, tile,
+                          h, c, c_n, acts):
         for item in prange(c.shape[1] * -(-c.shape[2] // tile)):
-            _forward_tile(y, h0, keep, has_keep, consts, lengths, reverse, output_gate, tile, item, h, c)
+            _forward_tile(y, bias, h0, keep, has_keep, consts, lengths, reverse, output_gate, save, tile, item,
+                          h, c, c_n, acts)
 
     @njit(cache=True)
-    def _forward_serial(y, h0, keep, has_keep, consts, lengths, reverse, output_gate, tile, h, c):
+    def _forward_serial(y, bias, h0, keep, has_keep, consts, lengths, reverse, output_gate, save, tile,
+                        h, c, c_n, acts):
         for item in range(c.shape[1] * -(-c.shape[2] // tile)):
-            _forward_tile(y, h0, keep, has_keep, consts, lengths, reverse, output_gate, tile, item, h, c)
+            _forward_tile(y, bias, h0, keep, has_keep, consts, lengths, reverse, output_gate, save, tile, item,
+                          h, c, c_n, acts)
 
     @njit(parallel=True, cache=True)
-    def _backward_parallel(grad_h, grad_c, y, c, h0, keep, has_keep, consts, lengths, reverse, output_gate,
-                           tile, grad_y, grad_h0):
+    def _backward_parallel(grad_h, grad_c, grad_c_n, has_grad, source, from_acts, bias, c, h0, keep, has_keep,
+                           consts, lengths, reverse, output_gate, tile, grad_y, grad_h0):
         for item in prange(c.shape[1] * -(-c.shape[2] // tile)):
-            _backward_tile(grad_h, grad_c, y, c, h0, keep, has_keep, consts, lengths, reverse, output_gate,
-                           tile, item, grad_y, grad_h0)
+            _backward_tile(grad_h, grad_c, grad_c_n, has_grad, source, from_acts, bias, c, h0, keep, has_keep,
+                           consts, lengths, reverse, output_gate, tile, item, grad_y, grad_h0)
 
     @njit(cache=True)
-    def _backward_serial(grad_h, grad_c, y, c, h0, keep, has_keep, consts, lengths, reverse, output_gate,
-                         tile, grad_y, grad_h0):
+    def _backward_serial(grad_h, grad_c, grad_c_n, has_grad, source, from_acts, bias, c, h0, keep, has_keep,
+                         consts, lengths, reverse, output_gate, tile, grad_y, grad_h0):
         for item in range(c.shape[1] * -(-c.shape[2] // tile)):
-            _backward_tile(grad_h, grad_c, y, c, h0, keep, has_keep, consts, lengths, reverse, output_gate,
-                           tile, item, grad_y, grad_h0)
+            _backward_tile(grad_h, grad_c, grad_c_n, has_grad, source, from_acts, bias, c, h0, keep, has_keep,
+                           consts, lengths, reverse, output_gate, tile, item, grad_y, grad_h0)
 
 
 def _compute(tensor: torch.Tensor, dtype: torch.dtype) -> np.ndarray:
@@ -239,13 +278,14 @@ def _compute(tensor: torch.Tensor, dtype: torch.dtype) -> np.ndarray:
     return tensor.detach().to(dtype).contiguous().numpy()
 
 
-def _common(y, keep, lengths, zoneout_scale, hidden_size):
-    """(compute dtype, keep array, has_keep, consts, lengths array, tile, run serially?)."""
-    seq_len, batch_size, _ = y.shape
+def _common(y, keep, bias, lengths, zoneout_scale, hidden_size):
+    """(compute dtype, keep array, has_keep, bias array, consts, lengths array, tile, serially?)."""
+    seq_len, batch_size, width = y.shape
     dtype = torch.float64 if y.dtype == torch.float64 else torch.float32
     has_keep = keep is not None
     numpy_dtype = np.float64 if dtype == torch.float64 else np.float32
     keep_array = _compute(keep, dtype) if has_keep else np.ones((1, 1, 1), dtype=numpy_dtype)  # unread
+    bias_array = _compute(bias, dtype) if bias is not None else np.zeros(width, dtype=numpy_dtype)
     consts = np.array([1.0, zoneout_scale], dtype=numpy_dtype)
     if lengths is None:
         lens = np.full(batch_size, seq_len, dtype=np.int64)
@@ -253,35 +293,52 @@ def _common(y, keep, lengths, zoneout_scale, hidden_size):
         lens = lengths.detach().to(torch.int64).contiguous().numpy()
     tile = _tile_lanes(batch_size, hidden_size)
     serial = seq_len * batch_size * hidden_size <= SERIAL_MAX_ELEMENTS or numba.get_num_threads() == 1
-    return dtype, keep_array, has_keep, consts, lens, tile, serial
+    return dtype, keep_array, has_keep, bias_array, consts, lens, tile, serial
 
 
-def forward(y, h0, keep, lengths, zoneout_scale, output_gate, reverse):
-    """y ``[T, B, k*H]``, h0 ``[B, H]``, keep None or ``[T, B, H]``, lengths None or ``[B]``
-    -> ``(h, c)`` ``[T, B, H]`` each in y's dtype (``h`` empty without the output gate)."""
+def forward(y, h0, keep, bias, lengths, zoneout_scale, output_gate, reverse, save_activations):
+    """y ``[T, B, k*H]``, h0 ``[B, H]``, keep None or ``[T, B, H]``, bias None or ``[k*H]``,
+    lengths None or ``[B]`` -> ``(h, c, c_n, acts)`` in y's dtype: outputs and states
+    ``[T, B, H]`` (``h`` empty without the output gate), the final states ``[B, H]``, and the
+    activations ``tanh(Z), sigmoid(F), sigmoid(O)`` ``[T, B, k*H]`` (empty unless saved)."""
     seq_len, batch_size, hidden_size = y.shape[0], y.shape[1], h0.shape[1]
-    dtype, keep_array, has_keep, consts, lens, tile, serial = _common(y, keep, lengths, zoneout_scale, hidden_size)
+    dtype, keep_array, has_keep, bias_array, consts, lens, tile, serial = _common(
+        y, keep, bias, lengths, zoneout_scale, hidden_size)
     c = torch.empty(seq_len, batch_size, hidden_size, dtype=dtype)
     h = torch.empty_like(c) if output_gate else torch.empty(0, 0, 0, dtype=dtype)
-    if c.numel() > 0:
+    c_n = torch.empty(batch_size, hidden_size, dtype=dtype)
+    acts = torch.empty(y.shape, dtype=dtype) if save_activations else torch.empty(0, 0, 0, dtype=dtype)
+    if c_n.numel() > 0:
         run = _forward_serial if serial else _forward_parallel
-        run(_compute(y, dtype), _compute(h0, dtype), keep_array, has_keep, consts, lens, bool(reverse),
-            bool(output_gate), tile, h.numpy(), c.numpy())
+        run(_compute(y, dtype), bias_array, _compute(h0, dtype), keep_array, has_keep, consts, lens, bool(reverse),
+            bool(output_gate), bool(save_activations), tile, h.numpy(), c.numpy(), c_n.numpy(), acts.numpy())
     if not output_gate:
         h = h.reshape(0)
-    return h.to(y.dtype), c.to(y.dtype)
+    if not save_activations:
+        acts = acts.reshape(0)
+    return h.to(y.dtype), c.to(y.dtype), c_n.to(y.dtype), acts.to(y.dtype)
 
 
-def backward(grad_h, grad_c, y, c, h0, keep, lengths, zoneout_scale, output_gate, reverse):
-    """Gradients of :func:`forward` -> ``(grad_y [T, B, k*H], grad_h0 [B, H])`` in the input dtypes."""
+def backward(grad_h, grad_c, grad_c_n, source, from_acts, bias, c, h0, keep, lengths, zoneout_scale, output_gate,
+             reverse):
+    """Gradients of :func:`forward` -> ``(grad_y [T, B, k*H], grad_h0 [B, H])`` in the input dtypes.
+
+    ``grad_h``, ``grad_c``, ``grad_c_n``: the upstream gradients of h, c, c_n, or None (zero).
+    ``source``: the saved activations when ``from_acts``, else the pre-activations y.
+    """
     hidden_size = h0.shape[1]
-    dtype, keep_array, has_keep, consts, lens, tile, serial = _common(y, keep, lengths, zoneout_scale, hidden_size)
-    grad_y = torch.empty(y.shape, dtype=dtype)
+    dtype, keep_array, has_keep, bias_array, consts, lens, tile, serial = _common(
+        source, keep, bias, lengths, zoneout_scale, hidden_size)
+    grad_y = torch.empty(source.shape, dtype=dtype)
     grad_h0 = torch.empty(h0.shape, dtype=dtype)
     if grad_h0.numel() > 0:
-        grad_h_array = _compute(grad_h, dtype) if output_gate else np.zeros((1, 1, 1), dtype=keep_array.dtype)
+        unread = np.zeros((1, 1, 1), dtype=consts.dtype)
+        has_grad = np.array([grad_h is not None and output_gate, grad_c is not None, grad_c_n is not None])
+        arrays = [unread if g is None or not flag else _compute(g, dtype)
+                  for g, flag in zip((grad_h, grad_c), has_grad[:2])]
+        grad_c_n_array = _compute(grad_c_n, dtype) if has_grad[2] else np.zeros((1, 1), dtype=consts.dtype)
         run = _backward_serial if serial else _backward_parallel
-        run(grad_h_array, _compute(grad_c, dtype), _compute(y, dtype), _compute(c, dtype), _compute(h0, dtype),
-            keep_array, has_keep, consts, lens, bool(reverse), bool(output_gate), tile, grad_y.numpy(),
-            grad_h0.numpy())
-    return grad_y.to(y.dtype), grad_h0.to(h0.dtype)
+        run(*arrays, grad_c_n_array, has_grad, _compute(source, dtype), bool(from_acts), bias_array,
+            _compute(c, dtype), _compute(h0, dtype), keep_array, has_keep, consts, lens, bool(reverse),
+            bool(output_gate), tile, grad_y.numpy(), grad_h0.numpy())
+    return grad_y.to(source.dtype), grad_h0.to(h0.dtype)
