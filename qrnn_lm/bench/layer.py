@@ -151,7 +151,7 @@ def plot_heatmap(rows: list[dict], path: str | Path) -> Path | None:
             axis.imshow(grid, cmap="viridis", aspect="auto")
             for r, values in enumerate(grid):
                 for c, value in enumerate(values):
-                    axis.text(c, r, f"{value:.1f}x", ha="center", va="center", color="white", fontsize=8)
+                    axis.text(c, r, f"{value:.2f}x", ha="center", va="center", color="white", fontsize=8)
             axis.set_xticks(range(len(seq_lens)), [str(t) for t in seq_lens])
             axis.set_yticks(range(len(batch_sizes)), [str(b) for b in batch_sizes])
             axis.set_xlabel("sequence length")

@@ -1,8 +1,8 @@
 """Timing helpers shared by the benchmarks: medians over repeats after a warm-up, interleaved.
 
 Every comparison in a benchmark is a ratio of two medians measured in the same run, with the
-candidates timed round-robin (A, B, C, A, B, C, ...), so background load on a shared machine
-hits them alike.
+candidates timed round-robin in a rotating order (A, B, C, B, C, A, C, A, B, ...), so background
+load on a shared machine hits them alike.
 """
 
 from __future__ import annotations
@@ -28,15 +28,20 @@ def time_round_robin(candidates: dict[str, Callable[[], object]], repeats: int, 
     """Median seconds per call of each ``name -> fn``.
 
     Runs ``warmup`` untimed rounds, then ``repeats`` timed rounds; in every round each candidate
-    runs once, in order. Raises ValueError for ``repeats < 1`` or ``warmup < 0``.
+    runs once, round r starting with candidate r (mod their number). Raises ValueError for ``repeats < 1`` or ``warmup < 0``.
     """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     if warmup < 0:
         raise ValueError(f"warmup must be >= 0, got {warmup}")
     times: dict[str, list[float]] = {name: [] for name in candidates}
+    names = list(candidates)
     for round_index in range(warmup + repeats):
-        for name, fn in candidates.items():
+        # Rotate who goes first: a candidate can run slower right after another one (threads
+        # still spinning, caches), so no candidate always follows the same one.
+        shift = round_index % max(len(names), 1)
+        for name in names[shift:] + names[:shift]:
+            fn = candidates[name]
             synchronize(device)
             start = time.perf_counter()
             fn()
