@@ -99,7 +99,7 @@ class QRNNLayer(nn.Module):
             if self.reverse and self.window > 1:
                 # The window of step t reads x_{t+1}, ...: padding past a sequence's end must be zero.
                 X = X.masked_fill(~_valid_steps(lengths, seq_len).unsqueeze(2), 0)
-        fused = use_fused(X, self.use_cuda)
+        fused = use_fused(X, self.hidden_size, self.use_cuda)
         # The fused op adds the bias itself, sparing the matrix product a pass over its output.
         Y = project(X, prev, weight, None if fused else bias, self.window, self.reverse)  # [T, B, k*H]
         h0 = None if hidden is None else hidden.reshape(batch_size, self.hidden_size).to(Y.dtype)

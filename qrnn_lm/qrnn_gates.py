@@ -4,15 +4,20 @@ Shape letters: T = time steps, B = batch, H = hidden size; time-major ``[T, B, .
 
 Two paths with the same results (tested against each other):
 
-- unfused (the default): torch activations and the ForgetMult op of the device (numba on CPU,
-  the Triton kernel on CUDA).
-- fused (CPU with numba, opt-in with ``QRNN_LM_QRNN_GATES=fused``): one op,
-  ``qrnn_lm::qrnn_gates``, reads the linear map's output once, adds the bias, and writes ``H``,
-  ``C`` and the final state; its backward writes the gradient of ``Y`` in one pass. It is not the
-  default because it did not measure faster on the 2-core CPU it was written on: there the layer
-  is bound by its matrix products and the exponentials of the activations, which torch's
-  vectorised elementwise ops already spread over the cores (fused vs unfused, training,
-  hidden 320, window 1: 0.95-1.02x on a quiet machine, 1.03-1.25x while other jobs ran).
+- unfused: torch activations and the ForgetMult op of the device (numba on CPU, the Triton
+  kernel on CUDA).
+- fused (CPU with numba): one op, ``qrnn_lm::qrnn_gates``, reads the linear map's output once,
+  adds the bias, and writes ``H``, ``C`` and the final state; its backward writes the gradient
+  of ``Y`` in one pass.
+
+``QRNN_LM_QRNN_GATES`` chooses: ``auto`` (default) takes the fused op on CPU for large layers
+(``T*B*H >= FUSED_MIN_ELEMENTS``) and the unfused path otherwise; ``fused`` / ``unfused`` force
+one. Why by size: on the 2-core CPU this was written on, a layer's step is bound by its matrix
+products and by the exponentials of the activations, which torch's vectorised elementwise ops
+already spread over both cores; the fused op only wins once its tensors are much larger than the
+cache and saving passes over memory pays. Measured, training, hidden 320, window 1, median time
+unfused / fused: (T, B) = (128, 64) 0.96, (256, 16) 0.84, (32, 256) 0.92 (2.6M or fewer
+elements); (256, 256) 1.06 quiet, and 1.07-1.12 at 10.5M elements with other jobs running.
 """
 
 from __future__ import annotations
@@ -27,17 +32,23 @@ from .ops.qrnn_gates import HAS_NUMBA, qrnn_gates
 
 __all__ = ["use_fused", "gates_and_recurrence", "ENV_GATES"]
 
-# "unfused" (default): torch ops + ForgetMult; "fused": the fused CPU op where it can run.
+# "auto" (default): by size, see above; "fused": the fused CPU op where it can run; "unfused".
 ENV_GATES = "QRNN_LM_QRNN_GATES"
+# Lanes x steps (T*B*H) from which "auto" takes the fused op: 32 MB per float32 [T, B, H] tensor,
+# twice the 16 MB last-level cache of the machine measured.
+FUSED_MIN_ELEMENTS = 1 << 23
 
 
-def use_fused(X: torch.Tensor, use_cuda: bool) -> bool:
-    """True when the layer's input ``X`` goes through the fused op (asked for, CPU, numba)."""
-    choice = os.environ.get(ENV_GATES, "unfused") or "unfused"
-    if choice not in ("fused", "unfused"):
-        raise ValueError(f"{ENV_GATES} must be 'fused' or 'unfused', got {choice!r}")
-    return (choice == "fused" and use_cuda and HAS_NUMBA and X.device.type == "cpu"
-            and resolve_backend(X.device, "auto") == "numba")
+def use_fused(X: torch.Tensor, hidden_size: int, use_cuda: bool) -> bool:
+    """True when the layer's input ``X`` ``[T, B, I]`` goes through the fused op (CPU, numba,
+    and asked for or large enough; see the module docstring)."""
+    choice = os.environ.get(ENV_GATES, "auto") or "auto"
+    if choice not in ("auto", "fused", "unfused"):
+        raise ValueError(f"{ENV_GATES} must be 'auto', 'fused' or 'unfused', got {choice!r}")
+    if choice == "unfused" or not (use_cuda and HAS_NUMBA and X.device.type == "cpu"
+                                   and resolve_backend(X.device, "auto") == "numba"):
+        return False
+    return choice == "fused" or X.shape[0] * X.shape[1] * hidden_size >= FUSED_MIN_ELEMENTS
 
 
 def gates_and_recurrence(Y, bias, h0, *, fused, zoneout, training, output_gate, reverse, lengths, use_cuda):

@@ -82,12 +82,16 @@ def test_chunks_with_save_prev_x_fused_equals_unfused(monkeypatch):
     assert_all_close(*results)
 
 
-def test_the_fused_path_runs_on_cpu_when_asked(monkeypatch):
-    X = torch.randn(3, 2, 4)
-    assert not gates_module.use_fused(X, use_cuda=True)  # the default
+def test_the_path_is_chosen_by_size_or_by_the_environment(monkeypatch):
+    small, large = torch.randn(3, 2, 4), torch.empty(64, 256, 1)
+    hidden_size = gates_module.FUSED_MIN_ELEMENTS // (64 * 256)
+    assert not gates_module.use_fused(small, 5, use_cuda=True)  # auto: small layers stay unfused
+    assert gates_module.use_fused(large, hidden_size, use_cuda=True)
+    assert not gates_module.use_fused(large, hidden_size, use_cuda=False)  # use_cuda=False: the torch loop
     monkeypatch.setenv(gates_module.ENV_GATES, "fused")
-    assert gates_module.use_fused(X, use_cuda=True)
-    assert not gates_module.use_fused(X, use_cuda=False)  # use_cuda=False: the torch loop
+    assert gates_module.use_fused(small, 5, use_cuda=True)
+    monkeypatch.setenv(gates_module.ENV_GATES, "unfused")
+    assert not gates_module.use_fused(large, hidden_size, use_cuda=True)
     monkeypatch.setenv(gates_module.ENV_GATES, "fast")
-    with pytest.raises(ValueError, match="must be 'fused' or 'unfused', got 'fast'"):
-        gates_module.use_fused(X, use_cuda=True)
+    with pytest.raises(ValueError, match="must be 'auto', 'fused' or 'unfused', got 'fast'"):
+        gates_module.use_fused(small, 5, use_cuda=True)
