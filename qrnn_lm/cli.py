@@ -1,4 +1,4 @@
-"""The ``qrnn-lm`` command line: ``train``, ``eval`` and ``generate``.
+"""The ``qrnn-lm`` command line: ``train``, ``eval``, ``generate`` and ``bench``.
 
 A thin typer app: each command parses and checks its options, then calls one library function
 (``train.train``, ``evaluate.evaluate_checkpoint``, ``generate.generate``). torch and the engine are
@@ -7,7 +7,7 @@ imported inside the commands, so ``qrnn-lm --help`` is instant.
 Exit codes: 0 success; 1 a problem the user can fix (any ``qrnn_lm.config.UserError``), printed as
 one ``error: ...`` line on stderr, never a traceback; 2 a malformed command line (typer's usage
 message, e.g. ``--tokens abc``); 130 interrupted with Ctrl-C (128 + SIGINT, the shell convention).
-Other sub-apps (``bench``) are added with ``app.add_typer``.
+The ``bench`` sub-app (``qrnn_lm.bench.cli``) is mounted with ``app.add_typer``.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from .bench.cli import bench_app
 from .config import UserError
 
 EXIT_USER_ERROR = 1
@@ -187,11 +188,24 @@ def train(
     epochs: Annotated[Optional[int], typer.Option("--epochs", help="Train for N epochs (= --set train.epochs=N).")] = None,
     data_dir: DataDirOption = None,
     progress: ProgressOption = True,
+    nproc: Annotated[
+        int,
+        typer.Option(
+            "--nproc", min=1,
+            help="Data-parallel processes on this machine (torchrun's machinery): one GPU each, or gloo "
+            "on the CPU. data.batch_size stays the global batch.",
+        ),
+    ] = 1,
 ):
     """Train a QRNN language model; checkpoints, TensorBoard logs and results.json go to the run folder.
 
     Example: qrnn-lm train --data ptb --config configs/ptb-small.toml
     """
+    if nproc > 1:
+        from .distributed import launch_local
+
+        # Each rank runs this same command line without --nproc, under torchrun's agent.
+        raise typer.Exit(launch_local(nproc, _argv_without_nproc(sys.argv[1:])))
     overrides = list(set_ or [])
     if max_steps is not None:
         overrides.append(f"train.max_steps={max_steps}")
@@ -212,15 +226,35 @@ def train(
         _run_training(run_config, out, device.value, resume, data_dir, progress)
 
 
+def _argv_without_nproc(argv: list[str]) -> list[str]:
+    """This command line without ``--nproc N`` / ``--nproc=N``, for the ranks to run."""
+    kept, skip_next = [], False
+    for arg in argv:
+        if skip_next:
+            skip_next = False
+        elif arg == "--nproc":
+            skip_next = True
+        elif not arg.startswith("--nproc="):
+            kept.append(arg)
+    return kept
+
+
+def _is_rank_zero() -> bool:
+    """Only the first process of a data-parallel run prints summaries and hints."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def _run_training(run_config, out: Path, device: str, resume: Path | None, data_dir: Path | None, progress: bool) -> None:
     from .train import train as train_model
 
     try:
         results = train_model(run_config, out, device=device, resume=resume, data_dir=data_dir, progress=progress)
     except KeyboardInterrupt:
-        _report_interrupt(out, device, data_dir)
+        if _is_rank_zero():
+            _report_interrupt(out, device, data_dir)
         raise typer.Exit(EXIT_INTERRUPTED) from None
-    typer.echo(_format_results(results, out))
+    if _is_rank_zero():
+        typer.echo(_format_results(results, out))
 
 
 def _report_interrupt(out: Path, device: str, data_dir: Path | None) -> None:
@@ -343,6 +377,9 @@ def _stream_sample(path, prompt, tokens, temperature, top_k, top_p, seed, device
             typer.echo()
     except BrokenPipeError:  # e.g. `qrnn-lm generate ... | head`: stop quietly
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - Python flushes stdout again at exit
+
+
+app.add_typer(bench_app, name="bench")  # torch loads inside its commands too
 
 
 def main() -> None:

@@ -100,6 +100,36 @@ def test_train_maps_every_option(fake_train, tmp_path, monkeypatch):
     assert "123.46" in result.stdout
 
 
+def test_nproc_launches_the_same_command_without_nproc_on_every_rank(fake_train, monkeypatch):
+    import qrnn_lm.distributed as distributed
+
+    launches = []
+    monkeypatch.setattr(distributed, "launch_local", lambda nproc, argv: launches.append((nproc, argv)) or 0)
+    argv = ["train", "--data", "ptb", "--nproc", "2", "--max-steps", "3", "--nproc=2"]
+    monkeypatch.setattr(sys, "argv", ["qrnn-lm", *argv])
+    result = runner.invoke(app, argv)
+    assert result.exit_code == 0, result.output
+    assert launches == [(2, ["train", "--data", "ptb", "--max-steps", "3"])]
+    assert fake_train == []  # the ranks train, not the launcher
+
+
+def test_only_rank_zero_prints_the_summary(fake_train, tmp_path, monkeypatch):
+    corpus = tmp_path / "c"
+    corpus.mkdir()
+    args = ["train", "--data", str(corpus), "--out", str(tmp_path / "run"), "--no-progress"]
+    monkeypatch.setenv("RANK", "1")
+    assert runner.invoke(app, args).stdout == ""
+    monkeypatch.setenv("RANK", "0")
+    assert "123.46" in runner.invoke(app, args).stdout
+
+
+def test_bench_is_a_sub_command():
+    result = runner.invoke(app, ["bench", "--help"])
+    assert result.exit_code == 0
+    for command in ("layer", "lm", "forget-mult"):
+        assert command in result.stdout
+
+
 def test_train_named_dataset_uses_its_recipe(fake_train, tmp_path):
     recipe = REPO / "configs" / "ptb.toml"
     if not recipe.is_file():
