@@ -116,6 +116,18 @@ def _first_line(error: BaseException) -> str:
     return text[0] if text else type(error).__name__
 
 
+# torch.save writes a zip archive (the default since torch 1.6) or, in the legacy format, a pickle
+# that starts with the PROTO opcode. Anything else is not a checkpoint at all, and saying so beats
+# the weights_only unpickler's "unsupported operand" (which reads like a refused pickle).
+_TORCH_FILE_MAGIC = (b"PK\x03\x04", b"\x80")
+
+
+def _looks_like_a_torch_file(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    return any(head.startswith(magic) for magic in _TORCH_FILE_MAGIC)
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint`.
 
@@ -128,6 +140,13 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise CheckpointError(f"checkpoint {path} does not exist; pass a .pt file written by 'qrnn-lm train'")
     if path.is_dir():
         raise CheckpointError(f"checkpoint {path} is a folder; pass a file such as {path / 'best.pt'}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (an interrupted copy?); use another checkpoint of the run")
+    if not _looks_like_a_torch_file(path):
+        raise CheckpointError(
+            f"checkpoint {path} is not a torch file (neither a zip archive nor a pickle); "
+            "pass a .pt file written by 'qrnn-lm train'"
+        )
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:

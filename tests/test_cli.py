@@ -237,7 +237,7 @@ class Foreign:
 @pytest.mark.parametrize(
     "content, fragment",
     [
-        (lambda path: path.write_bytes(b""), "truncated or not a torch file"),
+        (lambda path: path.write_bytes(b""), "is empty"),
         (lambda path: path.write_text("hello"), "not a torch file"),
         (lambda path: torch.save({"weights": torch.zeros(2)}, path), "not a qrnn-lm checkpoint"),
         (lambda path: torch.save(Foreign(), path), "would run code"),
