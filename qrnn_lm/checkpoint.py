@@ -14,11 +14,15 @@ Payload keys (``format_version`` 1):
 ``vocab``                 ``list[str]``, index -> word
 ``model``                 the model's state_dict (``module.``/``_orig_mod.`` prefixes stripped)
 ``optimizer``             ``{"name": "sgd"|"asgd"|"adam", "state": optimizer.state_dict()}``
-``rng``                   ``{"torch": ByteTensor, "cuda": [ByteTensor...], "bptt": ByteTensor}``
+``rng``                   ``{"torch": ByteTensor, "cuda": [ByteTensor...], "bptt": ByteTensor,
+                          "shared": ByteTensor}`` (``shared``: the weight-drop mask generator,
+                          the same on every rank); data-parallel runs add ``"ranks"``, each
+                          rank's own states
 ``counters``              ``{"epoch", "position", "step", "tokens"}`` (epoch 1-based; position =
                           next time step of the epoch's training stream)
 ``stream``                ``{"hidden": [B, H] per layer, "prev_x": [1, B, I] or None per layer}``:
-                          the carried state, so a mid-epoch resume is exact
+                          the carried state of all B streams of the global batch (gathered from
+                          the ranks), so a mid-epoch resume is exact with any number of ranks
 ``history``               ``{"val_losses": [...], "best_val_loss": float, "lr": float}``
 ``data``                  ``{"dataset": str, "checksums": {file: sha256}}``
 ========================  ===================================================================
