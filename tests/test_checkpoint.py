@@ -22,15 +22,6 @@ from qrnn_lm.model import QRNNLanguageModel
 WORDS = ["<eos>", "<unk>", "the", "cat", "sat", "on", "mat", "dog"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: intra-op threads only add synchronisation (badly so on a loaded CI machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_payload(seed=0):
     torch.manual_seed(seed)
     config = Config(name="unit", model=ModelConfig(emb_size=6, hidden_size=10, num_layers=2, weight_drop=0.2))

@@ -16,15 +16,6 @@ from qrnn_lm.model import QRNNLanguageModel
 VOCAB = 23
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: intra-op threads only add synchronisation (badly so on a loaded CI machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_model(seed=0):
     torch.manual_seed(seed)
     config = ModelConfig(emb_size=8, hidden_size=10, num_layers=2, zoneout=0.2, weight_drop=0.3)

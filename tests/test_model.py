@@ -13,15 +13,6 @@ from qrnn_lm.train_step import regularized_loss
 VOCAB = 37
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: intra-op threads only add synchronisation (badly so on a loaded CI machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def small_config(**changes) -> ModelConfig:
     base = ModelConfig(emb_size=8, hidden_size=12, num_layers=3, first_window=2, window=1, zoneout=0.0,
                        dropout_emb=0.1, dropout_input=0.2, dropout_hidden=0.2, dropout_output=0.2,

@@ -24,15 +24,6 @@ TINY = REPO / "configs" / "tiny.toml"
 WORDS = "the a cat dog sat ran on under mat rug big small red and then it".split()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: intra-op threads only add synchronisation (badly so on a loaded CI machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def write_corpus(folder: Path, seed: int = 0, words=WORDS) -> Path:
     rng = random.Random(seed)
     folder.mkdir(parents=True)
