@@ -384,4 +384,7 @@ app.add_typer(bench_app, name="bench")  # torch loads inside its commands too
 
 def main() -> None:
     """Entry point of the ``qrnn-lm`` script and ``python -m qrnn_lm``."""
+    from .malloc_tuning import keep_freed_memory
+
+    keep_freed_memory()  # reuse freed tensor memory instead of page-faulting on every step
     app(prog_name="qrnn-lm")

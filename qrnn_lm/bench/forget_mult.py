@@ -247,8 +247,14 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     import numba
 
+    from ..malloc_tuning import keep_freed_memory
+
+    # Measure under the allocator settings the qrnn-lm application runs with (see malloc_tuning;
+    # QRNN_LM_MALLOC_TUNING=0 measures the C library's defaults).
+    tuned = keep_freed_memory()
+    allocator = "glibc malloc, freed memory kept (qrnn_lm.malloc_tuning)" if tuned else "C library defaults"
     print(f"device: {args.device}; torch {torch.__version__}, {torch.get_num_threads()} torch threads, "
-          f"numba {numba.__version__}, {numba.get_num_threads()} numba threads")
+          f"numba {numba.__version__}, {numba.get_num_threads()} numba threads; allocator: {allocator}")
     rows = run(device=args.device, repeats=args.repeats, quick=args.quick)
     print(format_table(rows))
     print(target_summary(rows))
