@@ -20,10 +20,12 @@ Arithmetic is float32 for float32/float16/bfloat16 inputs and float64 for float6
 from __future__ import annotations
 
 import os
-import threading
 
 import numpy as np
 import torch
+
+# Chooses numba's threading layer before any kernel runs; parallel launches hold PARALLEL_LOCK.
+from ..numba_setup import PARALLEL_LOCK
 
 try:
     import numba
@@ -31,14 +33,6 @@ try:
 
     HAS_NUMBA = True
     IMPORT_ERROR = ""
-    # numba's default "omp" layer starts a second OpenMP runtime beside PyTorch's own libgomp;
-    # both pools spin on the same cores, and on a 2-core machine that made every kernel call
-    # take 8 ms instead of 0.5-4 ms. The "workqueue" layer sleeps instead of spinning. It
-    # aborts the process when two threads launch parallel kernels at once (the launch releases
-    # the GIL), so every parallel launch below goes through _PARALLEL_LOCK.
-    # An explicit NUMBA_THREADING_LAYER (or a layer already started) wins over this default.
-    if "NUMBA_THREADING_LAYER" not in os.environ and numba.config.THREADING_LAYER == "default":
-        numba.config.THREADING_LAYER = "workqueue"
 except ImportError as error:  # numba is a hard dependency; this guard only makes the failure explicit
     HAS_NUMBA = False
     IMPORT_ERROR = str(error)
@@ -46,9 +40,6 @@ except ImportError as error:  # numba is a hard dependency; this guard only make
 __all__ = ["HAS_NUMBA", "forward", "backward", "use_chunked", "INSTALL_HINT"]
 
 INSTALL_HINT = "pip install numba"
-
-# Serialises parallel kernel launches from different Python threads (see the threading note).
-_PARALLEL_LOCK = threading.Lock()
 
 # Lanes per tile. Tiles start on multiples of 16 lanes (one 64-byte cache line of float32) so
 # two threads never write the same cache line; 16-lane tiles that did cost 2x at (4096, 1, 64).
@@ -326,12 +317,12 @@ def forward(f, x, h0, lengths, reverse):
         args = (f_c.numpy(), x_c.numpy(), h0_c.numpy(), lens, bool(reverse), tile)
         if _strategy(seq_len, batch_size, hidden_size) == "chunked":
             scratch = _chunk_scratch(seq_len, batch_size, hidden_size, tile, args[0].dtype)
-            with _PARALLEL_LOCK:
+            with PARALLEL_LOCK:
                 _chunked_forward(*args, *scratch, out.numpy())
         elif _run_serially(out.numel(), batch_size, tile, hidden_size):
             _seq_forward_serial(*args, out.numpy())
         else:
-            with _PARALLEL_LOCK:
+            with PARALLEL_LOCK:
                 _seq_forward(*args, out.numpy())
     return out.to(x.dtype)
 
@@ -351,11 +342,11 @@ def backward(grad_h, f, x, h, h0, lengths, reverse):
         args = (*arrays, lens, bool(reverse), tile)
         if _strategy(seq_len, batch_size, hidden_size) == "chunked":
             scratch = _chunk_scratch(seq_len, batch_size, hidden_size, tile, arrays[1].dtype)
-            with _PARALLEL_LOCK:
+            with PARALLEL_LOCK:
                 _chunked_backward(*args, *scratch, *outs)
         elif _run_serially(x.numel(), batch_size, tile, hidden_size):
             _seq_backward_serial(*args, *outs)
         else:
-            with _PARALLEL_LOCK:
+            with PARALLEL_LOCK:
                 _seq_backward(*args, *outs)
     return grad_f.to(x.dtype), grad_x.to(x.dtype), grad_h0.to(h0.dtype)

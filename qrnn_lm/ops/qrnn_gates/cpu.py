@@ -22,10 +22,13 @@ are converted to float32 first and the results cast back.
 from __future__ import annotations
 
 import math
-import os
+from contextlib import nullcontext
 
 import numpy as np
 import torch
+
+# Chooses numba's threading layer before any kernel runs; parallel launches hold PARALLEL_LOCK.
+from ..numba_setup import PARALLEL_LOCK
 
 try:
     import numba
@@ -36,10 +39,6 @@ try:
 
     HAS_NUMBA = True
     IMPORT_ERROR = ""
-    # Same reason as in ops/forget_mult/cpu.py: numba's OpenMP layer spins beside PyTorch's own
-    # OpenMP pool on the same cores; the workqueue layer does not. An explicit choice wins.
-    if "NUMBA_THREADING_LAYER" not in os.environ and numba.config.THREADING_LAYER == "default":
-        numba.config.THREADING_LAYER = "workqueue"
 except ImportError as error:  # numba is a hard dependency; this guard only makes the failure explicit
     HAS_NUMBA = False
     IMPORT_ERROR = str(error)
@@ -310,8 +309,9 @@ def forward(y, h0, keep, bias, lengths, zoneout_scale, output_gate, reverse, sav
     acts = torch.empty(y.shape, dtype=dtype) if save_activations else torch.empty(0, 0, 0, dtype=dtype)
     if c_n.numel() > 0:
         run = _forward_serial if serial else _forward_parallel
-        run(_compute(y, dtype), bias_array, _compute(h0, dtype), keep_array, has_keep, consts, lens, bool(reverse),
-            bool(output_gate), bool(save_activations), tile, h.numpy(), c.numpy(), c_n.numpy(), acts.numpy())
+        with nullcontext() if serial else PARALLEL_LOCK:
+            run(_compute(y, dtype), bias_array, _compute(h0, dtype), keep_array, has_keep, consts, lens, bool(reverse),
+                bool(output_gate), bool(save_activations), tile, h.numpy(), c.numpy(), c_n.numpy(), acts.numpy())
     if not output_gate:
         h = h.reshape(0)
     if not save_activations:
@@ -338,7 +338,8 @@ def backward(grad_h, grad_c, grad_c_n, source, from_acts, bias, c, h0, keep, len
                   for g, flag in zip((grad_h, grad_c), has_grad[:2])]
         grad_c_n_array = _compute(grad_c_n, dtype) if has_grad[2] else np.zeros((1, 1), dtype=consts.dtype)
         run = _backward_serial if serial else _backward_parallel
-        run(*arrays, grad_c_n_array, has_grad, _compute(source, dtype), bool(from_acts), bias_array,
-            _compute(c, dtype), _compute(h0, dtype), keep_array, has_keep, consts, lens, bool(reverse),
-            bool(output_gate), tile, grad_y.numpy(), grad_h0.numpy())
+        with nullcontext() if serial else PARALLEL_LOCK:
+            run(*arrays, grad_c_n_array, has_grad, _compute(source, dtype), bool(from_acts), bias_array,
+                _compute(c, dtype), _compute(h0, dtype), keep_array, has_keep, consts, lens, bool(reverse),
+                bool(output_gate), tile, grad_y.numpy(), grad_h0.numpy())
     return grad_y.to(source.dtype), grad_h0.to(h0.dtype)
