@@ -129,6 +129,17 @@ def _summaries(plan: ScanPlan, like: torch.Tensor) -> tuple[torch.Tensor, torch.
             torch.empty(shape, dtype=torch.float32, device=like.device))
 
 
+def _launch_setup(f, h0, lengths, reverse, chunk_len, block_t):
+    """What both passes launch with: ``(plan, sum_a, sum_b, lens, flags, lane_blocks)``."""
+    plan = _plan_for(f, chunk_len, block_t)
+    sum_a, sum_b = _summaries(plan, f)
+    lens = h0 if lengths is None else lengths  # never read when HAS_LENGTHS is False
+    flags = dict(HAS_LENGTHS=lengths is not None, REVERSE=bool(reverse),
+                 BLOCK_T=plan.block_t, BLOCK_N=plan.block_n, num_warps=plan.num_warps)
+    lane_blocks = triton.cdiv(f.shape[1] * f.shape[2], plan.block_n)
+    return plan, sum_a, sum_b, lens, flags, lane_blocks
+
+
 def forward_into(h, f, x, h0, lengths, reverse, *, chunk_len=None, block_t=BLOCK_T) -> None:
     """Write ForgetMult's h into the preallocated ``h`` ([T, B, H], like f).
 
@@ -139,12 +150,7 @@ def forward_into(h, f, x, h0, lengths, reverse, *, chunk_len=None, block_t=BLOCK
     num_lanes = batch_size * hidden_size
     if seq_len == 0 or num_lanes == 0:
         return
-    plan = _plan_for(f, chunk_len, block_t)
-    sum_a, sum_b = _summaries(plan, f)
-    lens = h0 if lengths is None else lengths  # never read when HAS_LENGTHS is False
-    flags = dict(HAS_LENGTHS=lengths is not None, REVERSE=bool(reverse),
-                 BLOCK_T=plan.block_t, BLOCK_N=plan.block_n, num_warps=plan.num_warps)
-    lane_blocks = triton.cdiv(num_lanes, plan.block_n)
+    plan, sum_a, sum_b, lens, flags, lane_blocks = _launch_setup(f, h0, lengths, reverse, chunk_len, block_t)
     with _device_guard(f):
         if plan.num_chunks > 1:
             _kernels.forget_mult_fwd_summary_kernel[(lane_blocks, plan.num_chunks - 1)](
@@ -166,12 +172,7 @@ def backward_into(grad_f, grad_x, grad_h0, grad_h, f, x, h, h0, lengths, reverse
     if seq_len == 0:
         grad_h0.zero_()  # no step reads h0
         return
-    plan = _plan_for(f, chunk_len, block_t)
-    sum_a, sum_b = _summaries(plan, f)
-    lens = h0 if lengths is None else lengths  # never read when HAS_LENGTHS is False
-    flags = dict(HAS_LENGTHS=lengths is not None, REVERSE=bool(reverse),
-                 BLOCK_T=plan.block_t, BLOCK_N=plan.block_n, num_warps=plan.num_warps)
-    lane_blocks = triton.cdiv(num_lanes, plan.block_n)
+    plan, sum_a, sum_b, lens, flags, lane_blocks = _launch_setup(f, h0, lengths, reverse, chunk_len, block_t)
     with _device_guard(f):
         if plan.num_chunks > 1:
             _kernels.forget_mult_bwd_summary_kernel[(lane_blocks, plan.num_chunks - 1)](
