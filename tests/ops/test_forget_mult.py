@@ -8,7 +8,6 @@ final state. Outputs of the backends are poisoned with NaN before the kernels wr
 element a kernel forgets to write shows up as a mismatch.
 """
 
-import contextlib
 import itertools
 
 import pytest
@@ -16,6 +15,7 @@ import torch
 
 from qrnn_lm.ops.forget_mult import cpu, loop
 from qrnn_lm.ops.forget_mult.naive import forget_mult_reference
+from _poison import nan_poisoned_allocations  # tests/ops/_poison.py
 
 # (T, B, H): T in {1, 2, 63}, B = 1 and B > 1, H in {1, 7, 500}, without the full product.
 SHAPES = [(1, 1, 1), (1, 3, 500), (2, 1, 7), (2, 4, 500), (63, 1, 7), (63, 5, 1), (63, 3, 500)]
@@ -30,22 +30,6 @@ TOLERANCES = {
 }
 # "numba" runs small calls in the calling thread; "numba-parallel" forces the prange kernel.
 BACKENDS = ["numba", "numba-parallel", "numba-chunked", "torch"]
-
-
-@contextlib.contextmanager
-def nan_poisoned_allocations(monkeypatch):
-    """Inside the block, torch.empty/empty_like return NaN-filled tensors (float dtypes)."""
-    real_empty, real_empty_like = torch.empty, torch.empty_like
-
-    def poison(tensor):
-        if tensor.dtype.is_floating_point:
-            tensor.fill_(float("nan"))
-        return tensor
-
-    with monkeypatch.context() as patch:
-        patch.setattr(torch, "empty", lambda *a, **k: poison(real_empty(*a, **k)))
-        patch.setattr(torch, "empty_like", lambda *a, **k: poison(real_empty_like(*a, **k)))
-        yield
 
 
 def backend_module(name, monkeypatch):

@@ -8,7 +8,6 @@ autograd; the backward runs both from the activations saved by the forward and r
 poisoned with NaN before they write, so an element a kernel forgets shows up as a mismatch.
 """
 
-import contextlib
 
 import pytest
 import torch
@@ -16,6 +15,7 @@ import torch
 from qrnn_lm.ops.qrnn_gates import cpu, qrnn_gates
 from qrnn_lm.ops.qrnn_gates.function import qrnn_gates_op
 from qrnn_lm.ops.qrnn_gates.naive import qrnn_gates_reference
+from _poison import nan_poisoned_allocations  # tests/ops/_poison.py
 
 SHAPES = [(1, 1, 1), (1, 3, 500), (2, 1, 7), (2, 4, 500), (63, 1, 7), (63, 3, 1), (63, 2, 500)]
 TOLERANCES = {
@@ -24,22 +24,6 @@ TOLERANCES = {
     torch.float16: dict(atol=2e-2, rtol=1e-2),
     torch.bfloat16: dict(atol=1e-1, rtol=5e-2),
 }
-
-
-@contextlib.contextmanager
-def nan_poisoned_allocations(monkeypatch):
-    """Inside the block, torch.empty/empty_like return NaN-filled tensors (float dtypes)."""
-    real_empty, real_empty_like = torch.empty, torch.empty_like
-
-    def poison(tensor):
-        if tensor.dtype.is_floating_point:
-            tensor.fill_(float("nan"))
-        return tensor
-
-    with monkeypatch.context() as patch:
-        patch.setattr(torch, "empty", lambda *a, **k: poison(real_empty(*a, **k)))
-        patch.setattr(torch, "empty_like", lambda *a, **k: poison(real_empty_like(*a, **k)))
-        yield
 
 
 def make_inputs(shape, output_gate, dtype=torch.float32, zoneout_mask=False, lengths=None, seed=0):
