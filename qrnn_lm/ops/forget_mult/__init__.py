@@ -18,6 +18,30 @@ BACKENDS = ("auto", "numba", "triton", "cupy", "torch")
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
+def check_lengths(op_name: str, lengths, batch_size: int, seq_len: int) -> None:
+    """Validate an op's optional ``lengths`` argument: None, or ``[B]`` integers in ``[0, T]``.
+
+    Raises ValueError naming ``op_name``, the expected and the given value. Shared by every op
+    that takes ``lengths`` (ForgetMult, the fused QRNN gates).
+    """
+    if lengths is None:
+        return
+    if not isinstance(lengths, torch.Tensor):
+        raise ValueError(f"{op_name}: lengths must be a torch.Tensor or None, got {type(lengths).__name__}")
+    if lengths.dim() != 1 or lengths.shape[0] != batch_size:
+        raise ValueError(f"{op_name}: lengths must have shape [B] = [{batch_size}], got {tuple(lengths.shape)}")
+    if lengths.dtype.is_floating_point or lengths.dtype.is_complex or lengths.dtype == torch.bool:
+        raise ValueError(f"{op_name}: lengths must hold integers, got {lengths.dtype}")
+    # The range check reads the values (a device sync, and a graph break under
+    # torch.compile), so compiled graphs skip it; eager calls always check.
+    if batch_size > 0 and not torch.compiler.is_compiling():
+        smallest, largest = int(lengths.min()), int(lengths.max())
+        if smallest < 0 or largest > seq_len:
+            raise ValueError(
+                f"{op_name}: lengths must lie in [0, T={seq_len}], got values from {smallest} to {largest}"
+            )
+
+
 def _check_inputs(f, x, h0, lengths, backend) -> None:
     """Raise ValueError naming the expected and the actual value for any bad argument."""
     for name, tensor in (("f", f), ("x", x)):
@@ -49,21 +73,7 @@ def _check_inputs(f, x, h0, lengths, backend) -> None:
             raise ValueError(f"forget_mult: h0 must have the dtype of x ({x.dtype}), got {h0.dtype}")
         if h0.device != x.device:
             raise ValueError(f"forget_mult: h0 must be on the device of x ({x.device}), got {h0.device}")
-    if lengths is not None:
-        if not isinstance(lengths, torch.Tensor):
-            raise ValueError(f"forget_mult: lengths must be a torch.Tensor or None, got {type(lengths).__name__}")
-        if lengths.dim() != 1 or lengths.shape[0] != batch_size:
-            raise ValueError(f"forget_mult: lengths must have shape [B] = [{batch_size}], got {tuple(lengths.shape)}")
-        if lengths.dtype.is_floating_point or lengths.dtype.is_complex or lengths.dtype == torch.bool:
-            raise ValueError(f"forget_mult: lengths must hold integers, got {lengths.dtype}")
-        # The range check reads the values (a device sync, and a graph break under
-        # torch.compile), so compiled graphs skip it; eager calls always check.
-        if batch_size > 0 and not torch.compiler.is_compiling():
-            smallest, largest = int(lengths.min()), int(lengths.max())
-            if smallest < 0 or largest > seq_len:
-                raise ValueError(
-                    f"forget_mult: lengths must lie in [0, T={seq_len}], got values from {smallest} to {largest}"
-                )
+    check_lengths("forget_mult", lengths, batch_size, seq_len)
     if backend not in BACKENDS:
         raise ValueError(f"forget_mult: backend must be one of {BACKENDS}, got {backend!r}")
 

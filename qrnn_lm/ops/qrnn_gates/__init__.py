@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from ..forget_mult import check_lengths
 from .cpu import HAS_NUMBA, IMPORT_ERROR
 from .function import qrnn_gates_op
 
@@ -48,18 +49,7 @@ def _check(y, h0, keep, bias, zoneout_scale, output_gate, lengths):
         raise ValueError(f"qrnn_gates: bias must be [k*H] = ({width},) of dtype {y.dtype}, got {got}")
     if not 0.0 <= zoneout_scale <= 1.0:
         raise ValueError(f"qrnn_gates: zoneout_scale must lie in [0, 1], got {zoneout_scale!r}")
-    if lengths is not None:
-        if not isinstance(lengths, torch.Tensor) or tuple(lengths.shape) != (batch_size,):
-            got = tuple(lengths.shape) if isinstance(lengths, torch.Tensor) else type(lengths).__name__
-            raise ValueError(f"qrnn_gates: lengths must have shape [B] = ({batch_size},), got {got}")
-        if lengths.dtype.is_floating_point or lengths.dtype.is_complex or lengths.dtype == torch.bool:
-            raise ValueError(f"qrnn_gates: lengths must hold integers, got {lengths.dtype}")
-        if batch_size and not torch.compiler.is_compiling():
-            smallest, largest = int(lengths.min()), int(lengths.max())
-            if smallest < 0 or largest > seq_len:
-                raise ValueError(f"qrnn_gates: lengths must lie in [0, T={seq_len}], got values from "
-                                 f"{smallest} to {largest}")
-
+    check_lengths("qrnn_gates", lengths, batch_size, seq_len)
 
 def qrnn_gates(
     y: torch.Tensor,
