@@ -15,7 +15,8 @@ import torch.nn.functional as nnf
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from .qrnn_gates import gates_and_recurrence, use_fused
+from .qrnn_fused import fused_layer
+from .qrnn_gates import gates_and_recurrence, use_fused, zoneout_mask
 from .qrnn_window import project
 
 __all__ = ["QRNNLayer", "QRNN"]
@@ -99,13 +100,19 @@ class QRNNLayer(nn.Module):
             if self.reverse and self.window > 1:
                 # The window of step t reads x_{t+1}, ...: padding past a sequence's end must be zero.
                 X = X.masked_fill(~_valid_steps(lengths, seq_len).unsqueeze(2), 0)
-        fused = use_fused(X, self.hidden_size, self.use_cuda)
-        # The fused op adds the bias itself, sparing the matrix product a pass over its output.
-        Y = project(X, prev, weight, None if fused else bias, self.window, self.reverse)  # [T, B, k*H]
-        h0 = None if hidden is None else hidden.reshape(batch_size, self.hidden_size).to(Y.dtype)
-        H, h_n = gates_and_recurrence(Y, bias if fused else None, h0, fused=fused, zoneout=self.zoneout,
-                                      training=self.training, output_gate=self.output_gate, reverse=self.reverse,
-                                      lengths=lengths, use_cuda=self.use_cuda)  # [T, B, H], [1, B, H]
+        if use_fused(X, weight, self.use_cuda):
+            h0 = None if hidden is None else hidden.reshape(batch_size, self.hidden_size).to(X.dtype)
+            keep, scale = zoneout_mask((seq_len, batch_size, self.hidden_size), self.zoneout, self.training,
+                                       X.dtype, X.device)
+            H, h_n = fused_layer(X, weight, bias, h0, prev, keep, scale, self.window, self.output_gate,
+                                 self.reverse, lengths)  # [T, B, H], [B, H]
+            h_n = h_n.unsqueeze(0)
+        else:
+            Y = project(X, prev, weight, bias, self.window, self.reverse)  # [T, B, k*H]
+            h0 = None if hidden is None else hidden.reshape(batch_size, self.hidden_size).to(Y.dtype)
+            H, h_n = gates_and_recurrence(Y, h0, zoneout=self.zoneout, training=self.training,
+                                          output_gate=self.output_gate, reverse=self.reverse, lengths=lengths,
+                                          use_cuda=self.use_cuda)  # [T, B, H], [1, B, H]
         if self.window > 1 and self.save_prev_x:
             self.prevX = self._last_inputs(X, prev, lengths)
         return H, h_n

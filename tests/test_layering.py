@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "qrnn_lm"
 RANKS = {
     "config": 0, "metrics": 0, "distributed": 0, "malloc_tuning": 0,
     "ops": 1,
-    "qrnn_window": 1.5, "qrnn_gates": 1.5,  # parts of the QRNN layer: between ops and qrnn
+    "qrnn_window": 1.5, "qrnn_gates": 1.5, "qrnn_fused": 1.5,  # parts of the QRNN layer: between ops and qrnn
     "qrnn": 2,
     "data": 1,
     "model": 3,

@@ -6,6 +6,7 @@ Bidirectional and PackedSequence cases are in test_qrnn_bidirectional_packed.py.
 import pytest
 import torch
 
+import qrnn_lm.qrnn as qrnn_module
 import qrnn_lm.qrnn_gates as gates_module
 from qrnn_lm import QRNN, QRNNLayer
 from test_qrnn_transcription import original_layer, original_qrnn
@@ -166,18 +167,15 @@ def test_bias_false_builds_layers_without_bias():
 
 def test_use_cuda_false_forces_the_torch_backend(monkeypatch):
     backends, fused_calls = [], []
-    real_forget_mult, real_fused = gates_module.forget_mult, gates_module.qrnn_gates
+    real_forget_mult, real_fused = gates_module.forget_mult, qrnn_module.fused_layer
     monkeypatch.setattr(gates_module, "forget_mult",
                         lambda *a, **k: backends.append(k["backend"]) or real_forget_mult(*a, **k))
-    monkeypatch.setattr(gates_module, "qrnn_gates", lambda *a, **k: fused_calls.append(1) or real_fused(*a, **k))
+    monkeypatch.setattr(qrnn_module, "fused_layer", lambda *a: fused_calls.append(1) or real_fused(*a))
     X = torch.randn(3, 2, 4)
-    QRNN(4, 4, use_cuda=False)(X)
-    QRNN(4, 4)(X)
-    assert backends == ["torch", "auto"] and not fused_calls
-    monkeypatch.setenv("QRNN_LM_QRNN_GATES", "fused")  # the opt-in fused CPU op
-    QRNN(4, 4, use_cuda=False)(X)
-    QRNN(4, 4)(X)
-    assert backends == ["torch", "auto", "torch"] and fused_calls == [1]
+    QRNN(4, 4, use_cuda=False)(X)  # the original's CPU fallback: the torch loop, never the fused path
+    QRNN(4, 4)(X)  # float32 on CPU: the fused path
+    QRNN(4, 4).double()(X.double())  # float64: unfused, numba ForgetMult
+    assert backends == ["torch", "auto"] and fused_calls == [1]
 
 
 def test_layers_argument_stacks_prebuilt_layers():
