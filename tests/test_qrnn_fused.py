@@ -4,7 +4,8 @@ activations, the ForgetMult op), outputs and all gradients, over the layer's opt
 
 ``QRNN_LM_QRNN_GATES`` selects the path (``auto`` takes the fused one on CPU float32, ``unfused``
 the other); both run on the same parameters, inputs and RNG state, so zoneout masks in training
-are the same draws. ``CHUNK_ROWS`` is made tiny so that windows and states cross chunk edges.
+are the same draws. ``CHUNK_ROWS`` is made tiny (and the weight-size floor on chunk rows is lifted) so that windows and
+states cross chunk edges.
 """
 
 import pytest
@@ -21,6 +22,7 @@ def run_both(monkeypatch, make_module, make_inputs, chunk_rows=qrnn_fused.CHUNK_
     """(fused results, unfused results): outputs, final states and every gradient. Fails unless
     the fused path really ran for the first and not for the second."""
     monkeypatch.setattr(qrnn_fused, "CHUNK_ROWS", chunk_rows)
+    monkeypatch.setattr(qrnn_fused, "ROWS_PER_WEIGHT_COLUMN", 0)  # chunks as small as asked
     calls = []
     monkeypatch.setattr(qrnn_module, "fused_layer", lambda *a: calls.append(1) or qrnn_fused.fused_layer(*a))
     results = []
