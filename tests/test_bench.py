@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from qrnn_lm.bench import layer as layer_bench
 from qrnn_lm.bench import lm as lm_bench
 from qrnn_lm.bench.cli import bench_app
-from qrnn_lm.bench.timing import SectionTimer, time_round_robin
+from qrnn_lm.bench.timing import SectionTimer, machine_description, time_round_robin
 
 runner = CliRunner()
 TINY_LM = dict(vocab_size=50, emb_size=8, hidden_size=12, num_layers=2, bptt=5, batch_size=3)
@@ -27,6 +27,14 @@ def test_time_round_robin_interleaves_warmup_and_repeats():
     assert set(medians) == {"a", "b"} and all(value >= 0 for value in medians.values())
     with pytest.raises(ValueError, match="repeats must be >= 1, got 0"):
         time_round_robin({}, repeats=0, warmup=0)
+
+
+def test_machine_description_names_the_cpu_threads_and_torch():
+    text = machine_description("cpu")
+    assert text.startswith("CPU ") and f"{torch.get_num_threads()} torch threads" in text
+    assert text.endswith(f"torch {torch.__version__}")
+    if sys.platform.startswith("linux"):  # read from /proc/cpuinfo: family, model and vector extensions
+        assert "family " in text and any(v in text for v in ("AVX-512", "AVX2", "no AVX2"))
 
 
 def test_section_timer_accumulates_per_section():

@@ -72,6 +72,7 @@ def layer(
     and LSTM/QRNN speed-ups, a CSV, and a PNG heatmap when matplotlib is installed. A CPU run of
     the whole grid takes long: cut it with --batch-sizes, --seq-lens and --repeats."""
     from . import layer as layer_bench
+    from .timing import machine_description
 
     sizes, lens, wins = (_int_list(batch_sizes, "--batch-sizes"), _int_list(seq_lens, "--seq-lens"),
                          _int_list(windows, "--windows"))
@@ -83,7 +84,7 @@ def layer(
     if warmup < 0:
         _fail(f"--warmup must be >= 0, got {warmup}")
     run_device = _device(device)
-    typer.echo(layer_bench.header())
+    typer.echo(machine_description(run_device))
     rows = layer_bench.run(hidden_size, sizes, lens, wins, mode_list, repeats, warmup, run_device,
                            progress=lambda row: typer.echo(
                                f"  {row['mode']} B={row['batch_size']} T={row['seq_len']} done"))
@@ -107,7 +108,7 @@ def lm(
     part of a step: embedding, recurrent layers, softmax (decoder + loss), optimizer (the paper's
     Figure 4, left). On CPU the default (hidden 1550) takes minutes: try --hidden-size 640."""
     from . import lm as lm_bench
-    from .layer import header
+    from .timing import machine_description
 
     for value, option in ((hidden_size, "--hidden-size"), (emb_size, "--emb-size"), (num_layers, "--num-layers"),
                           (vocab_size, "--vocab-size"), (bptt, "--bptt"), (batch_size, "--batch-size"),
@@ -116,7 +117,7 @@ def lm(
     if warmup < 0:
         _fail(f"--warmup must be >= 0, got {warmup}")
     run_device = _device(device)
-    typer.echo(header())
+    typer.echo(machine_description(run_device))
     rows = lm_bench.run(vocab_size, emb_size, hidden_size, num_layers, bptt, batch_size, repeats, warmup, run_device)
     typer.echo(lm_bench.format_table(rows))
 

@@ -29,6 +29,8 @@ import torch
 from qrnn_lm.ops.forget_mult import forget_mult
 from qrnn_lm.ops.forget_mult.naive import forget_mult_reference
 
+from .timing import machine_description
+
 KERNEL_SHAPES = [(70, 20, 1550), (105, 20, 640), (500, 4, 320)]
 CHUNKED_SHAPES = [(4096, 1, 64), (4096, 1, 16), (4096, 1, 1), (16384, 1, 8), (4096, 2, 512)]
 BANDWIDTH_ELEMENTS = 16 * 1024 * 1024  # 64 MB of float32 per tensor
@@ -253,8 +255,8 @@ def main(argv=None) -> None:
     # QRNN_LM_MALLOC_TUNING=0 measures the C library's defaults).
     tuned = keep_freed_memory()
     allocator = "glibc malloc, freed memory kept (qrnn_lm.malloc_tuning)" if tuned else "C library defaults"
-    print(f"device: {args.device}; torch {torch.__version__}, {torch.get_num_threads()} torch threads, "
-          f"numba {numba.__version__}, {numba.get_num_threads()} numba threads; allocator: {allocator}")
+    print(f"{machine_description(args.device)}; numba {numba.__version__}, {numba.get_num_threads()} numba threads; "
+          f"allocator: {allocator}")
     rows = run(device=args.device, repeats=args.repeats, quick=args.quick)
     print(format_table(rows))
     print(target_summary(rows))

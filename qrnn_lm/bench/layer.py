@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..qrnn import QRNNLayer
-from .timing import time_round_robin
+from .timing import machine_description, time_round_robin
 
 __all__ = ["BATCH_SIZES", "SEQ_LENS", "MODES", "run", "format_table", "summarize", "write_csv",
            "plot_heatmap", "main"]
@@ -188,12 +188,6 @@ def report(rows: list[dict], csv_path: str | Path | None, png_path: str | Path |
     return "\n".join(lines)
 
 
-def header() -> str:
-    """The machine the numbers come from: device, threads, torch version."""
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU only"
-    return (f"torch {torch.__version__}, {torch.get_num_threads()} intra-op threads, {device}")
-
-
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hidden-size", type=int, default=320)
@@ -207,7 +201,7 @@ def main(argv=None) -> None:
     parser.add_argument("--csv", default="bench_layer.csv")
     parser.add_argument("--png", default="bench_layer.png")
     args = parser.parse_args(argv)
-    print(header(), flush=True)
+    print(machine_description(args.device), flush=True)
     rows = run(args.hidden_size, parse_int_list(args.batch_sizes, "--batch-sizes"),
                parse_int_list(args.seq_lens, "--seq-lens"), parse_int_list(args.windows, "--windows"),
                [m.strip() for m in args.modes.split(",")], args.repeats, args.warmup, args.device,

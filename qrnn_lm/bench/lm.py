@@ -29,7 +29,7 @@ from torch import nn
 from ..config import ModelConfig, TrainConfig
 from ..model import QRNNLanguageModel, embedding_dropout
 from ..train_step import regularized_loss
-from .timing import SectionTimer, time_round_robin
+from .timing import SectionTimer, machine_description, time_round_robin
 
 __all__ = ["LSTMLayer", "build_models", "run", "format_table", "main", "SECTIONS"]
 
@@ -168,6 +168,7 @@ def main(argv=None) -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
+    print(machine_description(args.device), flush=True)
     rows = run(args.vocab_size, args.emb_size, args.hidden_size, args.num_layers, args.bptt, args.batch_size,
                args.repeats, args.warmup, args.device)
     print(format_table(rows))

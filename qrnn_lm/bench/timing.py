@@ -7,13 +7,15 @@ load on a shared machine hits them alike.
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
+from pathlib import Path
 from typing import Callable
 
 import torch
 
-__all__ = ["synchronize", "time_round_robin", "SectionTimer"]
+__all__ = ["synchronize", "time_round_robin", "SectionTimer", "machine_description"]
 
 
 def synchronize(device: torch.device | str) -> None:
@@ -72,3 +74,33 @@ class SectionTimer:
     def __exit__(self, *exc) -> None:
         synchronize(self.device)
         self.totals[self._name] = self.totals.get(self._name, 0.0) + time.perf_counter() - self._start
+
+
+def machine_description(device: torch.device | str = "cpu") -> str:
+    """One line naming where the numbers come from: the device (CPU model, family/model numbers
+    and vector extensions from /proc/cpuinfo, or the CUDA device), cores, threads, torch version."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        name = f"CUDA {torch.cuda.get_device_name(device)}"
+    else:
+        name = f"CPU {_cpu_name()}"
+    return (f"{name}; {os.cpu_count()} cores visible, {torch.get_num_threads()} torch threads; "
+            f"torch {torch.__version__}")
+
+
+def _cpu_name() -> str:
+    """'AMD EPYC (family 25, model 17, AVX-512)' from /proc/cpuinfo, or the platform's name."""
+    try:
+        fields = {}
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+            if not line.strip():
+                break  # the first processor's block is enough
+    except OSError:
+        import platform
+        return platform.processor() or platform.machine()
+    flags = fields.get("flags", "").split()
+    vector = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+    return (f"{fields.get('model name', 'unknown')} (family {fields.get('cpu family', '?')}, "
+            f"model {fields.get('model', '?')}, {vector})")
