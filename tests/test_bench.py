@@ -65,6 +65,31 @@ def test_layer_grid_rows_table_and_summary(layer_rows):
     assert [(s["mode"], s["window"]) for s in summary] == [("inference", 1), ("inference", 2), ("training", 1), ("training", 2)]
 
 
+def test_layer_gemm_floor_adds_products_times_and_ceilings():
+    rows = layer_bench.run(hidden_size=8, batch_sizes=[2], seq_lens=[4], windows=(1, 2), repeats=1, warmup=0,
+                           gemm_floor=True)
+    for row in rows:
+        for w in (1, 2):
+            assert row[f"gemm_w{w}_ms"] > 0
+            assert row[f"ceiling_w{w}"] == pytest.approx(row["lstm_ms"] / row[f"gemm_w{w}_ms"])
+    assert layer_bench.format_table(rows).splitlines()[0].split()[-6:] == [
+        "w1", "ms", "products", "w2", "ms", "ceiling", "w1", "ceiling", "w2"][-6:]
+    assert all("ceiling_median" in entry for entry in layer_bench.summarize(rows))
+    assert "products-only ceiling median" in layer_bench.format_summary(rows)
+
+
+def test_products_only_runs_the_layers_three_products():
+    products = layer_bench._products_only(rows=6, in_features=4, out_features=9, mode="training", device="cpu")
+    calls = []
+    real_mm = torch.mm
+    try:
+        torch.mm = lambda *a, **k: calls.append(tuple(a[0].shape) + tuple(a[1].shape)) or real_mm(*a, **k)
+        products()
+    finally:
+        torch.mm = real_mm
+    assert calls == [(6, 4, 4, 9), (6, 9, 9, 4), (9, 6, 6, 4)]  # forward, input gradient, weight gradient
+
+
 def test_layer_csv_and_no_heatmap_without_matplotlib(layer_rows, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
     text = layer_bench.report(layer_rows, tmp_path / "out" / "grid.csv", tmp_path / "grid.png")
@@ -126,6 +151,16 @@ def test_cli_layer_writes_csv_and_says_why_there_is_no_heatmap(tmp_path, monkeyp
     assert result.exit_code == 0, result.output
     assert "LSTM/QRNN w2" in result.output and "heatmap: skipped" in result.output
     assert (tmp_path / "l.csv").exists()
+
+
+def test_cli_layer_empty_png_writes_no_heatmap_and_gemm_floor_adds_ceilings(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(bench_app, ["layer", "--hidden-size", "8", "--batch-sizes", "2", "--seq-lens", "3",
+                                       "--modes", "inference", "--repeats", "1", "--warmup", "0", "--device", "cpu",
+                                       "--csv", "l.csv", "--png", "", "--gemm-floor"])
+    assert result.exit_code == 0, result.output
+    assert "heatmap" not in result.output and sorted(p.name for p in tmp_path.iterdir()) == ["l.csv"]
+    assert "ceiling w1" in result.output and "products-only ceiling median" in result.output
 
 
 def test_cli_lm_prints_the_table():

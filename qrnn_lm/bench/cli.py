@@ -65,7 +65,11 @@ def layer(
     warmup: Annotated[int, typer.Option(help="Untimed warm-up rounds per grid point.")] = 2,
     device: Annotated[Device, typer.Option(help="Where to run.")] = Device.auto,
     csv: Annotated[Path, typer.Option(help="Where to write the CSV.")] = Path("bench_layer.csv"),
-    png: Annotated[Optional[Path], typer.Option(help="Where to write the heatmap (needs matplotlib).")] = Path("bench_layer.png"),
+    png: Annotated[Optional[Path], typer.Option(
+        help="Where to write the heatmap (needs matplotlib); empty for none.")] = Path("bench_layer.png"),
+    gemm_floor: Annotated[bool, typer.Option(
+        help="Also time each QRNN's matrix products alone (same shapes): the floor no implementation "
+             "beats, and LSTM time / that floor, the largest possible speed-up.")] = False,
 ) -> None:
     """One QRNN layer (window 1 and 2) against nn.LSTM of the same size over a grid of batch sizes
     and sequence lengths, in inference and training (the paper's Figure 4, right): median times
@@ -83,11 +87,14 @@ def layer(
     _positive(repeats, "--repeats")
     if warmup < 0:
         _fail(f"--warmup must be >= 0, got {warmup}")
+    if png is not None and str(png) in ("", "."):  # typer turns an empty value into Path(".")
+        png = None
     run_device = _device(device)
     typer.echo(machine_description(run_device))
     rows = layer_bench.run(hidden_size, sizes, lens, wins, mode_list, repeats, warmup, run_device,
                            progress=lambda row: typer.echo(
-                               f"  {row['mode']} B={row['batch_size']} T={row['seq_len']} done"))
+                               f"  {row['mode']} B={row['batch_size']} T={row['seq_len']} done"),
+                           gemm_floor=gemm_floor)
     typer.echo(layer_bench.report(rows, csv, png))
 
 

@@ -7,6 +7,11 @@ For every (B, T) of the grid, in inference (forward under ``torch.no_grad``) and
 times ``nn.LSTM(H, H)`` and ``QRNNLayer(H, H, window=w)`` for each window, interleaved, and reports
 the median times and the speed-ups LSTM time / QRNN time. Writes a CSV, and a PNG heatmap of the
 speed-ups when matplotlib is installed (``pip install qrnn-lm[plot]``).
+
+With ``gemm_floor`` it also times, for each window, the QRNN layer's matrix products alone, on
+tensors of the same shapes (forward ``[T*B, w*H] x [w*H, 3H]``; in training also the input and
+weight gradients): the time no implementation of the layer can beat on that device. The
+ratio ``LSTM time / products time`` is then the largest speed-up possible at that point.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import argparse
 import csv
 import statistics
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -45,11 +51,30 @@ def _candidate(module: nn.Module, x: torch.Tensor, grad_out: torch.Tensor, mode:
     return train
 
 
+def _products_only(rows: int, in_features: int, out_features: int, mode: str, device) -> Callable[[], None]:
+    """The matrix products of a QRNN layer alone: ``[rows, in] x [in, out]`` forward, plus the input
+    gradient ``[rows, out] x [out, in]`` and weight gradient ``[out, rows] x [rows, in]`` in
+    training, into preallocated outputs."""
+    X = torch.randn(rows, in_features, device=device)
+    W = torch.randn(out_features, in_features, device=device)
+    Y = torch.empty(rows, out_features, device=device)
+    grad_X, grad_W = torch.empty_like(X), torch.empty_like(W)
+
+    def products():
+        torch.mm(X, W.t(), out=Y)
+        if mode == "training":
+            torch.mm(Y, W, out=grad_X)
+            torch.mm(Y.t(), X, out=grad_W)
+    return products
+
+
 def run(hidden_size: int = 320, batch_sizes=BATCH_SIZES, seq_lens=SEQ_LENS, windows=(1, 2),
         modes=MODES, repeats: int = 5, warmup: int = 2, device: str = "cpu", seed: int = 0,
-        progress=None) -> list[dict]:
+        progress=None, gemm_floor: bool = False) -> list[dict]:
     """Time the grid. Returns one row per (mode, batch_size, seq_len) with ``lstm_ms``,
-    ``qrnn_w{w}_ms`` and ``speedup_w{w}`` (LSTM time / QRNN time) for each window ``w``.
+    ``qrnn_w{w}_ms`` and ``speedup_w{w}`` (LSTM time / QRNN time) for each window ``w``; with
+    ``gemm_floor`` also ``gemm_w{w}_ms`` (the layer's products alone) and ``ceiling_w{w}``
+    (LSTM time / products time).
 
     ``progress``: optional callable receiving each row as it is finished.
     """
@@ -70,12 +95,19 @@ def run(hidden_size: int = 320, batch_sizes=BATCH_SIZES, seq_lens=SEQ_LENS, wind
                 candidates = {"lstm": _candidate(lstm, x, grad_out, mode)}
                 for w, qrnn in qrnns.items():
                     candidates[f"qrnn_w{w}"] = _candidate(qrnn, x, grad_out, mode)
+                    if gemm_floor:
+                        candidates[f"gemm_w{w}"] = _products_only(seq_len * batch_size, w * hidden_size,
+                                                                  3 * hidden_size, mode, device)
                 medians = time_round_robin(candidates, repeats, warmup, device)
                 row = {"device": device.type, "mode": mode, "hidden_size": hidden_size,
                        "batch_size": batch_size, "seq_len": seq_len, "lstm_ms": medians["lstm"] * 1e3}
                 for w in windows:
                     row[f"qrnn_w{w}_ms"] = medians[f"qrnn_w{w}"] * 1e3
                     row[f"speedup_w{w}"] = medians["lstm"] / medians[f"qrnn_w{w}"]
+                if gemm_floor:
+                    for w in windows:
+                        row[f"gemm_w{w}_ms"] = medians[f"gemm_w{w}"] * 1e3
+                        row[f"ceiling_w{w}"] = medians["lstm"] / medians[f"gemm_w{w}"]
                 rows.append(row)
                 if progress is not None:
                     progress(row)
@@ -87,32 +119,46 @@ def _windows(rows: list[dict]) -> list[int]:
 
 
 def format_table(rows: list[dict]) -> str:
-    """A plain-text table: one line per grid point, times in ms and speed-ups ``x``."""
+    """A plain-text table: one line per grid point, times in ms and speed-ups ``x`` (and, when
+    measured, the products-only times and ceilings)."""
     windows = _windows(rows)
+    floor = bool(windows) and f"gemm_w{windows[0]}_ms" in rows[0]
     header = ["mode", "B", "T", "LSTM ms"] + [f"QRNN w{w} ms" for w in windows] + [f"LSTM/QRNN w{w}" for w in windows]
+    if floor:
+        header += [f"products w{w} ms" for w in windows] + [f"ceiling w{w}" for w in windows]
     lines = [header]
     for row in rows:
-        lines.append([row["mode"], str(row["batch_size"]), str(row["seq_len"]), f"{row['lstm_ms']:.2f}"]
-                     + [f"{row[f'qrnn_w{w}_ms']:.2f}" for w in windows]
-                     + [f"{row[f'speedup_w{w}']:.2f}x" for w in windows])
+        line = ([row["mode"], str(row["batch_size"]), str(row["seq_len"]), f"{row['lstm_ms']:.2f}"]
+                + [f"{row[f'qrnn_w{w}_ms']:.2f}" for w in windows]
+                + [f"{row[f'speedup_w{w}']:.2f}x" for w in windows])
+        if floor:
+            line += [f"{row[f'gemm_w{w}_ms']:.2f}" for w in windows] + [f"{row[f'ceiling_w{w}']:.2f}x" for w in windows]
+        lines.append(line)
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     return "\n".join("  ".join(cell.rjust(width) for cell, width in zip(line, widths)) for line in lines)
 
 
 def summarize(rows: list[dict]) -> list[dict]:
-    """Per mode and window: the median, smallest and largest speed-up over the grid."""
+    """Per mode and window: the median, smallest and largest speed-up over the grid (and the
+    median ceiling, when measured)."""
     summary = []
     for mode in dict.fromkeys(row["mode"] for row in rows):
         for w in _windows(rows):
-            speedups = [row[f"speedup_w{w}"] for row in rows if row["mode"] == mode]
-            summary.append({"mode": mode, "window": w, "median": statistics.median(speedups),
-                            "min": min(speedups), "max": max(speedups)})
+            of_mode = [row for row in rows if row["mode"] == mode]
+            speedups = [row[f"speedup_w{w}"] for row in of_mode]
+            entry = {"mode": mode, "window": w, "median": statistics.median(speedups),
+                     "min": min(speedups), "max": max(speedups)}
+            if f"ceiling_w{w}" in of_mode[0]:
+                entry["ceiling_median"] = statistics.median(row[f"ceiling_w{w}"] for row in of_mode)
+            summary.append(entry)
     return summary
 
 
 def format_summary(rows: list[dict]) -> str:
     return "\n".join(f"{s['mode']:>9} window {s['window']}: LSTM/QRNN median {s['median']:.2f}x "
-                     f"(min {s['min']:.2f}x, max {s['max']:.2f}x)" for s in summarize(rows))
+                     f"(min {s['min']:.2f}x, max {s['max']:.2f}x)"
+                     + (f"; products-only ceiling median {s['ceiling_median']:.2f}x" if "ceiling_median" in s else "")
+                     for s in summarize(rows))
 
 
 def write_csv(rows: list[dict], path: str | Path) -> Path:
@@ -200,6 +246,7 @@ def main(argv=None) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--csv", default="bench_layer.csv")
     parser.add_argument("--png", default="bench_layer.png")
+    parser.add_argument("--gemm-floor", action="store_true", help="also time each QRNN's matrix products alone")
     args = parser.parse_args(argv)
     print(machine_description(args.device), flush=True)
     rows = run(args.hidden_size, parse_int_list(args.batch_sizes, "--batch-sizes"),
@@ -207,7 +254,7 @@ def main(argv=None) -> None:
                [m.strip() for m in args.modes.split(",")], args.repeats, args.warmup, args.device,
                progress=lambda row: print(f"  {row['mode']} B={row['batch_size']} T={row['seq_len']}: "
                                           + " ".join(f"{k}={v:.2f}" for k, v in row.items() if k.endswith(("_ms", "speedup_w1", "speedup_w2"))),
-                                          flush=True))
+                                          flush=True), gemm_floor=args.gemm_floor)
     print(report(rows, args.csv, args.png))
 
 
