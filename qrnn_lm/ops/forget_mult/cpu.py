@@ -255,6 +255,9 @@ def _lengths_array(lengths: torch.Tensor | None, seq_len: int, batch_size: int):
 #   (4096, 1, 64) fwd 0.44 (0.42) bwd 0.59 (0.62);  (4096, 1, 16) fwd 0.40 (0.42) bwd 0.56 (0.58);
 #   (4096, 1, 1) fwd 0.41 (0.42) bwd 0.48 (0.50);   (16384, 1, 8) fwd 0.42 (0.64) bwd 0.59 (0.59);
 #   (65536, 1, 4) fwd 0.54 (0.51) bwd 0.60 (0.62).
+# Re-measured on the later 2-core Zen 4 machine (op level, cpu.forward/backward, 55 interleaved
+# repeats): (4096, 1, 64) fwd 0.19 (0.26) bwd 0.29 (0.38); (16384, 1, 8) fwd 0.25 (0.40) bwd 0.44
+# (0.80); (65536, 1, 4) fwd 0.37 (0.59) bwd 0.59 (0.63); (4096, 2, 512) fwd 0.52 bwd 0.65.
 # So on 2 threads the rule below never picks it; with 3+ threads per sequential tile it does.
 CHUNKED_MIN_STEPS = 1024
 CHUNKED_MIN_IDLE_RATIO = 3
