@@ -24,6 +24,7 @@ import typer
 
 from .bench.cli import bench_app
 from .config import UserError
+from .run_config import resolve_train_config
 
 EXIT_USER_ERROR = 1
 EXIT_INTERRUPTED = 130
@@ -107,64 +108,9 @@ def _check_data(data: str | None) -> None:
     raise _error_exit(f"unknown dataset or missing folder '{data}': use {names} or a folder holding train.txt, valid.txt, test.txt")
 
 
-def _recipe_dir() -> Path | None:
-    """The recipes folder: ``qrnn_lm/configs`` when shipped inside the package, else ``configs/``
-    beside the package in a source checkout (where ``pip install -e .`` leaves it)."""
-    here = Path(__file__).resolve().parent
-    for folder in (here / "configs", here.parent / "configs"):
-        if folder.is_dir():
-            return folder
-    return None
-
-
 def _checkpoint_file(path: Path, default_name: str) -> Path:
     """A run folder stands for its ``default_name`` checkpoint (best.pt to use, last.pt to resume)."""
     return path / default_name if path.is_dir() else path
-
-
-def _train_config(data: str | None, config_file: Path | None, overrides: list[str], resumed: dict | None):
-    """Resolve the run's Config.
-
-    Base: the ``--config`` file; else, when resuming, the checkpoint's own config (so a resumed run
-    continues exactly); else the recipe ``configs/<data>.toml`` for a named dataset; else the
-    defaults (named after the data). On top: ``--data``, then each ``--set`` in order.
-    """
-    from .config import load_config
-
-    overrides = list(overrides)
-    if data is not None and data not in {d.value for d in Dataset}:
-        data = str(Path(data).expanduser().absolute())  # the checkpoint's data stays findable from any folder
-    if data is not None:
-        overrides.insert(0, f"data.dataset={_toml_string(data)}")
-    if config_file is None and resumed is not None:
-        return _config_with_overrides(resumed, overrides)
-    if config_file is None and data is not None:
-        recipes = _recipe_dir()
-        recipe = recipes / f"{data}.toml" if recipes is not None and data in {d.value for d in Dataset} else None
-        if recipe is not None and recipe.is_file():
-            config_file = recipe
-        else:
-            overrides.insert(0, f"name={_toml_string(Path(data).name or data)}")
-    return load_config(config_file, overrides)
-
-
-def _config_with_overrides(values: dict, overrides: list[str]):
-    """Apply ``section.key=value`` overrides to a config dict (a checkpoint's) and validate it."""
-    import copy
-
-    from .config import config_from_dict, parse_override
-
-    values = copy.deepcopy(values)
-    for text in overrides:
-        section, key, value = parse_override(text)
-        table = values.setdefault(section, {}) if section else values
-        table[key] = value
-    return config_from_dict(values)
-
-
-def _toml_string(text: str) -> str:
-    """``text`` as a TOML string literal (``--set`` values are read as TOML)."""
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 @app.command()
@@ -221,7 +167,7 @@ def train(
 
             resume = _checkpoint_file(resume, "last.pt")
             resumed = load_checkpoint(resume)["config"]  # also fails early on a bad checkpoint
-        run_config = _train_config(data, config, overrides, resumed)
+        run_config = resolve_train_config(data, config, overrides, resumed, [d.value for d in Dataset])
         out = out if out is not None else resume.parent if resume is not None else Path("runs") / run_config.name
         _run_training(run_config, out, device.value, resume, data_dir, progress)
 

@@ -16,7 +16,7 @@ RANKS = {
     "ops": 1,
     "qrnn_window": 1.5, "qrnn_gates": 1.5, "qrnn_fused": 1.5,  # parts of the QRNN layer: between ops and qrnn
     "qrnn": 2,
-    "data": 1,
+    "data": 1, "run_config": 1,
     "model": 3,
     "checkpoint": 4, "generate": 4,
     "nt_asgd": 4, "train_state": 4, "train_step": 4,  # leaves of the training engine
