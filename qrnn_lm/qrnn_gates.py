@@ -34,13 +34,16 @@ ENV_GATES = "QRNN_LM_QRNN_GATES"
 def use_fused(X: torch.Tensor, weight: torch.Tensor, use_cuda: bool) -> bool:
     """True when the layer's input ``X`` ``[T, B, I]`` and ``weight`` go through the fused CPU path:
     float32 on the CPU, not empty, no autocast, numba present, ``use_cuda`` (False asks for the
-    plain torch loop) and not turned off by ``QRNN_LM_QRNN_GATES=unfused``."""
+    plain torch loop), not turned off by ``QRNN_LM_QRNN_GATES=unfused``, and not being traced by
+    ``torch.compile`` (which cannot trace the numba calls; the unfused path's ops are registered
+    PyTorch operators it can)."""
     choice = os.environ.get(ENV_GATES, "auto") or "auto"
     if choice not in ("auto", "unfused"):
         raise ValueError(f"{ENV_GATES} must be 'auto' or 'unfused', got {choice!r}")
     return (choice != "unfused" and use_cuda and HAS_NUMBA and X.device.type == "cpu"
             and X.dtype == torch.float32 and weight.dtype == torch.float32 and X.numel() > 0
-            and not torch.is_autocast_enabled("cpu") and resolve_backend(X.device, "auto") == "numba")
+            and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling()
+            and resolve_backend(X.device, "auto") == "numba")
 
 
 def zoneout_mask(shape, zoneout, training, dtype, device):

@@ -136,3 +136,17 @@ def test_the_path_is_chosen_by_device_dtype_and_environment(monkeypatch):
     monkeypatch.setenv(gates_module.ENV_GATES, "fast")
     with pytest.raises(ValueError, match="must be 'auto' or 'unfused', got 'fast'"):
         gates_module.use_fused(X, weight, use_cuda=True)
+
+
+def test_torch_compile_traces_the_unfused_path_and_matches_eager():
+    # numba calls cannot be traced: under torch.compile the layer takes the unfused path, whose
+    # ForgetMult is a registered operator, so even fullgraph compiles.
+    torch.manual_seed(0)
+    qrnn = QRNN(8, 16, num_layers=2, window=2)
+    X = torch.randn(5, 3, 8, requires_grad=True)
+    results = []
+    for module in (qrnn, torch.compile(qrnn, backend="aot_eager", fullgraph=True)):
+        output, h_n = module(X)
+        grads = torch.autograd.grad(output.square().sum() + h_n.sum(), [X, *qrnn.parameters()])
+        results.append((output.detach(), h_n.detach(), *grads))
+    assert_all_close(*results)
