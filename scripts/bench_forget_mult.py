@@ -1,9 +1,14 @@
-"""ForgetMult kernels vs the naive loop and a memory-bandwidth reference (see qrnn_lm/bench/forget_mult.py).
+"""ForgetMult kernels vs the naive loop and a memory-bandwidth reference: ``qrnn-lm bench
+forget-mult`` (see ``qrnn_lm/bench/forget_mult.py``), for a checkout without the installed command.
 
-Same as `qrnn-lm bench forget-mult`. Usage: python scripts/bench_forget_mult.py [--repeats N] [--quick]
+Usage: python scripts/bench_forget_mult.py [--repeats N] [--quick]
 """
 
-from qrnn_lm.bench.forget_mult import main
+import sys
+
+from qrnn_lm.cli import main
 
 if __name__ == "__main__":
+    # Through the qrnn-lm entry point, so the run gets the application's allocator setting.
+    sys.argv = ["qrnn-lm", "bench", "forget-mult", *sys.argv[1:]]
     main()

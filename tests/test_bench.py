@@ -190,3 +190,15 @@ def test_cli_user_errors_are_one_line_with_exit_code_1(args, message):
     result = runner.invoke(bench_app, args)
     assert result.exit_code == 1
     assert message in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("script,command", [("bench_layer.py", "layer"), ("bench_lm.py", "lm"),
+                                            ("bench_forget_mult.py", "forget-mult")])
+def test_scripts_run_the_qrnn_lm_bench_commands(script, command):
+    import subprocess
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / script
+    result = subprocess.run([sys.executable, str(path), "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert f"qrnn-lm bench {command}" in result.stdout

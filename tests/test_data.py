@@ -1,6 +1,5 @@
 """Tokenisation, vocabulary, corpus loading and caching, batching, and the real corpora."""
 
-import os
 from pathlib import Path
 
 import pytest

@@ -16,7 +16,6 @@ ratio ``LSTM time / products time`` is then the largest speed-up possible at tha
 
 from __future__ import annotations
 
-import argparse
 import csv
 import statistics
 from pathlib import Path
@@ -26,10 +25,10 @@ import torch
 from torch import nn
 
 from ..qrnn import QRNNLayer
-from .timing import machine_description, time_round_robin
+from .timing import time_round_robin
 
 __all__ = ["BATCH_SIZES", "SEQ_LENS", "MODES", "run", "format_table", "summarize", "write_csv",
-           "plot_heatmap", "main"]
+           "plot_heatmap", "report", "parse_int_list"]
 
 BATCH_SIZES = (8, 16, 32, 64, 128, 256)  # the paper's grid
 SEQ_LENS = (32, 64, 128, 256, 512)
@@ -232,31 +231,3 @@ def report(rows: list[dict], csv_path: str | Path | None, png_path: str | Path |
         lines.append(f"heatmap: {written}" if written else "heatmap: skipped (matplotlib is not installed; "
                      "pip install qrnn-lm[plot])")
     return "\n".join(lines)
-
-
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--hidden-size", type=int, default=320)
-    parser.add_argument("--batch-sizes", default=",".join(map(str, BATCH_SIZES)))
-    parser.add_argument("--seq-lens", default=",".join(map(str, SEQ_LENS)))
-    parser.add_argument("--windows", default="1,2")
-    parser.add_argument("--modes", default=",".join(MODES))
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--csv", default="bench_layer.csv")
-    parser.add_argument("--png", default="bench_layer.png")
-    parser.add_argument("--gemm-floor", action="store_true", help="also time each QRNN's matrix products alone")
-    args = parser.parse_args(argv)
-    print(machine_description(args.device), flush=True)
-    rows = run(args.hidden_size, parse_int_list(args.batch_sizes, "--batch-sizes"),
-               parse_int_list(args.seq_lens, "--seq-lens"), parse_int_list(args.windows, "--windows"),
-               [m.strip() for m in args.modes.split(",")], args.repeats, args.warmup, args.device,
-               progress=lambda row: print(f"  {row['mode']} B={row['batch_size']} T={row['seq_len']}: "
-                                          + " ".join(f"{k}={v:.2f}" for k, v in row.items() if k.endswith(("_ms", "speedup_w1", "speedup_w2"))),
-                                          flush=True), gemm_floor=args.gemm_floor)
-    print(report(rows, args.csv, args.png))
-
-
-if __name__ == "__main__":
-    main()

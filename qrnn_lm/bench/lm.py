@@ -19,7 +19,6 @@ optimizer (clipping + SGD step + zeroing the gradients).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import statistics
 
@@ -29,9 +28,9 @@ from torch import nn
 from ..config import ModelConfig, TrainConfig
 from ..model import QRNNLanguageModel, embedding_dropout
 from ..train_step import regularized_loss
-from .timing import SectionTimer, machine_description, time_round_robin
+from .timing import SectionTimer, time_round_robin
 
-__all__ = ["LSTMLayer", "build_models", "run", "format_table", "main", "SECTIONS"]
+__all__ = ["LSTMLayer", "build_models", "run", "format_table", "SECTIONS"]
 
 SECTIONS = ("embedding", "recurrent", "softmax", "optimizer")
 
@@ -154,25 +153,3 @@ def format_table(rows: list[dict]) -> str:
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     table = "\n".join("  ".join(cell.rjust(w) for cell, w in zip(line, widths)) for line in lines)
     return table + f"\nQRNN/LSTM training throughput: {rows[0]['speedup']:.2f}x"
-
-
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--vocab-size", type=int, default=10000)
-    parser.add_argument("--emb-size", type=int, default=400)
-    parser.add_argument("--hidden-size", type=int, default=1550)
-    parser.add_argument("--num-layers", type=int, default=4)
-    parser.add_argument("--bptt", type=int, default=70)
-    parser.add_argument("--batch-size", type=int, default=20)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = parser.parse_args(argv)
-    print(machine_description(args.device), flush=True)
-    rows = run(args.vocab_size, args.emb_size, args.hidden_size, args.num_layers, args.bptt, args.batch_size,
-               args.repeats, args.warmup, args.device)
-    print(format_table(rows))
-
-
-if __name__ == "__main__":
-    main()
