@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from torch.autograd.function import once_differentiable
 
 from .ops.qrnn_chunk import backward_chunk, forward_chunk
 
@@ -168,6 +169,7 @@ class _FusedLayer(torch.autograd.Function):
         return out, state
 
     @staticmethod
+    @once_differentiable  # the backward runs numba kernels: a second derivative raises instead of being wrong
     def backward(ctx, grad_out, grad_state):
         X, weight, prev, keep, lengths, h0, acts, c = ctx.saved_tensors
         seq_len, batch_size, input_size = X.shape

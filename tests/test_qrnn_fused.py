@@ -150,3 +150,11 @@ def test_torch_compile_traces_the_unfused_path_and_matches_eager():
         grads = torch.autograd.grad(output.square().sum() + h_n.sum(), [X, *qrnn.parameters()])
         results.append((output.detach(), h_n.detach(), *grads))
     assert_all_close(*results)
+
+
+def test_second_derivatives_raise_instead_of_being_wrong():
+    layer = QRNNLayer(3, 4)
+    X = torch.randn(5, 2, 3, requires_grad=True)
+    (grad,) = torch.autograd.grad(layer(X)[0].sum(), X, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable|does not require grad"):
+        torch.autograd.grad(grad.sum(), X)
