@@ -333,4 +333,11 @@ def main() -> None:
     from .malloc_tuning import keep_freed_memory
 
     keep_freed_memory()  # reuse freed tensor memory instead of page-faulting on every step
-    app(prog_name="qrnn-lm")
+    try:
+        app(prog_name="qrnn-lm")
+    except SystemExit as stop:
+        if "RANK" not in os.environ or os.environ.get("WORLD_SIZE", "1") == "1":
+            raise
+        from .distributed import exit_rank
+
+        exit_rank(stop.code)  # a torchrun rank: skip the library teardown that can abort (see exit_rank)

@@ -259,3 +259,19 @@ def test_truncated_checkpoint_is_a_one_line_error(tmp_path):
     save_checkpoint(path, {"config": config_to_dict(Config()), "vocab": ["a"], "model": {"w": torch.randn(1000)}})
     path.write_bytes(path.read_bytes()[:-2000])
     assert_one_line_error(runner.invoke(app, ["generate", str(path)]), "truncated")
+
+
+def test_a_torchrun_rank_ends_through_exit_rank_with_the_commands_status(tmp_path):
+    # exit_rank ends with os._exit, which skips atexit handlers: one tells the two paths apart.
+    import os
+    import subprocess
+
+    program = ("import atexit, sys; atexit.register(lambda: print('atexit ran')); "
+               f"sys.argv = ['qrnn-lm', 'eval', {str(tmp_path / 'missing.pt')!r}]; "
+               "from qrnn_lm.cli import main; main()")
+    for rank_env, atexit_runs in (({}, True), ({"RANK": "0", "WORLD_SIZE": "2"}, False)):
+        env = {key: value for key, value in os.environ.items() if key not in ("RANK", "WORLD_SIZE")}
+        result = subprocess.run([sys.executable, "-c", program], env={**env, **rank_env}, capture_output=True,
+                                text=True, timeout=120)
+        assert result.returncode == 1 and result.stderr.startswith("error: "), result.stderr
+        assert ("atexit ran" in result.stdout) == atexit_runs, rank_env
