@@ -12,7 +12,9 @@ product writes the gate pre-activations, one in-place ``sigmoid_`` turns them in
 while they are still in cache, and a numba kernel (``ops/qrnn_chunk``) runs the recurrence and
 the output gate. The backward walks the chunks in reverse: a kernel writes the chunk's gradient
 of the pre-activations into a cache-sized buffer, and the products for the input, weight and bias
-gradients consume it at once, so the ``[R, k*H]`` gradient never exists in full.
+gradients consume it at once, so the ``[R, k*H]`` gradient never exists in full. Measured on the
+2-core CPU at hidden 320: up to about 20% less time per training step than the unfused path,
+typically 5-10%; the products themselves then take about 80% of a window-2 step.
 
 ``tanh(y) = 2 * sigmoid(2 y) - 1``: the product uses the weight with its Z rows doubled, so one
 ``sigmoid_`` serves all gates (PyTorch's tanh is several times slower than its sigmoid on CPU).
