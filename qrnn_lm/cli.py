@@ -336,7 +336,8 @@ def main() -> None:
     try:
         app(prog_name="qrnn-lm")
     except SystemExit as stop:
-        if "RANK" not in os.environ or os.environ.get("WORLD_SIZE", "1") == "1":
+        # distributed.launched_by_torchrun's test, read here without importing torch (--help).
+        if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
             raise
         from .distributed import exit_rank
 

@@ -1,4 +1,5 @@
-"""numba set-up shared by every CPU kernel of qrnn_lm.ops: the threading layer and the launch lock.
+"""numba set-up shared by every CPU kernel of qrnn_lm.ops: whether numba imports (``HAS_NUMBA``,
+``IMPORT_ERROR``), the threading layer and the launch lock.
 
 numba's default "omp" threading layer starts a second OpenMP runtime beside PyTorch's own libgomp;
 both pools spin on the same cores, and on a 2-core machine that made every ForgetMult call take
@@ -7,8 +8,8 @@ before any kernel runs, unless ``NUMBA_THREADING_LAYER`` is set (or a layer alre
 
 workqueue aborts the whole process when two Python threads launch parallel kernels at once (the
 launch releases the GIL), so every parallel launch of every kernel module holds
-:data:`PARALLEL_LOCK`. One lock for all modules: a ForgetMult launch and a fused-gates launch from
-two threads collide just the same.
+:data:`PARALLEL_LOCK`. One lock for all modules, so any kernel module added later is covered too.
+(The fused layer's chunk kernels run serially in the calling thread and need no lock.)
 """
 
 import os
@@ -19,8 +20,11 @@ try:
 
     if "NUMBA_THREADING_LAYER" not in os.environ and numba.config.THREADING_LAYER == "default":
         numba.config.THREADING_LAYER = "workqueue"
-except ImportError:  # the kernel modules report the missing numba through their HAS_NUMBA flags
-    pass
+    HAS_NUMBA = True
+    IMPORT_ERROR = ""
+except ImportError as error:  # numba is a hard dependency; this guard only makes the failure explicit
+    HAS_NUMBA = False
+    IMPORT_ERROR = str(error)
 
 # Serialises parallel kernel launches from different Python threads.
 PARALLEL_LOCK = threading.Lock()

@@ -25,19 +25,13 @@ import numpy as np
 import torch
 
 # Chooses numba's threading layer before any kernel runs; parallel launches hold PARALLEL_LOCK.
-from ..numba_setup import PARALLEL_LOCK
+from ..numba_setup import HAS_NUMBA, IMPORT_ERROR, PARALLEL_LOCK
 
-try:
+if HAS_NUMBA:
     import numba
     from numba import njit, prange
 
-    HAS_NUMBA = True
-    IMPORT_ERROR = ""
-except ImportError as error:  # numba is a hard dependency; this guard only makes the failure explicit
-    HAS_NUMBA = False
-    IMPORT_ERROR = str(error)
-
-__all__ = ["HAS_NUMBA", "forward", "backward", "use_chunked", "INSTALL_HINT"]
+__all__ = ["HAS_NUMBA", "IMPORT_ERROR", "forward", "backward", "use_chunked", "INSTALL_HINT"]
 
 INSTALL_HINT = "pip install numba"
 

@@ -28,18 +28,12 @@ from __future__ import annotations
 
 import numpy as np
 
-try:
-    from numba import njit
+from ..numba_setup import HAS_NUMBA
 
-    HAS_NUMBA = True
-    IMPORT_ERROR = ""
-except ImportError as error:  # numba is a hard dependency; this guard only makes the failure explicit
-    HAS_NUMBA = False
-    IMPORT_ERROR = str(error)
-
-__all__ = ["HAS_NUMBA", "IMPORT_ERROR", "forward_chunk", "backward_chunk"]
+__all__ = ["HAS_NUMBA", "forward_chunk", "backward_chunk"]
 
 if HAS_NUMBA:
+    from numba import njit
 
     @njit(cache=True, fastmath=True, error_model="numpy")
     def forward_chunk(acts, keep, has_keep, scale, lengths, t0, batch, reverse, output_gate, state, c_out, h_out):
