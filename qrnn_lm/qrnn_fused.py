@@ -16,8 +16,8 @@ gradients consume it at once, so the ``[R, k*H]`` gradient never exists in full.
 2-core CPU at hidden 320: up to about 20% less time per training step than the unfused path,
 typically 5-10%; the products themselves then take about 80% of a window-2 step.
 
-``tanh(y) = 2 * sigmoid(2 y) - 1``: the product uses the weight with its Z rows doubled, so one
-``sigmoid_`` serves all gates (PyTorch's tanh is several times slower than its sigmoid on CPU).
+``tanh(y) = 2 * sigmoid(2 y) - 1``: the Z columns of each chunk's product are doubled in place, so
+one ``sigmoid_`` serves all gates (PyTorch's tanh is several times slower than its sigmoid on CPU).
 Saved for the backward: the activations ``[R, k*H]`` and the states ``[R, H]``.
 
 For windows > 1 the window is never built: block s of the weight multiplies the input rows s*B
@@ -126,11 +126,7 @@ def _forward(X, weight, bias, h0, prev, keep, scale, window, output_gate, revers
     rows = seq_len * batch_size
     x_rows = X.view(rows, input_size)
     prev_rows = None if prev is None else prev.reshape(-1, input_size)
-    # Doubling the Z rows makes sigmoid give the tanh: z = 2 * sigmoid(2 y) - 1.
-    doubled = weight.new_ones(width, 1)
-    doubled[:hidden_size] = 2
-    blocks = (weight * doubled).split(input_size, dim=1)  # w x [k*H, I]
-    bias_doubled = None if bias is None else bias * doubled[:, 0]
+    blocks = weight.split(input_size, dim=1)  # w x [k*H, I]
     full_c = saving or not output_gate
     chunk_rows = _chunk_rows(seq_len, batch_size, window, input_size)
     acts = X.new_empty(rows if saving else chunk_rows, width)
@@ -142,14 +138,18 @@ def _forward(X, weight, bias, h0, prev, keep, scale, window, output_gate, revers
     for t0, steps in _chunks(seq_len, batch_size, window, input_size, reverse):
         r0, r1 = t0 * batch_size, (t0 + steps) * batch_size
         y = acts[r0:r1] if saving else acts[:r1 - r0]
-        if bias_doubled is None:
+        if bias is None:
             torch.mm(x_rows[r0:r1], blocks[0].t(), out=y)
         else:
-            torch.addmm(bias_doubled, x_rows[r0:r1], blocks[0].t(), out=y)
+            torch.addmm(bias, x_rows[r0:r1], blocks[0].t(), out=y)
         for shift in range(1, window):
             d = _shift(batch_size, shift, reverse)
             for lo, hi, source in _shifted_sources(r0, r1, d, x_rows, prev_rows):
                 y[lo - r0:hi - r0].addmm_(source, blocks[shift].t())
+        # Doubling the Z columns makes sigmoid give the tanh: z = 2 * sigmoid(2 y) - 1. Done on
+        # the chunk while it is in cache: doubling the weight's Z rows instead costs a pass over
+        # the whole weight per call, which dominates at small T*B.
+        y[:, :hidden_size].mul_(2)
         y.sigmoid_()
         c_chunk = c[r0:r1] if full_c else c[:r1 - r0]
         forward_chunk(y.numpy(), _rows_or_dummy(keep_rows, r0, r1), keep_rows is not None, scale32,
@@ -185,7 +185,11 @@ class _FusedLayer(torch.autograd.Function):
         grad_rows = grad_out.contiguous().view(rows, hidden_size)
         keep_rows = None if keep is None else keep.reshape(rows, hidden_size)
         grad_x = X.new_empty(rows, input_size) if need_x else None
-        grad_blocks = [X.new_zeros(width, input_size) for _ in range(window)] if need_weight else None
+        # The weight gradient's blocks are views of the result: no concatenation at the end. Each
+        # block's first product overwrites it (beta=0), so it needs no zeroing either.
+        grad_weight = weight.new_empty(weight.shape) if need_weight else None
+        grad_blocks = grad_weight.split(input_size, dim=1) if need_weight else None
+        first_product = [True] * window  # per block: not written yet
         grad_bias = X.new_zeros(width) if need_bias and ctx.has_bias else None
         carry = grad_state.contiguous().clone()  # dL/dc of the last walked state
         chunk_rows = _chunk_rows(seq_len, batch_size, window, input_size)
@@ -204,11 +208,12 @@ class _FusedLayer(torch.autograd.Function):
             if grad_bias is not None:
                 grad_bias += grad_y.sum(0)
             if need_weight:
-                grad_blocks[0].addmm_(grad_y.t(), x_rows[r0:r1])
-                for shift in range(1, window):
+                for shift in range(window):
                     d = _shift(batch_size, shift, reverse)
                     for lo, hi, source in _shifted_sources(r0, r1, d, x_rows, prev_rows):
-                        grad_blocks[shift].addmm_(grad_y[lo - r0:hi - r0].t(), source)
+                        grad_blocks[shift].addmm_(grad_y[lo - r0:hi - r0].t(), source,
+                                                  beta=0 if first_product[shift] else 1)
+                        first_product[shift] = False
             if need_x:
                 torch.mm(grad_y, blocks[0], out=grad_x[r0:r1])
                 # Input row r gets block s's gradient from output row r + d (this chunk or the neighbour).
@@ -220,7 +225,10 @@ class _FusedLayer(torch.autograd.Function):
                             grad_x[lo - d:hi - d].addmm_(grad_source[lo - g0:hi - g0], blocks[shift])
             neighbour = (r0, r1, grad_y)
             buffers.reverse()
-        grad_weight = torch.cat(grad_blocks, dim=1) if need_weight else None
+        if need_weight:
+            for block, unwritten in zip(grad_blocks, first_product):
+                if unwritten:  # a block whose rows all read outside the sequence (T < shift)
+                    block.zero_()
         grad_x = None if grad_x is None else grad_x.view(seq_len, batch_size, input_size)
         return grad_x, grad_weight, grad_bias, (carry if need_h0 else None), None, None, None, None, None, None, None
 

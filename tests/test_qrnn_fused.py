@@ -25,6 +25,9 @@ def run_both(monkeypatch, make_module, make_inputs, chunk_rows=qrnn_fused.CHUNK_
     monkeypatch.setattr(qrnn_fused, "ROWS_PER_WEIGHT_COLUMN", 0)  # chunks as small as asked
     calls = []
     monkeypatch.setattr(qrnn_module, "fused_layer", lambda *a: calls.append(1) or qrnn_fused.fused_layer(*a))
+    # Uninitialised memory reads as NaN, so a buffer read before it is written cannot pass by luck.
+    new_empty = torch.Tensor.new_empty
+    monkeypatch.setattr(torch.Tensor, "new_empty", lambda self, *a, **k: new_empty(self, *a, **k).fill_(float("nan")))
     results = []
     for choice in ("auto", "unfused"):
         monkeypatch.setenv(gates_module.ENV_GATES, choice)
@@ -68,6 +71,13 @@ def test_layer_fused_equals_unfused(chunk_rows, window, output_gate, reverse, zo
         return torch.randn(7, 3, 5, requires_grad=True), torch.randn(3, 7, requires_grad=True)
 
     assert_all_close(*run_both(monkeypatch, make_module, make_inputs, chunk_rows))
+
+
+@pytest.mark.parametrize("seq_len", [1, 2])
+def test_sequence_shorter_than_the_window_fused_equals_unfused(seq_len, monkeypatch):
+    """Window blocks whose inputs all lie before the sequence (zeros) get a zero weight gradient."""
+    assert_all_close(*run_both(monkeypatch, lambda: QRNNLayer(4, 6, window=3),
+                               lambda: (torch.randn(seq_len, 2, 4, requires_grad=True),)))
 
 
 @pytest.mark.parametrize("window", [1, 2])
