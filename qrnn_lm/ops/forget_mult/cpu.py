@@ -1,16 +1,18 @@
-"""ForgetMult "numba" backend: parallel CPU kernels compiled by numba.
+"""ForgetMult "numba" backend: parallel CPU kernels compiled by numba. This module holds the
+backend's entry points and its choices (tile width, strategy, serial or parallel launch); the
+kernels live in ``cpu_sequential.py`` and ``cpu_chunked.py``.
 
 Shapes: T = time steps, B = batch, H = hidden lanes; tensors are time-major ``[T, B, H]``.
 
 Two strategies, both forward and backward, both directions, with per-sequence lengths:
 
-- sequential (``_seq_*``): the lanes of each batch element are cut into tiles of contiguous lanes;
-  tiles run in parallel (``prange``), each walks time sequentially with the inner loop over its
-  contiguous lanes, which LLVM vectorises. Every tensor is read or written once. Small calls
-  run the same tiles in the calling thread (``_seq_*_serial``), skipping the parallel launch.
-- chunked scan (``_chunked_*``): for long T with few lanes, where there are too few tiles to keep
-  the cores busy: T is cut into chunks scanned in parallel, then the chunk boundaries are
-  carried (see ``_chunked_forward``). Chosen automatically by :func:`use_chunked`.
+- sequential (``cpu_sequential.py``): the lanes of each batch element are cut into tiles of
+  contiguous lanes; tiles run in parallel, each walks time sequentially over its contiguous lanes
+  (vectorised). Every tensor is read or written once. Small calls run the same tiles in the
+  calling thread, skipping the parallel launch.
+- chunked scan (``cpu_chunked.py``): for long T with few lanes, where there are too few tiles to
+  keep the cores busy: T is cut into chunks scanned in parallel, then the chunk boundaries are
+  carried. Chosen automatically by :func:`use_chunked`.
 
 float32 and float64 arrays go to the kernels zero-copy through ``tensor.numpy()``; float16 and
 bfloat16 (numba has no bfloat16) are converted to float32 first and the results cast back.
@@ -29,7 +31,9 @@ from ..numba_setup import HAS_NUMBA, IMPORT_ERROR, PARALLEL_LOCK
 
 if HAS_NUMBA:
     import numba
-    from numba import njit, prange
+
+    from .cpu_chunked import _chunked_backward, _chunked_forward
+    from .cpu_sequential import _seq_backward, _seq_backward_serial, _seq_forward, _seq_forward_serial
 
 __all__ = ["HAS_NUMBA", "IMPORT_ERROR", "forward", "backward", "use_chunked", "INSTALL_HINT"]
 
@@ -51,180 +55,6 @@ def _tile_lanes(batch_size: int, hidden_size: int) -> int:
     tile = -(-hidden_size // wanted_per_row)
     tile = -(-tile // ALIGN_LANES) * ALIGN_LANES
     return max(1, min(max(tile, MIN_TILE_LANES), MAX_TILE_LANES, hidden_size))
-
-
-if HAS_NUMBA:
-
-    # Building blocks, run by one thread on one tile (batch element b, lanes lo:hi) over a range
-    # of walk steps. The running state lives in a small scratch array rather than being read
-    # back from the previous output row: numba does not tell LLVM that arrays do not alias, and
-    # with a fresh scratch array the lane loop vectorises (measured 2-3x faster).
-
-    @njit(cache=True, inline="always")
-    def _forward_run(f, x, b, lo, hi, length, reverse, s_start, s_stop, state, out):
-        """Forward walk steps s_start..s_stop-1 from ``state`` (updated in place), writing out."""
-        for s in range(s_start, s_stop):
-            t = length - 1 - s if reverse else s
-            f_row, x_row, out_row = f[t, b, lo:hi], x[t, b, lo:hi], out[t, b, lo:hi]
-            for j in range(hi - lo):
-                ft = f_row[j]
-                value = ft * x_row[j] + (1.0 - ft) * state[j]
-                state[j] = value
-                out_row[j] = value
-
-    @njit(cache=True, inline="always")
-    def _backward_run(grad_h, f, x, h, h0, b, lo, hi, length, reverse, u_start, u_stop, carry,
-                      grad_f, grad_x):
-        """Backward walk steps u_start..u_stop-1 (u = 0 undoes the forward's last step) from
-        ``carry`` = (1 - f) * g of the step undone before (updated in place)."""
-        for u in range(u_start, u_stop):
-            t = u if reverse else length - 1 - u
-            first = (t == length - 1) if reverse else (t == 0)  # the forward's first step
-            t_prev = t + 1 if reverse else t - 1
-            h_prev = h0[b, lo:hi] if first else h[t_prev, b, lo:hi]
-            f_row, x_row, g_row = f[t, b, lo:hi], x[t, b, lo:hi], grad_h[t, b, lo:hi]
-            gf_row, gx_row = grad_f[t, b, lo:hi], grad_x[t, b, lo:hi]
-            for j in range(hi - lo):
-                ft = f_row[j]
-                g = g_row[j] + carry[j]
-                gx_row[j] = ft * g
-                gf_row[j] = (x_row[j] - h_prev[j]) * g
-                carry[j] = (1.0 - ft) * g
-
-    @njit(cache=True)
-    def _zero_steps(array, b, lo, hi, t_start, t_stop):
-        for t in range(t_start, t_stop):
-            for j in range(lo, hi):
-                array[t, b, j] = 0.0
-
-    @njit(cache=True)
-    def _forward_tile(f, x, h0, lengths, reverse, tile, item, out):
-        seq_len, _, hidden_size = x.shape
-        tiles_per_row = -(-hidden_size // tile)
-        b, lo = item // tiles_per_row, (item % tiles_per_row) * tile
-        hi, length = min(lo + tile, hidden_size), lengths[b]
-        _zero_steps(out, b, lo, hi, length, seq_len)  # padding
-        state = h0[b, lo:hi].copy()
-        _forward_run(f, x, b, lo, hi, length, reverse, 0, length, state, out)
-
-    @njit(cache=True)
-    def _backward_tile(grad_h, f, x, h, h0, lengths, reverse, tile, item, grad_f, grad_x, grad_h0):
-        seq_len, _, hidden_size = x.shape
-        tiles_per_row = -(-hidden_size // tile)
-        b, lo = item // tiles_per_row, (item % tiles_per_row) * tile
-        hi, length = min(lo + tile, hidden_size), lengths[b]
-        _zero_steps(grad_f, b, lo, hi, length, seq_len)  # padding
-        _zero_steps(grad_x, b, lo, hi, length, seq_len)
-        carry = np.zeros(hi - lo, dtype=grad_h0.dtype)
-        _backward_run(grad_h, f, x, h, h0, b, lo, hi, length, reverse, 0, length, carry, grad_f, grad_x)
-        grad_h0[b, lo:hi] = carry
-
-    # The sequential strategy: tiles in parallel (prange) or, for small calls, all in the
-    # calling thread (a parallel launch costs tens of microseconds, and on a busy machine it
-    # waits for every worker thread to be scheduled).
-
-    @njit(parallel=True, cache=True)
-    def _seq_forward(f, x, h0, lengths, reverse, tile, out):
-        for item in prange(x.shape[1] * -(-x.shape[2] // tile)):
-            _forward_tile(f, x, h0, lengths, reverse, tile, item, out)
-
-    @njit(cache=True)
-    def _seq_forward_serial(f, x, h0, lengths, reverse, tile, out):
-        for item in range(x.shape[1] * -(-x.shape[2] // tile)):
-            _forward_tile(f, x, h0, lengths, reverse, tile, item, out)
-
-    @njit(parallel=True, cache=True)
-    def _seq_backward(grad_h, f, x, h, h0, lengths, reverse, tile, grad_f, grad_x, grad_h0):
-        for item in prange(x.shape[1] * -(-x.shape[2] // tile)):
-            _backward_tile(grad_h, f, x, h, h0, lengths, reverse, tile, item, grad_f, grad_x, grad_h0)
-
-    @njit(cache=True)
-    def _seq_backward_serial(grad_h, f, x, h, h0, lengths, reverse, tile, grad_f, grad_x, grad_h0):
-        for item in range(x.shape[1] * -(-x.shape[2] // tile)):
-            _backward_tile(grad_h, f, x, h, h0, lengths, reverse, tile, item, grad_f, grad_x, grad_h0)
-
-    # The chunked scan. The recurrence is linear in the state: a chunk of steps run from state s
-    # ends at ``local_end + decay * s``, where local_end is its end state from a zero start and
-    # decay the product of its (1 - f). Phase 1 finds both for every chunk in parallel, phase 2
-    # carries the true start of every chunk across the (few) chunk boundaries, phase 3 reruns
-    # every chunk in parallel from its true start and writes the outputs. The backward carry
-    # c <- (1 - f[t]) * (grad_h[t] + c) is the same kind of recurrence, scanned the same way,
-    # with chunks numbered along the backward walk. Work item = (tile, chunk).
-
-    @njit(cache=True)
-    def _chunk_item(item, n_chunks, tile, hidden_size, lengths, chunk_len):
-        tiles_per_row = -(-hidden_size // tile)
-        b, k = item // (tiles_per_row * n_chunks), item % n_chunks
-        lo = (item // n_chunks % tiles_per_row) * tile
-        length = lengths[b]
-        s_start, s_stop = min(k * chunk_len, length), min((k + 1) * chunk_len, length)
-        return b, k, lo, min(lo + tile, hidden_size), length, s_start, s_stop
-
-    @njit(parallel=True, cache=True)
-    def _chunked_forward(f, x, h0, lengths, reverse, tile, chunk_len, starts, decays, out):
-        """starts, decays: scratch ``[B, n_chunks, H]``."""
-        seq_len, batch_size, hidden_size = x.shape
-        n_chunks = starts.shape[1]
-        n_items = batch_size * -(-hidden_size // tile) * n_chunks
-        for item in prange(n_items):  # phase 1: end state from zero, product of (1 - f)
-            b, k, lo, hi, length, s_start, s_stop = _chunk_item(item, n_chunks, tile, hidden_size, lengths, chunk_len)
-            state = np.zeros(hi - lo, dtype=out.dtype)
-            decay = np.ones(hi - lo, dtype=out.dtype)
-            for s in range(s_start, s_stop):
-                t = length - 1 - s if reverse else s
-                f_row, x_row = f[t, b, lo:hi], x[t, b, lo:hi]
-                for j in range(hi - lo):
-                    ft = f_row[j]
-                    state[j] = ft * x_row[j] + (1.0 - ft) * state[j]
-                    decay[j] *= 1.0 - ft
-            starts[b, k, lo:hi] = state
-            decays[b, k, lo:hi] = decay
-        for b in prange(batch_size):  # phase 2: starts[b, k] becomes chunk k's true start
-            for j in range(hidden_size):
-                carry = h0[b, j]
-                for k in range(n_chunks):
-                    end = starts[b, k, j] + decays[b, k, j] * carry
-                    starts[b, k, j] = carry
-                    carry = end
-        for item in prange(n_items):  # phase 3
-            b, k, lo, hi, length, s_start, s_stop = _chunk_item(item, n_chunks, tile, hidden_size, lengths, chunk_len)
-            _zero_steps(out, b, lo, hi, max(k * chunk_len, length), min((k + 1) * chunk_len, seq_len))
-            state = starts[b, k, lo:hi].copy()
-            _forward_run(f, x, b, lo, hi, length, reverse, s_start, s_stop, state, out)
-
-    @njit(parallel=True, cache=True)
-    def _chunked_backward(grad_h, f, x, h, h0, lengths, reverse, tile, chunk_len, starts, decays,
-                          grad_f, grad_x, grad_h0):
-        seq_len, batch_size, hidden_size = x.shape
-        n_chunks = starts.shape[1]
-        n_items = batch_size * -(-hidden_size // tile) * n_chunks
-        for item in prange(n_items):  # phase 1
-            b, k, lo, hi, length, u_start, u_stop = _chunk_item(item, n_chunks, tile, hidden_size, lengths, chunk_len)
-            carry = np.zeros(hi - lo, dtype=grad_f.dtype)
-            decay = np.ones(hi - lo, dtype=grad_f.dtype)
-            for u in range(u_start, u_stop):
-                t = u if reverse else length - 1 - u
-                f_row, g_row = f[t, b, lo:hi], grad_h[t, b, lo:hi]
-                for j in range(hi - lo):
-                    keep = 1.0 - f_row[j]
-                    carry[j] = keep * (g_row[j] + carry[j])
-                    decay[j] *= keep
-            starts[b, k, lo:hi] = carry
-            decays[b, k, lo:hi] = decay
-        for b in prange(batch_size):  # phase 2; the carry left after the last chunk is grad_h0
-            for j in range(hidden_size):
-                carry = 0.0
-                for k in range(n_chunks):
-                    end = starts[b, k, j] + decays[b, k, j] * carry
-                    starts[b, k, j] = carry
-                    carry = end
-                grad_h0[b, j] = carry
-        for item in prange(n_items):  # phase 3
-            b, k, lo, hi, length, u_start, u_stop = _chunk_item(item, n_chunks, tile, hidden_size, lengths, chunk_len)
-            _zero_steps(grad_f, b, lo, hi, max(k * chunk_len, length), min((k + 1) * chunk_len, seq_len))
-            _zero_steps(grad_x, b, lo, hi, max(k * chunk_len, length), min((k + 1) * chunk_len, seq_len))
-            carry = starts[b, k, lo:hi].copy()
-            _backward_run(grad_h, f, x, h, h0, b, lo, hi, length, reverse, u_start, u_stop, carry, grad_f, grad_x)
 
 
 def _as_compute(tensor: torch.Tensor) -> torch.Tensor:
