@@ -1,6 +1,6 @@
 """Data-parallel training on DDP: 2 gloo ranks on the CPU against one process with the whole batch.
 
-Every multi-process case runs in a child module (``CHILD`` below) launched by
+Every multi-process case runs in a child module (``ddp_child.py`` beside this file) launched by
 :func:`qrnn_lm.distributed.launch_local` (torchrun's machinery) in a subprocess under a timeout;
 the child writes what it measured to ``rank<N>.json`` and the assertions are made here. One launch
 does all the cases that end normally; a second one has a rank die.
@@ -30,6 +30,7 @@ from qrnn_lm.train import train
 from qrnn_lm.train_setup import make_stream
 
 REPO = Path(__file__).resolve().parents[1]
+CHILD_FOLDER = Path(__file__).resolve().parent  # holds ddp_child.py, the ranks' module
 TINY = REPO / "configs" / "tiny.toml"
 WORDS = "the a cat dog sat ran on under mat rug big small red and then it".split()
 # Per-stream randomness off, weight drop on (shared masks); 2 epochs, so validation, NT-ASGD's
@@ -40,116 +41,6 @@ EXACT = ["model.dropout_emb=0", "model.dropout_input=0", "model.dropout_hidden=0
 STOP = 6  # steps of the interrupted runs (the first epoch has about 15)
 RTOL, ATOL = 1e-5, 1e-6
 
-CHILD = r'''
-import json, sys
-from pathlib import Path
-
-import torch
-torch.set_num_threads(1)
-from torch.nn.parallel import DistributedDataParallel as DDP
-
-import qrnn_lm.train as train_module
-import qrnn_lm.train_step as train_step_module
-from qrnn_lm import distributed
-from qrnn_lm.config import load_config
-
-
-def qrnn_grads(rank):
-    """The plain QRNN module (window 2, save_prev_x, two chunks) in DDP vs the whole batch."""
-    from qrnn_lm import QRNN
-    torch.manual_seed(0)
-    qrnn = QRNN(5, 7, num_layers=2, window=2, save_prev_x=True)
-    reference = QRNN(5, 7, num_layers=2, window=2, save_prev_x=True)
-    reference.load_state_dict(qrnn.state_dict())
-    chunks = torch.randn(2, 6, 4, 5, generator=torch.Generator().manual_seed(1))  # 2 x [T, B, I]
-    start, stop = distributed.column_range(4, rank, 2)
-    ddp = DDP(qrnn)
-    for chunk in chunks:
-        ddp(chunk[:, start:stop])[0].pow(2).mean().backward()
-    for chunk in chunks:
-        reference(chunk)[0].pow(2).mean().backward()
-    return {name: [p.grad.tolist(), dict(reference.named_parameters())[name].grad.tolist()]
-            for name, p in qrnn.named_parameters()}
-
-
-def weight_drop_grads(rank, p):
-    """The language model with weight drop p (shared masks) in DDP vs the whole batch."""
-    from qrnn_lm.config import ModelConfig
-    from qrnn_lm.model import QRNNLanguageModel, WeightDrop
-    from qrnn_lm.train_state import SharedMasks
-    from qrnn_lm.train_step import regularized_loss
-    config = ModelConfig(emb_size=6, hidden_size=8, num_layers=2, dropout_emb=0, dropout_input=0,
-                         dropout_hidden=0, dropout_output=0, zoneout=0, weight_drop=p)
-
-    def build():
-        torch.manual_seed(0)
-        model = QRNNLanguageModel(11, config)
-        SharedMasks([m for m in model.modules() if isinstance(m, WeightDrop)], torch.device("cpu"), seed=5)
-        return model
-
-    model, reference = build(), build()
-    torch.manual_seed(100 + rank)  # each rank's own stream differs, as in training
-    tokens = torch.randint(11, (9, 4), generator=torch.Generator().manual_seed(3))
-    start, stop = distributed.column_range(4, rank, 2)
-    for net, columns in ((DDP(model), slice(start, stop)), (reference, slice(None))):
-        logits, _, raw, dropped = net(tokens[:-1, columns])
-        regularized_loss(logits, tokens[1:, columns], raw, dropped, 2.0, 1.0)[1].backward()
-    return {name: [p.grad.tolist(), dict(reference.named_parameters())[name].grad.tolist()]
-            for name, p in model.named_parameters()}
-
-
-def run_train(rank, overrides, out, resume=None, nan_at=0, skew=False):
-    """train() on 2 ranks; the per-step losses (global means) as the meter got them."""
-    losses = []
-    real_add = train_step_module.Meter.add
-    train_step_module.Meter.add = lambda self, loss, *a: (losses.append(loss), real_add(self, loss, *a))[1]
-    if nan_at and rank == 1:
-        real_loss, calls = train_step_module.regularized_loss, []
-        def nan_loss(*args):
-            calls.append(1)
-            ce, loss = real_loss(*args)
-            return (ce, loss * float("nan")) if len(calls) == nan_at else (ce, loss)
-        train_step_module.regularized_loss = nan_loss
-    real_length = train_step_module.sample_seq_len
-    if skew and rank == 1:  # a BPTT generator that drifted on one rank
-        train_step_module.sample_seq_len = lambda *args: real_length(*args) + 1
-    try:
-        results = train_module.train(load_config(TINY, overrides), Path(out), device="cpu", progress=False,
-                                     resume=resume)
-        return {"losses": losses, "results": results}
-    except (train_module.TrainingError, RuntimeError) as error:
-        return {"losses": losses, "error": f"{type(error).__name__}: {error}"}
-    finally:
-        train_step_module.sample_seq_len = real_length
-        train_step_module.Meter.add = real_add
-        if nan_at and rank == 1:
-            train_step_module.regularized_loss = real_loss
-
-
-def die(rank, overrides, out, at):
-    """Rank 1 raises in the middle of training; the group is made by train() itself."""
-    real_step, calls = train_module.train_step, []
-    def step(*args):
-        calls.append(1)
-        if rank == 1 and len(calls) == at:
-            raise RuntimeError(f"rank 1 fails on purpose at step {at}")
-        return real_step(*args)
-    train_module.train_step = step
-    train_module.train(load_config(TINY, overrides), Path(out), device="cpu", progress=False)
-
-
-if __name__ == "__main__":
-    spec = json.loads(Path(sys.argv[1]).read_text())
-    TINY = spec["tiny"]
-    rank = int(__import__("os").environ["RANK"])
-    if spec["jobs"][0]["kind"] == "die":
-        die(rank, **spec["jobs"][0]["args"])
-        distributed.exit_rank(0)
-    with distributed.session(torch.device("cpu")):
-        report = {job["name"]: globals()[job["kind"]](rank, **job["args"]) for job in spec["jobs"]}
-    Path(spec["report"], f"rank{rank}.json").write_text(json.dumps(report))
-    distributed.exit_rank(0)  # as qrnn-lm's ranks do: skip the teardown that can abort
-'''
 
 
 @pytest.fixture(scope="module")
@@ -171,12 +62,11 @@ def launch(tmp: Path, name: str, jobs: list[dict], timeout: float = 240) -> subp
     """``launch_local(2, ...)`` of the child module with ``jobs``, in a subprocess, under a timeout."""
     folder = tmp / name
     folder.mkdir()
-    (folder / "ddp_child.py").write_text(CHILD, encoding="utf-8")
     spec = folder / "spec.json"
     spec.write_text(json.dumps({"tiny": str(TINY), "jobs": jobs, "report": str(folder)}))
     # PYTHONFAULTHANDLER: a rank killed by a signal (e.g. SIGABRT) prints its Python stack.
     env = {**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1",
-           "PYTHONPATH": os.pathsep.join([str(folder), os.environ.get("PYTHONPATH", "")])}
+           "PYTHONPATH": os.pathsep.join([str(CHILD_FOLDER), os.environ.get("PYTHONPATH", "")])}
     code = ("import sys; from qrnn_lm.distributed import launch_local; "
             "sys.exit(launch_local(2, sys.argv[1:], module='ddp_child'))")
     try:
