@@ -37,10 +37,14 @@ from .ops.qrnn_chunk import backward_chunk, forward_chunk
 
 __all__ = ["fused_layer", "CHUNK_ROWS", "ROWS_PER_WEIGHT_COLUMN"]
 
-# Rows per chunk: the products run at the cores' peak from about 256 rows, and a [512, 3*320]
-# float32 chunk (2 MB) stays in the last-level cache. Measured on the 2-core CPU, training, hidden
-# 320, window 1: 256 to 2048 rows within noise of each other, 128 rows 3-8% slower.
-CHUNK_ROWS = 512
+# Rows per chunk: the products run at the cores' peak from about 256 rows, and a [1024, 3*320]
+# float32 chunk (4 MB) stays in the last-level cache, while each chunk's fixed cost (a dozen calls
+# from Python) is spread over more rows. Measured on the 2-core Zen 4 CPU, hidden 320, LSTM/QRNN
+# ratio with 1024 rows against 512 (window 1) or 640 (window 2, see ROWS_PER_WEIGHT_COLUMN), 12
+# grid points, interleaved: training +4% (window 1) and +1% (window 2) on average, inference +3%
+# and -2%, every point within -4% to +9%. (On the earlier Zen 2 machine 256-2048 rows were within
+# noise of each other, 128 rows 3-8% slower.)
+CHUNK_ROWS = 1024
 # Chunks have at least this many rows per column of the weight (window * input features): see
 # _chunk_steps. Measured at the language model's shape (T=70, B=20, hidden 1550, training):
 # 100-row chunks 5-15% slower than the unfused path, one 1400-row chunk as fast (within noise).
