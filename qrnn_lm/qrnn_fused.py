@@ -231,7 +231,7 @@ class _FusedLayer(torch.autograd.Function):
             buffers.reverse()
         if need_weight:
             for block, unwritten in zip(grad_blocks, first_product):
-                if unwritten:  # a block whose rows all read outside the sequence (T < shift)
+                if unwritten:  # block s read only zeros: T <= s and no inputs kept from a previous call
                     block.zero_()
         grad_x = None if grad_x is None else grad_x.view(seq_len, batch_size, input_size)
         return grad_x, grad_weight, grad_bias, (carry if need_h0 else None), None, None, None, None, None, None, None
