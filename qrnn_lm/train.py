@@ -70,7 +70,8 @@ def train(
         device: ``"auto"`` (cuda if available, else cpu), ``"cpu"`` or ``"cuda"``.
         resume: a ``last.pt`` (or a run folder, meaning its ``last.pt``) to continue exactly.
         data_dir: where named datasets live (see :func:`qrnn_lm.data.resolve_data_dir`).
-        progress: tqdm bars and console lines (on rank 0 only).
+        progress: tqdm bars (on rank 0 only). The console lines (validation results, schedule
+            changes, interruptions) are printed on rank 0 either way.
 
     Returns:
         the results dict also written to ``out_dir/results.json``.
@@ -83,7 +84,7 @@ def train(
         raise UserError(str(error)) from None
     with distributed.session(device) as rank_device:
         main = distributed.is_main()
-        run = setup_run(config, out_dir, rank_device, resume, data_dir, progress and main)
+        run = setup_run(config, out_dir, rank_device, resume, data_dir, progress and main, console=main)
         if main:
             (out_dir / "config.toml").write_text(to_toml(run.config), encoding="utf-8")
         run.logger = make_logger(out_dir / "tb") if main else NullLogger()

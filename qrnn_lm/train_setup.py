@@ -115,9 +115,14 @@ def resume_config_check(config: Config, saved: Config) -> None:
         )
 
 
-def _echo(progress: bool) -> Callable[[str], None]:
-    if not progress:
+def _echo(progress: bool, console: bool) -> Callable[[str], None]:
+    """Where the run's console lines go: nowhere off rank 0, through tqdm (so they do not break a
+    bar) with progress bars, else straight to stdout, flushed so a redirected log shows each line
+    as it happens."""
+    if not console:
         return lambda message: None
+    if not progress:
+        return lambda message: print(message, flush=True)
     from tqdm.auto import tqdm
 
     return tqdm.write
@@ -130,7 +135,10 @@ def setup_run(
     resume: str | Path | None,
     data_dir: str | Path | None,
     progress: bool,
+    console: bool,
 ) -> Run:
+    """The run's state, fresh or from ``resume``. ``progress``: tqdm bars; ``console``: print the
+    run's console lines (rank 0 only)."""
     payload = None
     if resume is not None:
         path = Path(resume)
@@ -199,7 +207,7 @@ def setup_run(
         rank=rank,
         world_size=world_size,
         hidden=hidden,
-        echo=_echo(progress),
+        echo=_echo(progress, console),
     )
     if payload is not None:
         run.echo(f"resuming {resume}: epoch {state.epoch}, step {state.step}")

@@ -73,6 +73,16 @@ def test_train_writes_checkpoints_config_and_results(run):
     assert f"test ppl {results['test_ppl']:.2f}" in result.stdout
 
 
+def test_without_progress_bars_the_run_still_prints_its_console_lines(run):
+    """--no-progress hides the bars only: a log file still gets the max_steps validation line and
+    the test line, each printed by the run itself (before the command's summary line)."""
+    out, _, result = run
+    results = json.loads((out / "results.json").read_text())
+    lines = result.stdout.splitlines()
+    assert any(line.startswith(f"stopped at step {STEPS} (max_steps): valid ppl") for line in lines), lines
+    assert any(line.startswith("test loss") and f"test ppl {results['test_ppl']:.2f}" in line for line in lines), lines
+
+
 def _parse_eval(stdout: str) -> tuple[float, float, int]:
     match = re.search(r"loss (\S+)\s+ppl (\S+)\s+\(([\d,]+) tokens\)", stdout)
     assert match, stdout
