@@ -24,6 +24,7 @@ RANKS = {
     "train_setup": 5,
     "bench": 5,
     "train": 6,
+    "cli_train": 6.5,  # the train command's run and report
     "cli": 7, "__main__": 8,
 }
 LEAVES = {"config", "metrics", "distributed", "malloc_tuning"}
