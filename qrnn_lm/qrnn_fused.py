@@ -13,8 +13,9 @@ while they are still in cache, and a numba kernel (``ops/qrnn_chunk``) runs the 
 the output gate. The backward walks the chunks in reverse: a kernel writes the chunk's gradient
 of the pre-activations into a cache-sized buffer, and the products for the input, weight and bias
 gradients consume it at once, so the ``[R, k*H]`` gradient never exists in full. Measured on the
-2-core CPU at hidden 320: up to about 20% less time per training step than the unfused path,
-typically 5-10%; the products themselves then take about 80% of a window-2 step.
+2-core CPU at hidden 320: 3-14% less time per training step than the unfused path with window 1,
+0-9% with window 2 (the most at small batches); the products themselves then take about 85% of a
+window-2 step.
 
 ``tanh(y) = 2 * sigmoid(2 y) - 1``: the Z columns of each chunk's product are doubled in place, so
 one ``sigmoid_`` serves all gates (PyTorch's tanh is several times slower than its sigmoid on CPU).
