@@ -18,15 +18,15 @@ __version__ = "0.1.0"
 _PUBLIC = {
     "forget_mult": ".ops.forget_mult",
     "ForgetMult": ".ops.forget_mult",
-    "QRNNLayer": ".qrnn",
-    "QRNN": ".qrnn",
+    "QRNNLayer": ".nn",
+    "QRNN": ".nn",
 }
 
 __all__ = [*_PUBLIC, "__version__"]
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load lazily below
     from .ops.forget_mult import ForgetMult, forget_mult
-    from .qrnn import QRNN, QRNNLayer
+    from .nn import QRNN, QRNNLayer
 
 
 def __getattr__(name: str):

@@ -138,16 +138,16 @@ def test_generate_streams_each_token_as_it_is_sampled(run, monkeypatch):
     """After each token the sampler yields, that token is already flushed to stdout."""
     import sys
 
-    import qrnn_lm.generate
+    import qrnn_lm.inference.generate
 
-    real_generate, flushed = qrnn_lm.generate.generate, []
+    real_generate, flushed = qrnn_lm.inference.generate.generate, []
 
     def watched(*args, **kwargs):
         for token in real_generate(*args, **kwargs):
             yield token
             flushed.append((token, sys.stdout.buffer.getvalue().decode()))  # bytes written so far
 
-    monkeypatch.setattr(qrnn_lm.generate, "generate", watched)
+    monkeypatch.setattr(qrnn_lm.inference.generate, "generate", watched)
     out, _, _ = run
     result = invoke("generate", out, "--prompt", "the", "--tokens", 8, "--seed", 0)
     assert result.exit_code == 0, result.output

@@ -24,7 +24,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..qrnn import QRNNLayer
+from ..nn import QRNNLayer
 from .timing import time_round_robin
 
 __all__ = ["BATCH_SIZES", "SEQ_LENS", "MODES", "run", "format_table", "summarize", "write_csv",

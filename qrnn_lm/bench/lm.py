@@ -2,7 +2,7 @@
 
 Shape letters: T = BPTT length, B = batch size, E = embedding size, V = vocabulary size.
 
-Both models are :class:`qrnn_lm.model.QRNNLanguageModel` with the same sizes, embedding,
+Both models are :class:`qrnn_lm.models.QRNNLanguageModel` with the same sizes, embedding,
 dropouts, tied decoder and loss (cross-entropy + AR/TAR); in the LSTM model every QRNN layer is
 replaced by an ``nn.LSTM`` layer of the same input and hidden size. Weight drop is off in both
 (DropConnect on an ``nn.LSTM``'s weights would take it off PyTorch's fused LSTM kernels).
@@ -26,8 +26,8 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig, TrainConfig
-from ..model import QRNNLanguageModel, embedding_dropout
-from ..train_step import regularized_loss
+from ..models import QRNNLanguageModel, embedding_dropout
+from ..training.step import regularized_loss
 from .timing import SectionTimer, time_round_robin
 
 __all__ = ["LSTMLayer", "build_models", "run", "format_table", "SECTIONS"]

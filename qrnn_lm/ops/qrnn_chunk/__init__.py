@@ -1,5 +1,5 @@
 """CPU kernels for one time chunk of a QRNN layer (see ``kernels.py``); the layer-level driver that
-runs the matrix products chunk by chunk is ``qrnn_lm/qrnn_fused.py``."""
+runs the matrix products chunk by chunk is ``qrnn_lm/nn/fused.py``."""
 
 from .kernels import HAS_NUMBA, backward_chunk, forward_chunk
 

@@ -1,0 +1,144 @@
+"""``qrnn-lm bench``: the benchmark commands (``layer``, ``lm``, ``forget-mult``) as a typer sub-app.
+
+Mounted by the top-level CLI with ``app.add_typer(bench_app, name="bench")``. torch and the
+benchmark modules are imported inside the commands, so ``--help`` stays instant.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+bench_app = typer.Typer(
+    name="bench",
+    no_args_is_help=True,
+    help="Benchmarks: the QRNN layer against nn.LSTM, LM training throughput, the ForgetMult kernels.",
+)
+
+
+class Device(str, Enum):
+    auto = "auto"  # CUDA when available, else CPU
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+def _device(device: Device) -> str:
+    import torch
+
+    if device == Device.auto:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == Device.cuda and not torch.cuda.is_available():
+        _fail("--device cuda asked for, but no CUDA device is available; use --device cpu")
+    return device.value
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(1)
+
+
+def _int_list(text: str, option: str) -> list[int]:
+    from ..bench.layer import parse_int_list
+
+    try:
+        return parse_int_list(text, option)
+    except ValueError as error:
+        _fail(str(error))
+
+
+def _positive(value: int, option: str) -> None:
+    if value < 1:
+        _fail(f"{option} must be >= 1, got {value}")
+
+
+@bench_app.command("layer")
+def layer(
+    hidden_size: Annotated[int, typer.Option(help="Hidden (and input) size of the layers.")] = 320,
+    batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "8,16,32,64,128,256",
+    seq_lens: Annotated[str, typer.Option(help="Comma-separated sequence lengths.")] = "32,64,128,256,512",
+    windows: Annotated[str, typer.Option(help="Comma-separated QRNN windows.")] = "1,2",
+    modes: Annotated[str, typer.Option(help="inference, training, or both comma-separated.")] = "inference,training",
+    repeats: Annotated[int, typer.Option(help="Timed repeats per grid point (median).")] = 5,
+    warmup: Annotated[int, typer.Option(help="Untimed warm-up rounds per grid point.")] = 2,
+    device: Annotated[Device, typer.Option(help="Where to run.")] = Device.auto,
+    csv: Annotated[Path, typer.Option(help="Where to write the CSV.")] = Path("bench_layer.csv"),
+    png: Annotated[Optional[Path], typer.Option(
+        help="Where to write the heatmap (needs matplotlib); empty for none.")] = Path("bench_layer.png"),
+    gemm_floor: Annotated[bool, typer.Option(
+        help="Also time each QRNN's matrix products alone (same shapes): the floor no implementation "
+             "beats, and LSTM time / that floor, the largest possible speed-up.")] = False,
+) -> None:
+    """One QRNN layer (window 1 and 2) against nn.LSTM of the same size over a grid of batch sizes
+    and sequence lengths, in inference and training (the paper's Figure 4, right): median times
+    and LSTM/QRNN speed-ups, a CSV, and a PNG heatmap when matplotlib is installed. A CPU run of
+    the whole grid takes long: cut it with --batch-sizes, --seq-lens and --repeats."""
+    from ..bench import layer as layer_bench
+    from ..bench.timing import machine_description
+
+    sizes, lens, wins = (_int_list(batch_sizes, "--batch-sizes"), _int_list(seq_lens, "--seq-lens"),
+                         _int_list(windows, "--windows"))
+    mode_list = [mode.strip() for mode in modes.split(",") if mode.strip()]
+    if not mode_list or any(mode not in layer_bench.MODES for mode in mode_list):
+        _fail(f"--modes must be a comma-separated subset of {','.join(layer_bench.MODES)}, got {modes!r}")
+    _positive(hidden_size, "--hidden-size")
+    _positive(repeats, "--repeats")
+    if warmup < 0:
+        _fail(f"--warmup must be >= 0, got {warmup}")
+    if png is not None and str(png) in ("", "."):  # typer turns an empty value into Path(".")
+        png = None
+    run_device = _device(device)
+    typer.echo(machine_description(run_device))
+    rows = layer_bench.run(hidden_size, sizes, lens, wins, mode_list, repeats, warmup, run_device,
+                           progress=lambda row: typer.echo(
+                               f"  {row['mode']} B={row['batch_size']} T={row['seq_len']} done"),
+                           gemm_floor=gemm_floor)
+    typer.echo(layer_bench.report(rows, csv, png))
+
+
+@bench_app.command("lm")
+def lm(
+    hidden_size: Annotated[int, typer.Option(help="Hidden size of every layer but the last.")] = 1550,
+    emb_size: Annotated[int, typer.Option(help="Embedding size (also the last layer's size).")] = 400,
+    num_layers: Annotated[int, typer.Option(help="Recurrent layers.")] = 4,
+    vocab_size: Annotated[int, typer.Option(help="Vocabulary size.")] = 10000,
+    bptt: Annotated[int, typer.Option(help="Segment length.")] = 70,
+    batch_size: Annotated[int, typer.Option(help="Parallel streams.")] = 20,
+    repeats: Annotated[int, typer.Option(help="Timed steps per model (median).")] = 5,
+    warmup: Annotated[int, typer.Option(help="Untimed warm-up steps per model.")] = 2,
+    device: Annotated[Device, typer.Option(help="Where to run.")] = Device.auto,
+) -> None:
+    """Training throughput (tokens/s of forward, backward and SGD step) of the QRNN language
+    model against the same model with nn.LSTM layers, at a PTB-like shape, and the share of each
+    part of a step: embedding, recurrent layers, softmax (decoder + loss), optimizer (the paper's
+    Figure 4, left). On CPU the default (hidden 1550) takes minutes: try --hidden-size 640."""
+    from ..bench import lm as lm_bench
+    from ..bench.timing import machine_description
+
+    for value, option in ((hidden_size, "--hidden-size"), (emb_size, "--emb-size"), (num_layers, "--num-layers"),
+                          (vocab_size, "--vocab-size"), (bptt, "--bptt"), (batch_size, "--batch-size"),
+                          (repeats, "--repeats")):
+        _positive(value, option)
+    if warmup < 0:
+        _fail(f"--warmup must be >= 0, got {warmup}")
+    run_device = _device(device)
+    typer.echo(machine_description(run_device))
+    rows = lm_bench.run(vocab_size, emb_size, hidden_size, num_layers, bptt, batch_size, repeats, warmup, run_device)
+    typer.echo(lm_bench.format_table(rows))
+
+
+@bench_app.command("forget-mult")
+def forget_mult(
+    repeats: Annotated[int, typer.Option(help="Timed calls per candidate (median).")] = 20,
+    quick: Annotated[bool, typer.Option(help="At most 5 repeats, fewer chunked shapes.")] = False,
+    device: Annotated[Device, typer.Option(help="Where to run.")] = Device.auto,
+) -> None:
+    """The ForgetMult kernels against the naive loop and a memory-bandwidth reference."""
+    _positive(repeats, "--repeats")
+    run_device = _device(device)
+    from ..bench import forget_mult as forget_mult_bench
+
+    argv = ["--repeats", str(repeats), "--device", run_device] + (["--quick"] if quick else [])
+    forget_mult_bench.main(argv)

@@ -1,0 +1,273 @@
+"""The ``qrnn-lm`` command line: ``train``, ``eval``, ``generate`` and ``bench``.
+
+A thin typer app: each command parses and checks its options, then calls one library function
+(``training.train``, ``inference.evaluate.evaluate_checkpoint``, ``inference.generate.generate``). torch and the engine are
+imported inside the commands, so ``qrnn-lm --help`` is instant.
+
+Exit codes: 0 success; 1 a problem the user can fix (any ``qrnn_lm.config.UserError``), printed as
+one ``error: ...`` line on stderr, never a traceback; 2 a malformed command line (typer's usage
+message, e.g. ``--tokens abc``); 130 interrupted with Ctrl-C (128 + SIGINT, the shell convention).
+The ``bench`` sub-app (``qrnn_lm.cli.bench``) is mounted with ``app.add_typer``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from contextlib import contextmanager
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ..config import UserError
+from .bench import bench_app
+from .recipes import resolve_train_config
+from .train import EXIT_INTERRUPTED, argv_without_nproc, run_training
+
+EXIT_USER_ERROR = 1
+
+app = typer.Typer(
+    name="qrnn-lm",
+    no_args_is_help=True,
+    help="Train, evaluate and sample QRNN language models (Penn Treebank, WikiText or your own text).",
+)
+
+
+class Dataset(str, Enum):
+    """The named corpora (``qrnn_lm.data.DATASETS``); ``--data`` also takes a folder."""
+
+    ptb = "ptb"
+    wikitext_2 = "wikitext-2"
+    wikitext_103 = "wikitext-103"
+
+
+class Device(str, Enum):
+    auto = "auto"  # CUDA when available, else CPU
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Split(str, Enum):
+    train = "train"
+    valid = "valid"
+    test = "test"
+
+
+def _complete_dataset(incomplete: str) -> list[str]:
+    return [item.value for item in Dataset if item.value.startswith(incomplete)]
+
+
+# Options shared by several commands.
+DataOption = Annotated[
+    Optional[str],
+    typer.Option(
+        "--data",
+        metavar="NAME|PATH",
+        help="ptb, wikitext-2, wikitext-103 (downloaded when missing) or a folder holding train.txt, valid.txt, test.txt.",
+        autocompletion=_complete_dataset,
+    ),
+]
+DataDirOption = Annotated[
+    Optional[Path],
+    typer.Option("--data-dir", metavar="DIR", help="Where named datasets live (default: $QRNN_LM_DATA, else ./data)."),
+]
+DeviceOption = Annotated[Device, typer.Option("--device", help="auto picks CUDA when available.", case_sensitive=False)]
+ProgressOption = Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")]
+
+
+def _one_line(message: str) -> str:
+    return " ".join(part.strip() for part in str(message).splitlines() if part.strip())
+
+
+def _error_exit(message: str) -> typer.Exit:
+    """Print ``error: <message>`` as one line on stderr; return the exit-1 exception to raise."""
+    typer.echo(f"error: {_one_line(message)}", err=True)
+    return typer.Exit(EXIT_USER_ERROR)
+
+
+@contextmanager
+def _user_errors():
+    """Turn a UserError into ``error: <one line>`` + exit 1, and Ctrl-C into exit 130."""
+    try:
+        yield
+    except UserError as error:
+        raise _error_exit(str(error)) from None
+    except KeyboardInterrupt:
+        typer.echo("\ninterrupted", err=True)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+
+
+def _check_data(data: str | None) -> None:
+    """Fail fast (before torch loads) on a --data that is neither a known name nor a folder."""
+    if data is None or data in {item.value for item in Dataset} or Path(data).expanduser().is_dir():
+        return
+    names = ", ".join(item.value for item in Dataset)
+    raise _error_exit(f"unknown dataset or missing folder '{data}': use {names} or a folder holding train.txt, valid.txt, test.txt")
+
+
+def _checkpoint_file(path: Path, default_name: str) -> Path:
+    """A run folder stands for its ``default_name`` checkpoint (best.pt to use, last.pt to resume)."""
+    return path / default_name if path.is_dir() else path
+
+
+@app.command()
+def train(
+    data: DataOption = None,
+    config: Annotated[
+        Optional[Path],
+        typer.Option("--config", "-c", metavar="FILE", help="TOML recipe (default: configs/<data>.toml when it exists)."),
+    ] = None,
+    set_: Annotated[
+        Optional[list[str]],
+        typer.Option("--set", "-s", metavar="SECTION.KEY=VALUE", help="Override one config value (repeatable), e.g. --set train.lr=10."),
+    ] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", metavar="DIR", help="Run folder (default: runs/<name>); a resumed run keeps its folder.")] = None,
+    device: DeviceOption = Device.auto,
+    resume: Annotated[
+        Optional[Path],
+        typer.Option("--resume", metavar="DIR|CHECKPOINT", help="Continue an interrupted run (a run folder means its last.pt)."),
+    ] = None,
+    max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="Stop after N optimizer steps (= --set train.max_steps=N).")] = None,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", help="Train for N epochs (= --set train.epochs=N).")] = None,
+    data_dir: DataDirOption = None,
+    progress: ProgressOption = True,
+    nproc: Annotated[
+        int,
+        typer.Option(
+            "--nproc", min=1,
+            help="Data-parallel processes on this machine (torchrun's machinery): one GPU each, or gloo "
+            "on the CPU. data.batch_size stays the global batch.",
+        ),
+    ] = 1,
+):
+    """Train a QRNN language model; checkpoints, TensorBoard logs and results.json go to the run folder.
+
+    Example: qrnn-lm train --data ptb --config configs/ptb-small.toml
+    """
+    if nproc > 1:
+        from ..training.distributed import launch_local
+
+        # Each rank runs this same command line without --nproc, under torchrun's agent.
+        raise typer.Exit(launch_local(nproc, argv_without_nproc(sys.argv[1:])))
+    overrides = list(set_ or [])
+    if max_steps is not None:
+        overrides.append(f"train.max_steps={max_steps}")
+    if epochs is not None:
+        overrides.append(f"train.epochs={epochs}")
+    if data is None and config is None and resume is None:
+        raise _error_exit("say what to train on: --data ptb|wikitext-2|wikitext-103|PATH, or --config FILE, or --resume DIR")
+    _check_data(data)
+    with _user_errors():
+        resumed = None
+        if resume is not None:
+            from ..models.checkpoint import load_checkpoint
+
+            resume = _checkpoint_file(resume, "last.pt")
+            resumed = load_checkpoint(resume)["config"]  # also fails early on a bad checkpoint
+        run_config = resolve_train_config(data, config, overrides, resumed, [d.value for d in Dataset])
+        out = out if out is not None else resume.parent if resume is not None else Path("runs") / run_config.name
+        run_training(run_config, out, device.value, resume, data_dir, progress)
+
+
+@app.command("eval")
+def evaluate(
+    checkpoint: Annotated[Path, typer.Argument(metavar="CHECKPOINT", help="A .pt file, or a run folder (its best.pt).")],
+    split: Annotated[Split, typer.Option("--split", help="Which split to score.")] = Split.test,
+    data: DataOption = None,
+    data_dir: DataDirOption = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Parallel streams: 1 is the exact literature number, more is faster.")] = 1,
+    device: DeviceOption = Device.auto,
+    progress: ProgressOption = True,
+):
+    """Print a checkpoint's loss and perplexity on a split (by default of the data it was trained on).
+
+    Example: qrnn-lm eval runs/ptb-small/best.pt --split test
+    """
+    if batch_size < 1:
+        raise _error_exit(f"--batch-size must be >= 1, got {batch_size}")
+    _check_data(data)
+    with _user_errors():
+        from ..inference.evaluate import evaluate_checkpoint
+
+        result = evaluate_checkpoint(
+            _checkpoint_file(checkpoint, "best.pt"),
+            split=split.value,
+            data=data,
+            data_dir=data_dir,
+            batch_size=batch_size,
+            device=device.value,
+            progress=progress,
+        )
+        typer.echo(
+            f"{result['dataset']} {result['split']}: loss {result['loss']:.4f}  "
+            f"ppl {result['ppl']:.2f}  ({result['tokens']:,} tokens)"
+        )
+
+
+@app.command()
+def generate(
+    checkpoint: Annotated[Path, typer.Argument(metavar="CHECKPOINT", help="A .pt file, or a run folder (its best.pt).")],
+    prompt: Annotated[Optional[str], typer.Option("--prompt", "-p", help="Text to continue (default: start a new line).")] = None,
+    tokens: Annotated[int, typer.Option("--tokens", "-n", help="How many tokens to sample.")] = 100,
+    temperature: Annotated[float, typer.Option("--temperature", "-t", help="> 0; below 1 is more conservative.")] = 1.0,
+    top_k: Annotated[int, typer.Option("--top-k", help="Sample among the K most likely tokens; 0 keeps all.")] = 0,
+    top_p: Annotated[float, typer.Option("--top-p", help="Sample among the most likely tokens holding this probability mass; in (0, 1].")] = 1.0,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Same seed, same text (default: random).")] = None,
+    device: DeviceOption = Device.auto,
+):
+    """Stream sampled text from a checkpoint to stdout (needs no data files; <eos> prints as a newline).
+
+    Example: qrnn-lm generate runs/ptb-small/best.pt --prompt "the company said" --tokens 50 --top-p 0.9
+    """
+    with _user_errors():
+        from ..inference.generate import check_sampling
+
+        check_sampling(num_tokens=tokens, temperature=temperature, top_k=top_k, top_p=top_p)  # before the slow load
+        _stream_sample(_checkpoint_file(checkpoint, "best.pt"), prompt, tokens, temperature, top_k, top_p, seed, device.value)
+
+
+def _stream_sample(path, prompt, tokens, temperature, top_k, top_p, seed, device) -> None:
+    from ..inference.evaluate import resolve_device
+    from ..inference.generate import encode_prompt
+    from ..inference.generate import generate as sample
+    from ..inference.generate import render
+    from ..models.checkpoint import load_checkpoint, model_from_checkpoint
+
+    model, vocab, _ = model_from_checkpoint(load_checkpoint(path), device=resolve_device(device))
+    encoded = encode_prompt(vocab, prompt)
+    if encoded.unknown:
+        words = ", ".join(dict.fromkeys(encoded.unknown))
+        typer.echo(f"warning: not in the vocabulary, read as <unk>: {words}", err=True)
+    if prompt is not None:
+        typer.echo(" ".join(prompt.split()), nl=False)
+    ended_with_newline = prompt is None
+    stream = sample(model, vocab, prompt, num_tokens=tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    try:
+        for piece in render(stream, first=prompt is None):
+            typer.echo(piece, nl=False)  # click's echo flushes: text appears as it is sampled
+            ended_with_newline = piece == "\n"
+        if not ended_with_newline:
+            typer.echo()
+    except BrokenPipeError:  # e.g. `qrnn-lm generate ... | head`: stop quietly
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - Python flushes stdout again at exit
+
+
+app.add_typer(bench_app, name="bench")  # torch loads inside its commands too
+
+
+def main() -> None:
+    """Entry point of the ``qrnn-lm`` script and ``python -m qrnn_lm``."""
+    from ..malloc_tuning import keep_freed_memory
+
+    keep_freed_memory()  # reuse freed tensor memory instead of page-faulting on every step
+    try:
+        app(prog_name="qrnn-lm")
+    except SystemExit as stop:
+        # distributed.launched_by_torchrun's test, read here without importing torch (--help).
+        if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+            raise
+        from ..training.distributed import exit_rank
+
+        exit_rank(stop.code)  # a torchrun rank: skip the library teardown that can abort (see exit_rank)

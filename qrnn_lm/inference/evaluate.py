@@ -1,0 +1,137 @@
+"""Evaluation: the exact per-token cross-entropy of a model over a whole split.
+
+``evaluate`` walks a batchified split in consecutive segments of ``bptt`` steps, carrying the
+hidden state (and the saved convolution inputs) across segments, and averages the loss over every
+target token: ``sum of -log p(target) / number of targets``, in nats. Perplexity is its ``exp``.
+With batch size 1 (the literature's convention) every token of the split but the first is a target.
+
+``loss_sum`` gives the sum and the count instead of the mean: a data-parallel trainer evaluates each
+rank's share of the streams with it and all-reduces both, which gives the exact token-weighted mean.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..models.checkpoint import load_checkpoint, model_from_checkpoint
+from ..config import UserError
+from ..data import Corpus, batchify, get_batch, prepare_dataset
+
+__all__ = ["resolve_device", "evaluate", "loss_sum", "evaluate_checkpoint", "SPLITS"]
+
+SPLITS = ("train", "valid", "test")
+
+
+def resolve_device(name: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` -> cuda when available, else cpu; ``"cpu"``/``"cuda"``/``"cuda:N"`` as given.
+
+    Asking for cuda on a machine without a usable GPU is a UserError saying to use cpu.
+    """
+    if isinstance(name, torch.device):
+        return name
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device {name!r}; use auto, cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("device 'cuda' asked for but no CUDA GPU is available; use --device cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"unsupported device {name!r}; use auto, cpu or cuda")
+    return device
+
+
+def evaluate(model: torch.nn.Module, source: torch.Tensor, bptt: int, *, progress: bool = False) -> float:
+    """Mean per-token loss (nats) of ``model`` over every target of ``source``.
+
+    Args:
+        model: a :class:`~qrnn_lm.models.QRNNLanguageModel` (put in eval mode and reset here).
+        source: ``[N, B]`` batchified token ids on the model's device; ``(N - 1) * B`` targets.
+        bptt: segment length (does not change the result beyond float rounding: the state is
+            carried across segments).
+        progress: show a tqdm bar.
+
+    Returns:
+        ``total loss / (N - 1) * B`` as a Python float.
+    """
+    if source.dim() == 2 and source.size(1) == 0:
+        raise ValueError(f"source must hold at least one stream, got {tuple(source.shape)}")
+    total, count = loss_sum(model, source, bptt, progress=progress)
+    return total / count
+
+
+@torch.no_grad()
+def loss_sum(model: torch.nn.Module, source: torch.Tensor, bptt: int, *, progress: bool = False) -> tuple[float, int]:
+    """``(sum of -log p(target) in nats, number of targets)`` over ``source`` ``[N, B]``, as
+    :func:`evaluate`; ``(0.0, 0)`` for a source with no streams (``B = 0``: a rank without a share)."""
+    if source.dim() == 2 and source.size(1) == 0 and source.size(0) >= 2:
+        return 0.0, 0
+    if source.dim() != 2 or source.size(0) < 2:
+        raise ValueError(f"source must be [N, B] with N >= 2, got {tuple(source.shape)}")
+    if bptt < 1:
+        raise ValueError(f"bptt must be >= 1, got {bptt}")
+    was_training = model.training
+    model.eval()
+    model.reset()
+    hidden = model.init_hidden(source.size(1))
+    total = torch.zeros((), dtype=torch.float64, device=source.device)
+    starts = range(0, source.size(0) - 1, bptt)
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc="eval", unit="seg", leave=False)
+    for start in starts:
+        inputs, targets = get_batch(source, start, bptt)  # [L, B] each
+        logits, hidden, _, _ = model(inputs, hidden)  # [L, B, V]
+        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1), reduction="sum")
+        total += loss.double()
+    model.reset()
+    model.train(was_training)
+    return total.item(), (source.size(0) - 1) * source.size(1)
+
+
+def evaluate_checkpoint(
+    checkpoint: str | os.PathLike | dict[str, Any],
+    *,
+    split: str = "test",
+    data: str | os.PathLike | None = None,
+    data_dir: str | os.PathLike | None = None,
+    batch_size: int = 1,
+    device: str = "auto",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate a checkpoint (a path or a loaded payload) on ``split`` of its dataset or of ``data``.
+
+    Words missing from the checkpoint's vocabulary map to its ``<unk>``. With ``batch_size`` 1 every
+    token but the first is scored; with ``B > 1`` the split is cut into B streams (the last
+    ``N mod B`` tokens are dropped and each stream's first token is not a target), which is faster
+    and differs slightly. Returns
+    ``{"loss", "ppl", "tokens", "split", "dataset", "batch_size"}``.
+    """
+    if split not in SPLITS:
+        raise UserError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    if batch_size < 1:
+        raise UserError(f"batch size must be >= 1, got {batch_size}")
+    payload = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
+    torch_device = resolve_device(device)
+    model, vocab, config = model_from_checkpoint(payload, torch_device)
+    dataset = str(data) if data is not None else config.data.dataset
+    folder = prepare_dataset(dataset, data_dir, progress=progress)
+    corpus = Corpus.load(folder, vocab=vocab, progress=progress)
+    ids = getattr(corpus, split)
+    source = batchify(ids, batch_size).to(torch_device)  # [N, B]
+    loss = evaluate(model, source, config.data.bptt, progress=progress)
+    return {
+        "loss": loss,
+        "ppl": math.exp(loss),
+        "tokens": (source.size(0) - 1) * source.size(1),
+        "split": split,
+        "dataset": dataset,
+        "batch_size": batch_size,
+    }

@@ -1,0 +1,129 @@
+"""The AWD-QRNN language model: embedding -> QRNN stack -> decoder tied to the embedding.
+
+Regularisation follows salesforce/awd-lstm-lm ("Regularizing and Optimizing LSTM Language
+Models", Merity et al. 2017) with its QRNN setup:
+
+* embedding dropout drops whole words (rows of the embedding matrix) for a whole segment;
+* locked (variational) dropout: one mask per sequence, shared over time, on the embedded input,
+  between layers and on the last layer's output;
+* weight drop (DropConnect) on each QRNN layer's gate weights ``layer.linear.weight``, done with a
+  ``torch.nn.utils.parametrize`` parametrization: a fresh mask per forward call in training, the
+  plain weight in evaluation, and the gradient flows to the raw weight;
+* zoneout inside the QRNN layers; AR and TAR terms are computed by the trainer from the last
+  layer's outputs that ``forward`` returns.
+
+Shapes: T = time steps (segment length), B = batch (parallel streams), E = embedding size,
+V = vocabulary size. Everything is time-major, ``[T, B, ...]``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from ..config import ModelConfig
+from ..nn import QRNNLayer
+from .dropout import LockedDropout, WeightDrop, embedding_dropout
+
+__all__ = ["QRNNLanguageModel"]
+
+
+class QRNNLanguageModel(nn.Module):
+    """Word-level language model with a QRNN stack and AWD regularisation.
+
+    Args:
+        vocab_size: number of words ``V``.
+        config: the ``[model]`` section (sizes, windows, dropouts, weight drop, tying).
+    """
+
+    def __init__(self, vocab_size: int, config: ModelConfig):
+        super().__init__()
+        if vocab_size < 1:
+            raise ValueError(f"vocab_size must be >= 1, got {vocab_size}")
+        self.vocab_size = vocab_size
+        self.config = config
+        # With tied weights the decoder reads the embedding matrix, so the last layer must
+        # output emb_size features.
+        last_size = config.emb_size if config.tie_weights else config.hidden_size
+        self.output_size = last_size
+
+        self.embedding = nn.Embedding(vocab_size, config.emb_size)
+        self.drop_input = LockedDropout(config.dropout_input)
+        self.drop_hidden = LockedDropout(config.dropout_hidden)
+        self.drop_output = LockedDropout(config.dropout_output)
+        layers = []
+        for index in range(config.num_layers):
+            layer = QRNNLayer(
+                input_size=config.emb_size if index == 0 else config.hidden_size,
+                hidden_size=last_size if index == config.num_layers - 1 else config.hidden_size,
+                # Every layer keeps its last input so a window > 1 sees the previous segment.
+                save_prev_x=True,
+                zoneout=config.zoneout,
+                window=config.first_window if index == 0 else config.window,
+                output_gate=True,
+            )
+            if config.weight_drop > 0:
+                parametrize.register_parametrization(layer.linear, "weight", WeightDrop(config.weight_drop))
+            layers.append(layer)
+        self.layers = nn.ModuleList(layers)
+        self.decoder = nn.Linear(last_size, vocab_size)
+        if config.tie_weights:
+            self.decoder.weight = self.embedding.weight  # one Parameter, one storage
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        # awd-lstm-lm's initialisation: small uniform embedding, zero decoder bias; the QRNN
+        # linears keep nn.Linear's default.
+        nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
+        nn.init.zeros_(self.decoder.bias)
+        if not self.config.tie_weights:
+            nn.init.uniform_(self.decoder.weight, -0.1, 0.1)
+
+    def layer_sizes(self) -> list[int]:
+        """Hidden size of each layer, bottom to top."""
+        return [layer.hidden_size for layer in self.layers]
+
+    def init_hidden(self, batch_size: int) -> list[torch.Tensor]:
+        """Zero hidden states: one ``[B, H_l]`` tensor per layer, on the model's device and dtype."""
+        weight = self.embedding.weight
+        return [weight.new_zeros(batch_size, size) for size in self.layer_sizes()]
+
+    def reset(self) -> None:
+        """Forget the inputs saved for the convolution windows (``save_prev_x``): call it at the
+        start of each epoch, of each evaluation and of generation."""
+        for layer in self.layers:
+            layer.reset()
+
+    def forward(
+        self, tokens: torch.Tensor, hidden: list[torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor, torch.Tensor]:
+        """Run one segment.
+
+        Args:
+            tokens: ``[T, B]`` token ids (long).
+            hidden: the previous segment's ``new_hidden`` (a list of ``[B, H_l]``), or None for zeros.
+
+        Returns:
+            ``(logits [T, B, V], new_hidden, raw_output [T, B, E], dropped_output [T, B, E])``:
+            ``raw_output``/``dropped_output`` are the last layer's output before/after the output
+            dropout (TAR uses the first, AR the second; E is the last layer's size). ``new_hidden``
+            is still attached to the graph: detach it before the next segment.
+        """
+        if tokens.dim() != 2:
+            raise ValueError(f"tokens must have shape [T, B], got {tuple(tokens.shape)}")
+        if hidden is None:
+            hidden = self.init_hidden(tokens.size(1))
+        if len(hidden) != len(self.layers):
+            raise ValueError(f"hidden must hold {len(self.layers)} tensors (one per layer), got {len(hidden)}")
+        x = embedding_dropout(self.embedding, tokens, self.config.dropout_emb, self.training)  # [T, B, E]
+        x = self.drop_input(x)
+        new_hidden = []
+        raw_output = x
+        for index, layer in enumerate(self.layers):
+            raw_output, last_state = layer(x, hidden[index])  # [T, B, H_l], [1, B, H_l]
+            new_hidden.append(last_state[0])  # [B, H_l]
+            x = self.drop_hidden(raw_output) if index < len(self.layers) - 1 else raw_output
+        dropped_output = self.drop_output(raw_output)  # [T, B, E]
+        logits = self.decoder(dropped_output)  # [T, B, V]
+        return logits, new_hidden, raw_output, dropped_output

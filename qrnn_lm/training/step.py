@@ -1,0 +1,111 @@
+"""One training step: forward, the regularised loss (cross-entropy + AR + TAR), backward, clipping.
+
+``train_step`` leaves the optimiser step (and the learning-rate rescaling) to the caller.
+
+Data parallel: ``model`` is then the DistributedDataParallel wrapper, whose backward averages the
+gradients over ranks. Each rank's loss is the mean over its own tokens (cross-entropy, AR and TAR
+alike) and every rank holds the same number of tokens (equal stream blocks, equal segment length),
+so the average of the ranks' gradients is the gradient of the mean over the global batch. Before
+backward the ranks exchange their losses and segment lengths in one small all-gather: a NaN on any
+rank stops every rank with the same TrainingError (no rank is left waiting in an all-reduce), and
+lengths that differ (diverged BPTT generators) are a RuntimeError.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import TrainConfig, UserError
+from . import distributed
+
+__all__ = ["TrainingError", "StepResult", "regularized_loss", "train_step"]
+
+
+class TrainingError(UserError):
+    """Training cannot go on, e.g. the loss became NaN or infinite."""
+
+
+@dataclass
+class StepResult:
+    loss: float  # the step's cross-entropy (nats per token, mean over every rank's tokens), without AR/TAR
+    grad_norm: float  # total gradient norm before clipping
+    hidden: list[torch.Tensor]  # the new hidden state, detached from the graph
+
+
+def regularized_loss(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    raw_output: torch.Tensor,
+    dropped_output: torch.Tensor,
+    alpha: float,
+    beta: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(cross_entropy, cross_entropy + AR + TAR)``.
+
+    AR = ``alpha * mean(dropped_output ** 2)`` (activation regularisation on the last layer's
+    dropped output); TAR = ``beta * mean((raw_output[t] - raw_output[t-1]) ** 2)`` (temporal
+    activation regularisation on its raw output; skipped for a one-step segment).
+    Shapes: logits ``[T, B, V]``, targets ``[T, B]``, outputs ``[T, B, E]``.
+    """
+    cross_entropy = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1))
+    loss = cross_entropy
+    if alpha:
+        loss = loss + alpha * dropped_output.float().pow(2).mean()
+    if beta and raw_output.size(0) > 1:
+        loss = loss + beta * (raw_output[1:] - raw_output[:-1]).float().pow(2).mean()
+    return cross_entropy, loss
+
+
+def train_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    hidden: list[torch.Tensor] | None,
+    train: TrainConfig,
+    where: str = "",
+) -> StepResult:
+    """Forward, regularised loss, backward and gradient clipping on one segment (no optimiser step).
+
+    Raises :class:`TrainingError` when the loss or the gradient norm is not finite; nothing has
+    been applied to the weights then.
+    """
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    logits, new_hidden, raw_output, dropped_output = model(inputs, hidden)
+    cross_entropy, loss = regularized_loss(logits, targets, raw_output, dropped_output, train.alpha, train.beta)
+    loss_value = _checked_loss(cross_entropy.item(), loss.item(), inputs.size(0), where)
+    loss.backward()
+    max_norm = train.clip if train.clip > 0 else math.inf
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
+    if not math.isfinite(grad_norm):
+        raise TrainingError(
+            f"the gradient norm became {grad_norm} {where}; lower train.lr (or train.clip) and "
+            "resume from the run's last.pt, which is kept as it was"
+        )
+    return StepResult(loss_value, grad_norm, [h.detach() for h in new_hidden])
+
+
+def _checked_loss(cross_entropy: float, loss: float, seq_len: int, where: str) -> float:
+    """The cross-entropy averaged over all ranks (equal token counts); raises TrainingError on
+    every rank when the loss is not finite on any rank."""
+    rows = distributed.all_gather_floats([cross_entropy, loss, seq_len])  # one row per rank
+    lengths = {int(row[2]) for row in rows}
+    if len(lengths) > 1:
+        raise RuntimeError(f"the ranks drew different BPTT lengths {[int(row[2]) for row in rows]} {where}: "
+                           "their BPTT generators diverged")
+    for rank, (value, total, _) in enumerate(rows):
+        if not math.isfinite(value) or not math.isfinite(total):
+            on_rank = f" on rank {rank}" if len(rows) > 1 else ""
+            shown = value if not math.isfinite(value) else total
+            raise TrainingError(
+                f"the training loss became {shown}{on_rank} {where}; "
+                + ("every rank stopped; " if len(rows) > 1 else "")
+                + "lower train.lr (or train.clip) and resume from the run's last.pt, which is kept as it was"
+            )
+    return sum(row[0] for row in rows) / len(rows)

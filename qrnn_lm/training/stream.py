@@ -1,0 +1,172 @@
+"""The training data stream: the corpus cut into parallel streams, walked in BPTT segments, with
+the state carried from one segment to the next.
+
+A :class:`TrainingStream` owns this rank's columns of the ``[N, batch_size]`` training streams, the
+generator that draws the segment lengths (awd's variable BPTT; the same on every rank) and the
+carried state: the hidden state (detached) and, inside the model's QRNN layers, each layer's saved
+inputs ``prevX``. Its distributed details: :func:`make_stream` gives each rank its contiguous
+block of stream columns, and a checkpoint stores the carried state of the *global* batch
+(gathered from the ranks, :func:`concat_streams`), from which any number of ranks take their
+columns back (:func:`stream_columns`).
+
+Shapes: N = time steps of a stream, B = streams, H = hidden size, I = a layer's input size.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..config import Config, DataConfig, UserError
+from ..data import Corpus, batchify, get_batch, prepare_dataset, sample_seq_len
+from . import distributed
+
+__all__ = [
+    "TrainingStream",
+    "make_stream",
+    "load_corpus",
+    "next_segment",
+    "capture_stream",
+    "restore_stream",
+    "stream_to_cpu",
+    "stream_columns",
+    "concat_streams",
+]
+
+
+def make_stream(ids: torch.Tensor, batch_size: int, device: torch.device, rank: int = 0, world_size: int = 1,
+                *, even: str | None = None) -> torch.Tensor:
+    """``[N]`` token ids -> ``[N // B, B]`` parallel streams cut as in one process, of which this
+    rank keeps its contiguous block of columns (``[N // B, B / world_size]`` when even), on
+    ``device``: the one place where the training, validation and test streams are cut.
+
+    ``even`` names the config key of ``batch_size`` when every rank must get the same number of
+    streams (training: equal token counts make DDP's average the global mean); a batch size that
+    the number of processes does not divide is then a UserError.
+    """
+    if even is not None and batch_size % world_size:
+        raise UserError(
+            f"{even} = {batch_size} must be divisible by the number of processes ({world_size}): it is the "
+            f"global batch, split into equal per-rank blocks; use e.g. --set {even}={batch_size // world_size * world_size or world_size}"
+        )
+    start, stop = distributed.column_range(batch_size, rank, world_size)
+    return batchify(ids, batch_size)[:, start:stop].contiguous().to(device)
+
+
+def load_corpus(config: Config, data_dir: str | Path | None, progress: bool) -> Corpus:
+    """The run's corpus. Rank 0 prepares (maybe downloads) and tokenises the dataset first, then
+    each other machine's first rank, then all the others, which find the files and the token cache
+    ready: no two processes download into one folder, nor tokenise a large corpus, at once."""
+    rank, local_rank = distributed.get_rank(), distributed.get_local_rank()
+    turn = 0 if rank == 0 else 1 if local_rank == 0 else 2
+    corpus = None
+    for current in range(3 if distributed.get_world_size() > 1 else 1):
+        if turn == current:
+            corpus = Corpus.load(prepare_dataset(config.data.dataset, data_dir, progress=progress), progress=progress)
+        distributed.barrier()
+    return corpus
+
+
+def next_segment(
+    source: torch.Tensor, position: int, data: DataConfig, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The next BPTT segment of ``source`` ``[N, B]`` starting at time step ``position``.
+
+    The length is drawn from ``generator`` (awd's variable BPTT) when ``data.variable_bptt``, else
+    ``data.bptt``; it is cut at the end of the stream. Returns ``(inputs, targets)``, ``[L, B]`` each.
+    """
+    seq_len = sample_seq_len(data.bptt, generator) if data.variable_bptt else data.bptt
+    return get_batch(source, position, seq_len)
+
+
+class TrainingStream:
+    """This rank's training streams, the BPTT generator and the carried hidden state.
+
+    Args:
+        ids: the ``[N]`` training token ids of the whole corpus.
+        data: the ``[data]`` section (global ``batch_size``, ``bptt``, ``variable_bptt``).
+        device: where the streams live.
+        seed: seeds the BPTT generator (equal on every rank, so every rank draws the same lengths).
+    """
+
+    def __init__(self, ids: torch.Tensor, data: DataConfig, device: torch.device, seed: int):
+        self.data = data
+        self.tokens = make_stream(ids, data.batch_size, device, distributed.get_rank(),
+                                  distributed.get_world_size(), even="data.batch_size")  # [N, B / ranks]
+        self.generator = torch.Generator().manual_seed(seed)  # BPTT lengths only
+        self.hidden: list[torch.Tensor] | None = None  # [B / ranks, H] per layer, detached
+
+    @property
+    def limit(self) -> int:
+        """An epoch ends when fewer than 2 time steps are left (as awd-lstm-lm)."""
+        return self.tokens.size(0) - 2
+
+    def next_segment(self, position: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(inputs, targets)``, ``[L, B / ranks]`` each, starting at ``position``."""
+        return next_segment(self.tokens, position, self.data, self.generator)
+
+    def start_epoch(self, model: nn.Module) -> None:
+        """A new pass over the stream: no saved inputs, zero hidden state."""
+        model.reset()
+        self.hidden = None
+
+    def capture(self, model: nn.Module) -> dict[str, Any]:
+        """The carried state now (references, see :func:`capture_stream`)."""
+        return capture_stream(model, self.hidden)
+
+    def restore(self, model: nn.Module, saved: dict[str, Any], device: torch.device) -> None:
+        """Take this rank's columns of a carried state saved for the global batch."""
+        start, stop = distributed.column_range(self.data.batch_size, distributed.get_rank(),
+                                               distributed.get_world_size())
+        self.hidden = restore_stream(model, stream_columns(saved, start, stop), device)
+
+
+def capture_stream(model: nn.Module, hidden: list[torch.Tensor] | None) -> dict[str, Any]:
+    """The state carried from one segment to the next: hidden ``[B, H]`` per layer and each layer's
+    saved inputs ``prevX`` (``[window - 1, B, I]`` or None). References, not copies: the model
+    replaces these tensors rather than writing into them."""
+    return {
+        "hidden": None if hidden is None else [h.detach() for h in hidden],
+        "prev_x": [getattr(layer, "prevX", None) for layer in model.layers],
+    }
+
+
+def restore_stream(model: nn.Module, stream: dict[str, Any], device: torch.device) -> list[torch.Tensor] | None:
+    """Put the saved inputs back into the layers; return the hidden state (on ``device``)."""
+    for layer, prev in zip(model.layers, stream["prev_x"]):
+        layer.prevX = None if prev is None else prev.to(device)
+    hidden = stream["hidden"]
+    return None if hidden is None else [h.to(device) for h in hidden]
+
+
+def stream_to_cpu(stream: dict[str, Any]) -> dict[str, Any]:
+    """Copies on the CPU, for a checkpoint."""
+    def cpu(tensor):
+        return None if tensor is None else tensor.detach().cpu().clone()
+
+    return {
+        "hidden": None if stream["hidden"] is None else [cpu(h) for h in stream["hidden"]],
+        "prev_x": [cpu(p) for p in stream["prev_x"]],
+    }
+
+
+def stream_columns(stream: dict[str, Any], start: int, stop: int) -> dict[str, Any]:
+    """The carried state of streams ``start:stop`` (hidden ``[B, H]`` rows, prev_x ``[w-1, B, I]``
+    columns) of a stream state saved for the global batch."""
+    return {
+        "hidden": None if stream["hidden"] is None else [h[start:stop] for h in stream["hidden"]],
+        "prev_x": [None if p is None else p[:, start:stop] for p in stream["prev_x"]],
+    }
+
+
+def concat_streams(streams: list[dict[str, Any]]) -> dict[str, Any]:
+    """Join the ranks' stream states (in rank order) into the state of the global batch."""
+    first = streams[0]
+    hidden = None
+    if first["hidden"] is not None:
+        hidden = [torch.cat(parts, dim=0) for parts in zip(*(s["hidden"] for s in streams))]
+    prev_x = [None if parts[0] is None else torch.cat(parts, dim=1) for parts in zip(*(s["prev_x"] for s in streams))]
+    return {"hidden": hidden, "prev_x": prev_x}

@@ -1,0 +1,297 @@
+"""The training engine: AWD-style training of the QRNN language model, resumable to the step.
+
+One run, as salesforce/awd-lstm-lm's main.py: for each epoch, walk the batchified training stream
+in segments of random length (variable BPTT), carrying the hidden state across segments
+(detached); loss = cross-entropy + AR + TAR; clip the gradient norm; step SGD / averaged SGD /
+Adam with the learning rate rescaled by ``segment length / bptt``. After each epoch: validate
+(with ASGD's averaged weights once NT-ASGD has switched), save ``best.pt`` on improvement, maybe
+switch to ASGD, apply ``lr_decay_epochs``, save ``last.pt``. At the end, the best checkpoint is
+evaluated on test and ``results.json`` written.
+
+A :class:`Trainer` is built once from the config and holds one component per job, each with its
+own distributed details: the training stream (:mod:`.stream`), the optimiser and its schedule
+(:mod:`.optimizer`), validation and test (:mod:`.evaluator`), the checkpointer
+(:mod:`.checkpointer`), the metrics logger and meter (:mod:`.metrics`) and the console
+(:mod:`.console`). Its loop below reads top to bottom: ``run`` -> epochs -> steps -> end of epoch
+-> finish.
+
+Stopping and resuming:
+* ``train.max_steps`` and ``train.epochs`` count from the start of the run, across resumes: a run
+  stopped by ``max_steps=100`` and resumed with ``max_steps=300`` does 200 more steps. When
+  ``max_steps`` stops a run mid-epoch, ``last.pt`` holds the exact position; the final test still
+  runs (on ``best.pt``; when no epoch has finished yet, the current weights are validated once and
+  saved as ``best.pt`` first, without entering the NT-ASGD history).
+* Ctrl-C saves ``last.pt`` at the exact position (the start of the interrupted step) and re-raises
+  KeyboardInterrupt for the caller (the CLI prints the resume command).
+* A non-finite loss or gradient norm raises :class:`TrainingError`; no checkpoint is written, so
+  the last good ``last.pt`` stays.
+
+Data parallel: started by torchrun (``torchrun --nproc_per_node N -m qrnn_lm train ...``), ``train``
+joins the process group (:func:`qrnn_lm.training.distributed.session`) and each rank trains its
+block of the global batch's streams through DistributedDataParallel, which makes N ranks train the
+same model as one process with the whole batch. Rank 0 alone writes ``config.toml``, TensorBoard,
+checkpoints, ``results.json`` and console output; validation and test are exact token-weighted
+means over the ranks' shares. A Ctrl-C in a distributed run saves nothing mid-epoch (the ranks are
+interrupted at different points): resume from the last ``last.pt`` written at an epoch end or at
+``max_steps``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import Config, UserError, to_toml
+from ..inference.evaluate import resolve_device
+from ..models import QRNNLanguageModel, WeightDrop
+from ..models.checkpoint import clean_state_dict
+from . import distributed
+from .checkpointer import Checkpointer, check_same_data, read_resume_point, restore_rng_states
+from .console import Console
+from .evaluator import Evaluator
+from .interrupts import sigint_deferred
+from .metrics import Meter, make_logger
+from .optimizer import Schedule
+from .state import RunState, SharedMasks, Snapshot, capture_rng
+from .step import TrainingError, train_step
+from .stream import TrainingStream, load_corpus
+
+__all__ = ["train", "Trainer", "TrainingError"]
+
+
+def train(
+    config: Config,
+    out_dir: str | Path,
+    *,
+    device: str = "auto",
+    resume: str | Path | None = None,
+    data_dir: str | Path | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train ``config`` into ``out_dir`` (checkpoints, ``config.toml``, ``tb/``, ``results.json``).
+
+    Args:
+        config: the resolved :class:`~qrnn_lm.config.Config`. With ``resume`` it must match the
+            checkpoint's model and data sections; the ``[train]`` section may differ (e.g. more
+            epochs or max_steps).
+        out_dir: run folder; a fresh run refuses a folder that already holds ``last.pt``.
+        device: ``"auto"`` (cuda if available, else cpu), ``"cpu"`` or ``"cuda"``.
+        resume: a ``last.pt`` (or a run folder, meaning its ``last.pt``) to continue exactly.
+        data_dir: where named datasets live (see :func:`qrnn_lm.data.resolve_data_dir`).
+        progress: tqdm bars (on rank 0 only). The console lines (validation results, schedule
+            changes, interruptions) are printed on rank 0 either way.
+
+    Returns:
+        the results dict also written to ``out_dir/results.json``.
+    """
+    device = resolve_device(device)
+    try:
+        distributed.check_devices(device)
+    except ValueError as error:
+        raise UserError(str(error)) from None
+    with distributed.session(device) as rank_device:
+        trainer = Trainer(config, Path(out_dir), rank_device, resume=resume, data_dir=data_dir, progress=progress)
+        try:
+            return trainer.run()
+        finally:
+            trainer.logger.close()
+
+
+class Trainer:
+    """One training run, fresh or resumed from ``resume`` (see :func:`train` for the arguments;
+    ``device`` is this rank's resolved device)."""
+
+    def __init__(self, config: Config, out_dir: Path, device: torch.device, *, resume: str | Path | None = None,
+                 data_dir: str | Path | None = None, progress: bool = True):
+        self.config, self.out_dir, self.device = config, out_dir, device
+        self.world_size = distributed.get_world_size()
+        main = distributed.is_main()
+        seed = config.train.seed
+        self.console = Console(progress, enabled=main)
+        resumed = read_resume_point(resume, config, out_dir)
+        if main:
+            out_dir.mkdir(parents=True, exist_ok=True)  # rank 0 alone writes into it
+
+        torch.manual_seed(seed)  # parameters (equal on every rank) and dropout masks
+        self.corpus = load_corpus(config, data_dir, self.console.progress)
+        if resumed is not None:
+            check_same_data(resumed.payload, self.corpus)
+        self.stream = TrainingStream(self.corpus.train, config.data, device, seed)
+        self.model = QRNNLanguageModel(len(self.corpus.vocab), config.model).to(device)
+        weight_drops = [module for module in self.model.modules() if isinstance(module, WeightDrop)]
+        self.shared = SharedMasks(weight_drops, device, seed + 1)  # weight-drop masks, equal on every rank
+        if self.world_size > 1:
+            torch.manual_seed(distributed.rank_seed(seed, distributed.get_rank()))  # this rank's own masks
+        if resumed is None:
+            self.state = RunState(lr=config.train.lr, optimizer=config.train.optimizer)
+            self.schedule = Schedule(self.model, config.train, self.state)
+        else:
+            self.model.load_state_dict(clean_state_dict(resumed.payload["model"]))
+            self.state = RunState.from_payload(resumed.payload)
+            self.schedule = Schedule(self.model, config.train, self.state, (resumed.payload, resumed.config.train))
+            restore_rng_states(resumed.payload, self.stream.generator, self.shared.generator, seed)
+            self.stream.restore(self.model, resumed.payload["stream"], device)
+        self.evaluator = Evaluator(self.corpus, config.data, device)
+        self.ddp = distributed.wrap_ddp(self.model, device)  # what training calls
+        self.checkpointer = Checkpointer(out_dir, config, self.corpus)
+        self.meter = Meter()
+        self.snapshot: Snapshot | None = None  # state at the start of the step in progress, if any
+        if main:
+            (out_dir / "config.toml").write_text(to_toml(config), encoding="utf-8")
+        self.logger = make_logger(out_dir / "tb" if main else None)
+        if resumed is not None:
+            self.console.echo(f"resuming {resume}: epoch {self.state.epoch}, step {self.state.step}")
+
+    # -- the loop, top to bottom -------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        """Train until ``train.epochs`` or ``train.max_steps``, then test ``best.pt``."""
+        started = time.perf_counter()
+        status = self._train()
+        return self._finish(status, time.perf_counter() - started)
+
+    def _train(self) -> str:
+        """Epochs until ``train.epochs`` or ``train.max_steps``; returns "completed" or "max_steps"."""
+        while self.state.epoch <= self.config.train.epochs:
+            try:
+                if not self._epoch():
+                    return "max_steps"
+                self._end_of_epoch()
+            except KeyboardInterrupt:
+                self._save_interrupted()
+                raise
+        return "completed"
+
+    def _epoch(self) -> bool:
+        """The rest of the current epoch's steps; False when ``train.max_steps`` stopped it."""
+        state, max_steps = self.state, self.config.train.max_steps
+        if state.position == 0:
+            self.stream.start_epoch(self.model)
+        bar = self.console.epoch_bar(state.epoch, self.config.train.epochs, state.position, self.stream.limit,
+                                     self.config.data.batch_size)
+        try:
+            while state.position < self.stream.limit:
+                if max_steps and state.step >= max_steps:
+                    return False
+                self._step(bar)
+        finally:
+            if bar is not None:
+                bar.close()
+        return True
+
+    def _step(self, bar) -> None:
+        state = self.state
+        # Everything a replay of this step needs, taken before any randomness is drawn.
+        self.snapshot = self._snapshot(state.copy())
+        inputs, targets = self.stream.next_segment(state.position)  # [L, B / ranks]
+        where = f"at epoch {state.epoch}, step {state.step + 1}"
+        result = train_step(self.ddp, self.schedule.optimizer, inputs, targets, self.stream.hidden,
+                            self.config.train, where)
+        seq_len, tokens = inputs.size(0), targets.numel() * self.world_size  # every rank's tokens
+        with sigint_deferred():
+            # awd-lstm-lm rescales the learning rate by the segment's length for every optimiser.
+            self.schedule.step(seq_len / self.config.data.bptt)
+            self.stream.hidden = result.hidden
+            state.position += seq_len
+            state.step += 1
+            state.tokens += tokens
+            self.snapshot = None
+        self.meter.add(result.loss, result.grad_norm, tokens)
+        if bar is not None:
+            bar.update(seq_len)
+        if state.step % self.config.train.log_interval == 0:
+            metrics = self.meter.flush(state.lr)
+            self.logger.log(metrics, state.step)
+            if bar is not None:
+                bar.set_postfix(loss=f"{metrics['train/loss']:.3f}", ppl=f"{metrics['train/ppl']:.1f}",
+                                tok_s=f"{metrics['tokens_per_s']:.0f}")
+
+    def _end_of_epoch(self) -> None:
+        state = self.state
+        val_loss = self.validate()
+        self.logger.log({"val/loss": val_loss, "val/ppl": _ppl(val_loss)}, state.step)
+        self.console.echo(f"epoch {state.epoch:3d} | step {state.step} | valid loss {val_loss:.3f} | "
+                          f"valid ppl {_ppl(val_loss):.2f}" + (" | averaged" if state.optimizer == "asgd" else ""))
+        with sigint_deferred():
+            if val_loss < state.best_val_loss:
+                state.best_val_loss = val_loss
+                with self.schedule.averaged():
+                    self._save("best")
+            self.schedule.end_of_epoch(val_loss, self.console.echo)
+            state.epoch += 1
+            state.position = 0
+            self.stream.hidden = None
+            self._save("last")
+
+    def _finish(self, status: str, seconds: float) -> dict[str, Any]:
+        state, config = self.state, self.config
+        if status == "max_steps":
+            self._save("last")
+            if not self.checkpointer.has_best():
+                # No epoch finished yet: validate once so there is a best.pt to test, eval and sample.
+                val_loss = self.validate()
+                self.console.echo(f"stopped at step {state.step} (max_steps): valid ppl {_ppl(val_loss):.2f}")
+                best_state = state.copy()
+                best_state.best_val_loss = val_loss
+                with self.schedule.averaged():
+                    self._save("best", self._snapshot(best_state))
+        model, best_val = self.checkpointer.load_best(self.device)
+        test_loss, test_tokens = self.evaluator.test_loss(model, progress=self.console.progress)
+        results = {
+            "name": config.name,
+            "dataset": config.data.dataset,
+            "status": status,
+            "epochs_completed": state.epoch - 1,
+            "steps": state.step,
+            "train_tokens": state.tokens,
+            "optimizer": state.optimizer,
+            "best_val_loss": best_val,
+            "best_val_ppl": _ppl(best_val),
+            "test_loss": test_loss,
+            "test_ppl": _ppl(test_loss),
+            "test_tokens": test_tokens,
+            "test_batch_size": config.data.test_batch_size,
+            "checkpoint": str(self.out_dir / "best.pt"),
+            "seconds": round(seconds, 1),
+        }
+        if distributed.is_main():
+            (self.out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+        self.logger.log({"test/loss": test_loss, "test/ppl": _ppl(test_loss)}, state.step)
+        self.console.echo(f"test loss {test_loss:.3f} | test ppl {_ppl(test_loss):.2f} (best.pt, batch size "
+                          f"{config.data.test_batch_size})")
+        return results
+
+    # -- the pieces the loop calls -----------------------------------------------------------------
+
+    def validate(self) -> float:
+        """Validation loss of the current model (averaged weights when ASGD is active)."""
+        with self.schedule.averaged():
+            return self.evaluator.valid_loss(self.model)
+
+    def _snapshot(self, state: RunState) -> Snapshot:
+        rng = capture_rng(self.stream.generator, self.shared.generator)
+        return Snapshot(state, rng, self.stream.capture(self.model))
+
+    def _save(self, kind: str, snapshot: Snapshot | None = None) -> Path:
+        """Write ``kind``.pt from the live state (consistent between steps) or ``snapshot``."""
+        snapshot = snapshot if snapshot is not None else self._snapshot(self.state)
+        return self.checkpointer.save(kind, self.model, self.schedule.optimizer, snapshot)
+
+    def _save_interrupted(self) -> None:
+        """Ctrl-C: write last.pt at the start of the interrupted step (or the current boundary)."""
+        if self.world_size > 1:
+            # Saving gathers from every rank, which Ctrl-C reached at different points: it could hang.
+            self.console.echo("interrupted: nothing saved mid-epoch in a distributed run; resume from "
+                              f"{self.out_dir / 'last.pt'}")
+            return
+        path = self._save("last", self.snapshot)
+        self.console.echo(f"interrupted at epoch {self.state.epoch}, step {self.state.step}: saved {path}")
+
+
+def _ppl(loss: float) -> float:
+    return math.exp(min(loss, 700.0))  # beyond exp(700) a float overflows

@@ -1,0 +1,204 @@
+"""Smoke tests of the benchmark code paths on tiny shapes: they run and report the right columns.
+
+No timing assertions: the numbers themselves are only checked for being positive and consistent.
+"""
+
+import copy
+import csv
+import sys
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from qrnn_lm.bench import layer as layer_bench
+from qrnn_lm.bench import lm as lm_bench
+from qrnn_lm.cli.bench import bench_app
+from qrnn_lm.bench.timing import SectionTimer, machine_description, time_round_robin
+
+runner = CliRunner()
+TINY_LM = dict(vocab_size=50, emb_size=8, hidden_size=12, num_layers=2, bptt=5, batch_size=3)
+
+
+def test_time_round_robin_interleaves_warmup_and_repeats():
+    calls = []
+    medians = time_round_robin({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3, warmup=2)
+    assert calls == ["a", "b", "b", "a"] * 2 + ["a", "b"]  # the order rotates every round
+    assert set(medians) == {"a", "b"} and all(value >= 0 for value in medians.values())
+    with pytest.raises(ValueError, match="repeats must be >= 1, got 0"):
+        time_round_robin({}, repeats=0, warmup=0)
+
+
+def test_machine_description_names_the_cpu_threads_and_torch():
+    text = machine_description("cpu")
+    assert text.startswith("CPU ") and f"{torch.get_num_threads()} torch threads" in text
+    assert text.endswith(f"torch {torch.__version__}")
+    if sys.platform.startswith("linux"):  # read from /proc/cpuinfo: family, model and vector extensions
+        assert "family " in text and any(v in text for v in ("AVX-512", "AVX2", "no AVX2"))
+
+
+def test_section_timer_accumulates_per_section():
+    timer = SectionTimer()
+    for name in ("a", "b", "a"):
+        with timer(name):
+            pass
+    assert set(timer.totals) == {"a", "b"} and all(value >= 0 for value in timer.totals.values())
+
+
+@pytest.fixture(scope="module")
+def layer_rows():
+    return layer_bench.run(hidden_size=8, batch_sizes=[2, 3], seq_lens=[4], windows=(1, 2), repeats=1, warmup=0)
+
+
+def test_layer_grid_rows_table_and_summary(layer_rows):
+    assert [(r["mode"], r["batch_size"], r["seq_len"]) for r in layer_rows] == [
+        ("inference", 2, 4), ("inference", 3, 4), ("training", 2, 4), ("training", 3, 4)]
+    for row in layer_rows:
+        for w in (1, 2):
+            assert row[f"qrnn_w{w}_ms"] > 0
+            assert row[f"speedup_w{w}"] == pytest.approx(row["lstm_ms"] / row[f"qrnn_w{w}_ms"])
+    table = layer_bench.format_table(layer_rows)
+    assert table.splitlines()[0].split() == ["mode", "B", "T", "LSTM", "ms", "QRNN", "w1", "ms", "QRNN", "w2", "ms",
+                                             "LSTM/QRNN", "w1", "LSTM/QRNN", "w2"]
+    assert len(table.splitlines()) == 1 + len(layer_rows)
+    summary = layer_bench.summarize(layer_rows)
+    assert [(s["mode"], s["window"]) for s in summary] == [("inference", 1), ("inference", 2), ("training", 1), ("training", 2)]
+
+
+def test_layer_gemm_floor_adds_products_times_and_ceilings():
+    rows = layer_bench.run(hidden_size=8, batch_sizes=[2], seq_lens=[4], windows=(1, 2), repeats=1, warmup=0,
+                           gemm_floor=True)
+    for row in rows:
+        for w in (1, 2):
+            assert row[f"gemm_w{w}_ms"] > 0
+            assert row[f"ceiling_w{w}"] == pytest.approx(row["lstm_ms"] / row[f"gemm_w{w}_ms"])
+    assert layer_bench.format_table(rows).splitlines()[0].split()[-6:] == [
+        "w1", "ms", "products", "w2", "ms", "ceiling", "w1", "ceiling", "w2"][-6:]
+    assert all("ceiling_median" in entry for entry in layer_bench.summarize(rows))
+    assert "products-only ceiling median" in layer_bench.format_summary(rows)
+
+
+def test_products_only_runs_the_layers_three_products():
+    products = layer_bench._products_only(rows=6, in_features=4, out_features=9, mode="training", device="cpu")
+    calls = []
+    real_mm = torch.mm
+    try:
+        torch.mm = lambda *a, **k: calls.append(tuple(a[0].shape) + tuple(a[1].shape)) or real_mm(*a, **k)
+        products()
+    finally:
+        torch.mm = real_mm
+    assert calls == [(6, 4, 4, 9), (6, 9, 9, 4), (9, 6, 6, 4)]  # forward, input gradient, weight gradient
+
+
+def test_layer_csv_and_no_heatmap_without_matplotlib(layer_rows, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
+    text = layer_bench.report(layer_rows, tmp_path / "out" / "grid.csv", tmp_path / "grid.png")
+    assert "heatmap: skipped (matplotlib is not installed" in text
+    assert not (tmp_path / "grid.png").exists()
+    with (tmp_path / "out" / "grid.csv").open() as handle:
+        read = list(csv.DictReader(handle))
+    assert list(read[0]) == ["device", "mode", "hidden_size", "batch_size", "seq_len", "lstm_ms",
+                             "qrnn_w1_ms", "speedup_w1", "qrnn_w2_ms", "speedup_w2"]
+    assert len(read) == len(layer_rows) and read[2]["mode"] == "training"
+
+
+def test_parse_int_list_names_the_option():
+    assert layer_bench.parse_int_list("8, 16,32", "--batch-sizes") == [8, 16, 32]
+    with pytest.raises(ValueError, match="--seq-lens must be a comma-separated list of positive integers, got '0'"):
+        layer_bench.parse_int_list("0", "--seq-lens")
+
+
+def test_lm_rows_have_throughput_and_shares_that_sum_to_one():
+    rows = lm_bench.run(**TINY_LM, repeats=1, warmup=0)
+    assert [row["model"] for row in rows] == ["qrnn", "lstm"]
+    for row in rows:
+        assert row["tokens_per_s"] == pytest.approx(5 * 3 / (row["step_ms"] / 1e3))
+        assert sum(row[f"share_{s}"] for s in lm_bench.SECTIONS) == pytest.approx(1.0)
+    assert rows[0]["speedup"] == pytest.approx(rows[1]["step_ms"] / rows[0]["step_ms"])
+    header = lm_bench.format_table(rows).splitlines()[0].split()
+    assert header == ["model", "step", "ms", "tokens/s", "embedding", "%", "recurrent", "%", "softmax", "%", "optimizer", "%"]
+
+
+@pytest.mark.parametrize("kind", ["qrnn", "lstm"])
+def test_the_instrumented_lm_step_updates_the_parameters_like_the_plain_step(kind):
+    """Cutting the graph at the parts' boundaries must not change what the step computes."""
+    torch.manual_seed(0)
+    config = lm_bench.dataclasses.replace(lm_bench.ModelConfig(), emb_size=8, hidden_size=12, num_layers=2, weight_drop=0.0)
+    model = lm_bench.build_models(50, config, "cpu")[kind]
+    tokens = torch.randint(50, (6, 3))
+    trainers = [lm_bench._Trainer(copy.deepcopy(model), lm_bench.TrainConfig(), tokens[:-1], tokens[1:]) for _ in range(2)]
+    torch.manual_seed(1)
+    trainers[0].step()
+    torch.manual_seed(1)
+    trainers[1].timed_step(SectionTimer())
+    before = dict(model.named_parameters())
+    for (name, plain), (_, timed) in zip(trainers[0].model.named_parameters(), trainers[1].model.named_parameters()):
+        assert not torch.equal(plain, before[name]), name  # the step changed it
+        torch.testing.assert_close(timed, plain, msg=name)
+
+
+def test_lstm_layer_has_the_qrnn_layer_interface():
+    layer = lm_bench.LSTMLayer(4, 6)
+    output, h_n = layer(torch.randn(5, 2, 4), torch.randn(2, 6))
+    assert output.shape == (5, 2, 6) and h_n.shape == (1, 2, 6)
+
+
+def test_cli_layer_writes_csv_and_says_why_there_is_no_heatmap(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    result = runner.invoke(bench_app, ["layer", "--hidden-size", "8", "--batch-sizes", "2", "--seq-lens", "3",
+                                       "--modes", "training", "--repeats", "1", "--warmup", "0", "--device", "cpu",
+                                       "--csv", str(tmp_path / "l.csv"), "--png", str(tmp_path / "l.png")])
+    assert result.exit_code == 0, result.output
+    assert "LSTM/QRNN w2" in result.output and "heatmap: skipped" in result.output
+    assert (tmp_path / "l.csv").exists()
+
+
+def test_cli_layer_empty_png_writes_no_heatmap_and_gemm_floor_adds_ceilings(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(bench_app, ["layer", "--hidden-size", "8", "--batch-sizes", "2", "--seq-lens", "3",
+                                       "--modes", "inference", "--repeats", "1", "--warmup", "0", "--device", "cpu",
+                                       "--csv", "l.csv", "--png", "", "--gemm-floor"])
+    assert result.exit_code == 0, result.output
+    assert "heatmap" not in result.output and sorted(p.name for p in tmp_path.iterdir()) == ["l.csv"]
+    assert "ceiling w1" in result.output and "products-only ceiling median" in result.output
+
+
+def test_cli_lm_prints_the_table():
+    options = [f"--{key.replace('_', '-')}={value}" for key, value in TINY_LM.items()]
+    result = runner.invoke(bench_app, ["lm", *options, "--repeats", "1", "--warmup", "0", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "QRNN/LSTM training throughput" in result.output
+
+
+def test_cli_forget_mult_calls_the_benchmark_module(monkeypatch):
+    from qrnn_lm.bench import forget_mult
+
+    seen = []
+    monkeypatch.setattr(forget_mult, "main", seen.append)
+    result = runner.invoke(bench_app, ["forget-mult", "--repeats", "3", "--quick", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert seen == [["--repeats", "3", "--device", "cpu", "--quick"]]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["layer", "--batch-sizes", "8,x"], "--batch-sizes must be a comma-separated list of positive integers"),
+    (["layer", "--modes", "fast"], "--modes must be a comma-separated subset of inference,training"),
+    (["layer", "--repeats", "0"], "--repeats must be >= 1, got 0"),
+    (["lm", "--hidden-size", "0"], "--hidden-size must be >= 1, got 0"),
+])
+def test_cli_user_errors_are_one_line_with_exit_code_1(args, message):
+    result = runner.invoke(bench_app, args)
+    assert result.exit_code == 1
+    assert message in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("script,command", [("bench_layer.py", "layer"), ("bench_lm.py", "lm"),
+                                            ("bench_forget_mult.py", "forget-mult")])
+def test_scripts_run_the_qrnn_lm_bench_commands(script, command):
+    import subprocess
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "scripts" / script
+    result = subprocess.run([sys.executable, str(path), "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert f"qrnn-lm bench {command}" in result.stdout
