@@ -17,7 +17,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from .fused import fused_layer
 from .gates import gates_and_recurrence, use_fused, zoneout_mask
-from .window import project
+from .window import project, window_inputs
 
 __all__ = ["QRNNLayer", "QRNN"]
 
@@ -91,31 +91,61 @@ class QRNNLayer(nn.Module):
             (each sequence's own last step; step 0 when ``reverse``).
         """
         # Read the weight once: under a parametrization (e.g. weight drop) every read recomputes it.
-        weight, bias = self.linear.weight, self.linear.bias
-        self._check_input(X, hidden, weight)
-        seq_len, batch_size, _ = X.shape
-        prev = self._saved_inputs(batch_size)
+        weight, bias = self._plain_linear_parameters()
+        self._check_input(X, hidden, self._reference_parameter(weight))
+        prev = self._saved_inputs(X.shape[1])
         if lengths is not None:
             lengths = lengths.to(X.device)
             if self.reverse and self.window > 1:
                 # The window of step t reads x_{t+1}, ...: padding past a sequence's end must be zero.
-                X = X.masked_fill(~_valid_steps(lengths, seq_len).unsqueeze(2), 0)
-        if use_fused(X, weight, self.use_cuda):
+                X = X.masked_fill(~_valid_steps(lengths, X.shape[0]).unsqueeze(2), 0)
+        H, h_n = self._outputs(X, hidden, prev, lengths, weight, bias)
+        if self.window > 1 and self.save_prev_x:
+            self.prevX = self._last_inputs(X, prev, lengths)
+        return H, h_n
+
+    def _plain_linear_parameters(self):
+        """``(weight, bias)`` of ``linear`` when it is a plain ``nn.Linear`` (a parametrized one
+        included: its class keeps ``nn.Linear.forward``), for the fused and shifted-product paths;
+        ``(None, None)`` for any other module (the original's extension point: awd-lstm-lm's and
+        fastai's weight-drop wrappers), which is then called on the concatenated window."""
+        linear = self.linear
+        if isinstance(linear, nn.Linear) and type(linear).forward is nn.Linear.forward:
+            return linear.weight, linear.bias
+        return None, None
+
+    def _reference_parameter(self, weight):
+        """A tensor carrying the parameters' dtype and device (None: a module without parameters)."""
+        return weight if weight is not None else next(self.linear.parameters(), None)
+
+    def _outputs(self, X, hidden, prev, lengths, weight, bias):
+        """``(H [T, B, H], h_n [1, B, H])`` of the checked input ``X`` ``[T, B, I]``, with ``prev``
+        ``[window - 1, B, I]`` (or None: zeros) the inputs before ``X``."""
+        seq_len, batch_size, _ = X.shape
+        if weight is not None and use_fused(X, weight, self.use_cuda):
             h0 = None if hidden is None else hidden.reshape(batch_size, self.hidden_size).to(X.dtype)
             keep, scale = zoneout_mask((seq_len, batch_size, self.hidden_size), self.zoneout, self.training,
                                        X.dtype, X.device)
             H, h_n = fused_layer(X, weight, bias, h0, prev, keep, scale, self.window, self.output_gate,
                                  self.reverse, lengths)  # [T, B, H], [B, H]
-            h_n = h_n.unsqueeze(0)
-        else:
+            return H, h_n.unsqueeze(0)
+        if weight is not None:
             Y = project(X, prev, weight, bias, self.window, self.reverse)  # [T, B, k*H]
-            h0 = None if hidden is None else hidden.reshape(batch_size, self.hidden_size).to(Y.dtype)
-            H, h_n = gates_and_recurrence(Y, h0, zoneout=self.zoneout, training=self.training,
-                                          output_gate=self.output_gate, reverse=self.reverse, lengths=lengths,
-                                          use_cuda=self.use_cuda)  # [T, B, H], [1, B, H]
-        if self.window > 1 and self.save_prev_x:
-            self.prevX = self._last_inputs(X, prev, lengths)
-        return H, h_n
+        else:
+            Y = self.linear(window_inputs(X, prev, self.window, self.reverse))  # [T, B, k*H]
+            self._check_projection(Y, X)
+        h0 = None if hidden is None else hidden.reshape(batch_size, self.hidden_size).to(Y.dtype)
+        return gates_and_recurrence(Y, h0, zoneout=self.zoneout, training=self.training,
+                                    output_gate=self.output_gate, reverse=self.reverse, lengths=lengths,
+                                    use_cuda=self.use_cuda)  # [T, B, H], [1, B, H]
+
+    def _check_projection(self, Y, X):
+        """A custom ``linear`` must map ``[T, B, window * input_size]`` to ``[T, B, k * hidden_size]``."""
+        expected = (X.shape[0], X.shape[1], (3 if self.output_gate else 2) * self.hidden_size)
+        if not isinstance(Y, torch.Tensor) or tuple(Y.shape) != expected:
+            shape = tuple(Y.shape) if isinstance(Y, torch.Tensor) else type(Y).__name__
+            raise ValueError(f"QRNNLayer: linear must map [T, B, window * input_size = "
+                             f"{self.window * self.input_size}] to {expected}, got {shape}")
 
     def _check_input(self, X, hidden, weight):
         """Raise ValueError naming the expected and the actual value for a bad input or state."""
@@ -127,10 +157,11 @@ class QRNNLayer(nn.Module):
                              f"got shape {tuple(X.shape)}")
         if not X.is_floating_point():
             raise ValueError(f"QRNNLayer: input must be a floating point tensor, got {X.dtype}")
-        if X.dtype != weight.dtype and not torch.is_autocast_enabled(X.device.type):
+        # weight is None for a custom linear without parameters: nothing to compare with.
+        if weight is not None and X.dtype != weight.dtype and not torch.is_autocast_enabled(X.device.type):
             raise ValueError(f"QRNNLayer: input dtype must match the parameters' {weight.dtype}, got {X.dtype} "
                              "(convert one of them, or run under torch.autocast)")
-        if X.device != weight.device:
+        if weight is not None and X.device != weight.device:
             raise ValueError(f"QRNNLayer: input must be on the parameters' device {weight.device}, got {X.device}")
         if hidden is not None:
             batch_size = X.shape[1]
