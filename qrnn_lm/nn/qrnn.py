@@ -17,6 +17,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from .fused import fused_layer
 from .gates import gates_and_recurrence, use_fused, zoneout_mask
+from .stream import stream_qrnn
 from .window import project, window_inputs
 
 __all__ = ["QRNNLayer", "QRNN"]
@@ -294,6 +295,13 @@ class QRNN(nn.Module):
         if lengths is not None:
             return _repack(X, lengths, input), h_n
         return (X.transpose(0, 1) if self.batch_first else X), h_n
+
+    def stream(self, input, state=None):
+        """Run one chunk of a sequence with carried state, for online use: ``output, state =
+        qrnn.stream(chunk, state)``; feeding a sequence chunk by chunk (even one step at a time)
+        gives the outputs of one ``forward`` call on it. Start with ``state=None``; see
+        :func:`~qrnn_lm.nn.stream.stream_qrnn` (unidirectional only, no PackedSequence)."""
+        return stream_qrnn(self, input, state)
 
     def _check_hidden(self, hidden, batch_size):
         expected = (self.num_layers * self.num_directions, batch_size, self.hidden_size)
