@@ -16,6 +16,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from .fused import fused_layer
+from .rnn_compat import RNNCompat, pop_rnn_arguments, reset_layer_parameters
 from .gates import gates_and_recurrence, use_fused, zoneout_mask
 from .stream import stream_qrnn
 from .window import project, window_inputs
@@ -42,13 +43,14 @@ class QRNNLayer(nn.Module):
         reverse: default False. True runs the recurrence from the last step to the first (the
             backward direction of a bidirectional QRNN).
         bias: default True. False builds the linear map without a bias.
+        device, dtype: default None. Where and in which dtype to create the parameters (as nn.Linear).
 
     The parameters are one ``linear`` of shape ``(k * hidden_size, window * input_size)``, gates in
     the order Z, F, O (k = 3, or 2 without the output gate), exactly as in the original.
     """
 
     def __init__(self, input_size, hidden_size=None, save_prev_x=False, zoneout=0, window=1,
-                 output_gate=True, use_cuda=True, *, reverse=False, bias=True):
+                 output_gate=True, use_cuda=True, *, reverse=False, bias=True, device=None, dtype=None):
         super().__init__()
         if not isinstance(window, int) or window < 1:
             raise ValueError(f"QRNNLayer: window must be an integer >= 1, got {window!r}")
@@ -68,7 +70,11 @@ class QRNNLayer(nn.Module):
         self.reverse = reverse
         num_gates = 3 if output_gate else 2
         # One Linear over the concatenated window, as in the original, so its checkpoints load.
-        self.linear = nn.Linear(window * input_size, num_gates * self.hidden_size, bias=bias)
+        self.linear = nn.Linear(window * input_size, num_gates * self.hidden_size, bias=bias, device=device, dtype=dtype)
+
+    def reset_parameters(self):
+        """Re-initialise ``linear`` as the constructor does (the raw weight under weight drop)."""
+        reset_layer_parameters(self)
 
     def reset(self):
         """Forget the inputs kept by ``save_prev_x``; call at the start of every new sequence."""
@@ -201,7 +207,7 @@ def _valid_steps(lengths, seq_len):
     return torch.arange(seq_len, device=lengths.device).unsqueeze(1) < lengths.unsqueeze(0)
 
 
-class QRNN(nn.Module):
+class QRNN(RNNCompat, nn.Module):
     """A stack of QRNN layers, usable wherever ``nn.LSTM`` is: ``output, h_n = qrnn(input, h0)``.
 
     Args:
@@ -217,7 +223,11 @@ class QRNN(nn.Module):
         layers: default None. Prebuilt :class:`QRNNLayer` s to stack instead (with
             ``bidirectional``: forward and reversed layers alternating, ``2 * num_layers`` of them).
         **kwargs: passed to every :class:`QRNNLayer` (``save_prev_x``, ``zoneout``, ``window``,
-            ``output_gate``, ``use_cuda``).
+            ``output_gate``, ``use_cuda``, ``device``, ``dtype``); ``nn.LSTM``'s ``proj_size=0`` and
+            ``nn.RNN``'s ``nonlinearity="tanh"`` are accepted, other values refused (``rnn_compat``).
+
+    The rest of ``nn.GRU``'s surface (``hx=``, unbatched input, ``flatten_parameters``,
+    ``reset_parameters``, ``all_weights``, ``weight_ih_l0``, ...) comes from :class:`RNNCompat`.
 
     Inputs: ``input`` ``[T, B, input_size]`` (``[B, T, input_size]`` if ``batch_first``) or a
     ``PackedSequence``; ``hidden`` ``[num_layers * num_directions, B, hidden_size]`` or None (zeros).
@@ -232,6 +242,7 @@ class QRNN(nn.Module):
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0, bidirectional=False, layers=None, **kwargs):
         super().__init__()
+        pop_rnn_arguments(kwargs)
         if not 0 <= dropout < 1:
             raise ValueError(f"QRNN: dropout must lie in [0, 1), got {dropout!r}")
         num_directions = 2 if bidirectional else 1
@@ -264,14 +275,21 @@ class QRNN(nn.Module):
         for layer in self.layers:
             layer.reset()
 
-    def forward(self, input, hidden=None):
+    def forward(self, input, hidden=None, hx=None):
+        if hx is not None:  # nn.GRU's name for the initial state
+            if hidden is not None:
+                raise ValueError("QRNN: pass the initial state once, as hidden or as hx (nn.GRU's name), not both")
+            hidden = hx
+        if isinstance(input, torch.Tensor) and input.dim() == 2:
+            return self._unbatched(input, hidden)  # nn.GRU's unbatched [T, input_size]
         lengths = None
         if isinstance(input, PackedSequence):
             X, lengths = pad_packed_sequence(input)  # [T, B, I] in the caller's batch order, zero padding
         elif not isinstance(input, torch.Tensor) or input.dim() != 3:
             shape = tuple(input.shape) if isinstance(input, torch.Tensor) else type(input).__name__
             order = "[B, T, input_size]" if self.batch_first else "[T, B, input_size]"
-            raise ValueError(f"QRNN: input must be a PackedSequence or have shape {order}, got {shape}")
+            raise ValueError(f"QRNN: input must be a PackedSequence or have shape {order} (or unbatched "
+                             f"[T, input_size]), got {shape}")
         else:
             X = input.transpose(0, 1) if self.batch_first else input  # [T, B, I]
         self._check_hidden(hidden, X.shape[1])
@@ -305,6 +323,9 @@ class QRNN(nn.Module):
 
     def _check_hidden(self, hidden, batch_size):
         expected = (self.num_layers * self.num_directions, batch_size, self.hidden_size)
+        if isinstance(hidden, (tuple, list)):
+            raise ValueError(f"QRNN: hidden is one tensor {expected} like nn.GRU's, not nn.LSTM's (h_0, c_0) pair; "
+                             "pass a single state tensor (a QRNN keeps no separate cell state)")
         if hidden is not None and (not isinstance(hidden, torch.Tensor) or tuple(hidden.shape) != expected):
             shape = tuple(hidden.shape) if isinstance(hidden, torch.Tensor) else type(hidden).__name__
             raise ValueError(f"QRNN: hidden must have shape [num_layers * num_directions, B, hidden_size] = "
