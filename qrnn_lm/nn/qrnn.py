@@ -19,7 +19,7 @@ from .fused import fused_layer
 from .rnn_compat import RNNCompat, pop_rnn_arguments, reset_layer_parameters
 from .gates import gates_and_recurrence, use_fused, zoneout_mask
 from .stream import stream_qrnn
-from .window import project, window_inputs
+from .window import check_projection, project, window_inputs
 
 __all__ = ["QRNNLayer", "QRNN"]
 
@@ -140,19 +140,11 @@ class QRNNLayer(nn.Module):
             Y = project(X, prev, weight, bias, self.window, self.reverse)  # [T, B, k*H]
         else:
             Y = self.linear(window_inputs(X, prev, self.window, self.reverse))  # [T, B, k*H]
-            self._check_projection(Y, X)
+            check_projection(Y, X, self.window, (3 if self.output_gate else 2) * self.hidden_size)
         h0 = None if hidden is None else hidden.reshape(batch_size, self.hidden_size).to(Y.dtype)
         return gates_and_recurrence(Y, h0, zoneout=self.zoneout, training=self.training,
                                     output_gate=self.output_gate, reverse=self.reverse, lengths=lengths,
                                     use_cuda=self.use_cuda)  # [T, B, H], [1, B, H]
-
-    def _check_projection(self, Y, X):
-        """A custom ``linear`` must map ``[T, B, window * input_size]`` to ``[T, B, k * hidden_size]``."""
-        expected = (X.shape[0], X.shape[1], (3 if self.output_gate else 2) * self.hidden_size)
-        if not isinstance(Y, torch.Tensor) or tuple(Y.shape) != expected:
-            shape = tuple(Y.shape) if isinstance(Y, torch.Tensor) else type(Y).__name__
-            raise ValueError(f"QRNNLayer: linear must map [T, B, window * input_size = "
-                             f"{self.window * self.input_size}] to {expected}, got {shape}")
 
     def _check_input(self, X, hidden, weight):
         """Raise ValueError naming the expected and the actual value for a bad input or state."""
@@ -276,10 +268,7 @@ class QRNN(RNNCompat, nn.Module):
             layer.reset()
 
     def forward(self, input, hidden=None, hx=None):
-        if hx is not None:  # nn.GRU's name for the initial state
-            if hidden is not None:
-                raise ValueError("QRNN: pass the initial state once, as hidden or as hx (nn.GRU's name), not both")
-            hidden = hx
+        hidden = self._initial_state(hidden, hx)  # hx: nn.GRU's name for it
         if isinstance(input, torch.Tensor) and input.dim() == 2:
             return self._unbatched(input, hidden)  # nn.GRU's unbatched [T, input_size]
         lengths = None

@@ -137,6 +137,13 @@ class RNNCompat:
     def permute_hidden(self, hx: torch.Tensor, permutation: torch.Tensor | None) -> torch.Tensor:
         return hx if permutation is None else hx.index_select(1, permutation)  # [L*D, B, H] along B
 
+    @staticmethod
+    def _initial_state(hidden, hx):
+        """``forward``'s initial state, given as ``hidden`` or as ``nn.GRU``'s ``hx``."""
+        if hx is not None and hidden is not None:
+            raise ValueError("QRNN: pass the initial state once, as hidden or as hx (nn.GRU's name), not both")
+        return hidden if hx is None else hx
+
     def _unbatched(self, input: torch.Tensor, hidden: torch.Tensor | None):
         """``nn.GRU`` on unbatched input: ``[T, input_size]`` and ``hx`` ``[L*D, H]`` ->
         ``([T, D*H], [L*D, H])`` (``batch_first`` does not apply)."""

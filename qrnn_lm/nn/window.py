@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as nnf
 
-__all__ = ["project", "window_inputs"]
+__all__ = ["project", "window_inputs", "check_projection"]
 
 
 def project(X, prev, weight, bias, window, reverse):
@@ -125,3 +125,12 @@ def window_inputs(X, prev, window, reverse):
         history = torch.cat([pad, X])  # x_{t-s} is history[w - 1 + t - s]
         shifted = [history[window - 1 - shift:window - 1 - shift + seq_len] for shift in range(window)]
     return torch.cat(shifted, dim=2)  # [T, B, window*I], block s holds x_{t-s} (x_{t+s})
+
+
+def check_projection(Y, X, window, out_features):
+    """A custom ``linear`` must map ``X``'s window ``[T, B, window * I]`` to ``[T, B, out_features]``."""
+    expected = (X.shape[0], X.shape[1], out_features)
+    if not isinstance(Y, torch.Tensor) or tuple(Y.shape) != expected:
+        shape = tuple(Y.shape) if isinstance(Y, torch.Tensor) else type(Y).__name__
+        raise ValueError(f"QRNNLayer: linear must map [T, B, window * input_size = {window * X.shape[2]}] "
+                         f"to {expected}, got {shape}")
