@@ -24,6 +24,7 @@ from torch.nn.utils import parametrize
 
 from ..config import ModelConfig
 from ..nn import QRNNLayer
+from ..nn.stream import StreamState, stream_layer
 from .dropout import LockedDropout, WeightDrop, embedding_dropout
 
 __all__ = ["QRNNLanguageModel"]
@@ -127,3 +128,34 @@ class QRNNLanguageModel(nn.Module):
         dropped_output = self.drop_output(raw_output)  # [T, B, E]
         logits = self.decoder(dropped_output)  # [T, B, V]
         return logits, new_hidden, raw_output, dropped_output
+
+    def stream(self, tokens: torch.Tensor, state: StreamState | None = None) -> tuple[torch.Tensor, StreamState]:
+        """Run one chunk of a token stream with carried state, for online use (e.g. generation).
+
+        Args:
+            tokens: ``[T, B]`` token ids, the next T tokens of B streams.
+            state: the previous call's state, or None to start (zero states and windows).
+
+        Returns:
+            ``(logits [T, B, V], state)``: in eval mode, feeding a sequence chunk by chunk (one
+            token at a time included) gives the logits of one ``forward`` on it after ``reset()``.
+            ``state.hidden`` is a list of ``[B, H_l]`` (``forward``'s ``new_hidden``) and
+            ``state.inputs`` each layer's last ``window - 1`` inputs; the layers' ``save_prev_x``
+            buffers are not touched, so one model serves any number of streams.
+        """
+        if tokens.dim() != 2:
+            raise ValueError(f"tokens must have shape [T, B], got {tuple(tokens.shape)}")
+        hidden, inputs = (self.init_hidden(tokens.size(1)), (None,) * len(self.layers)) if state is None else state
+        if len(hidden) != len(self.layers) or len(inputs) != len(self.layers):
+            raise ValueError(f"state must hold {len(self.layers)} hidden states and kept inputs (one per layer), "
+                             f"got {len(hidden)} and {len(inputs)}")
+        x = embedding_dropout(self.embedding, tokens, self.config.dropout_emb, self.training)  # [T, B, E]
+        x = self.drop_input(x)
+        new_hidden, kept = [], []
+        for index, layer in enumerate(self.layers):
+            output, last_state, prev = stream_layer(layer, x, hidden[index], inputs[index])  # [T, B, H_l]
+            new_hidden.append(last_state[0])  # [B, H_l]
+            kept.append(prev)
+            x = self.drop_hidden(output) if index < len(self.layers) - 1 else output
+        logits = self.decoder(self.drop_output(x))  # [T, B, V]
+        return logits, StreamState(new_hidden, tuple(kept))

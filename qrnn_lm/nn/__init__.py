@@ -1,7 +1,9 @@
 """The QRNN modules: :class:`QRNNLayer` (one layer, one direction) and :class:`QRNN` (a stack,
 optionally bidirectional), with their fused CPU path (``fused.py``), the path choice and unfused
-path (``gates.py``) and the window's products (``window.py``)."""
+path (``gates.py``), the window's products (``window.py``), streaming (``stream.py``) and
+``nn.RNNBase``'s surface (``rnn_compat.py``)."""
 
 from .qrnn import QRNN, QRNNLayer
+from .stream import StreamState
 
-__all__ = ["QRNN", "QRNNLayer"]
+__all__ = ["QRNN", "QRNNLayer", "StreamState"]

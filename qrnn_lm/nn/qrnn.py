@@ -16,8 +16,10 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from .fused import fused_layer
+from .rnn_compat import RNNCompat, pop_rnn_arguments, reset_layer_parameters
 from .gates import gates_and_recurrence, use_fused, zoneout_mask
-from .window import project
+from .stream import stream_qrnn
+from .window import check_projection, project, window_inputs
 
 __all__ = ["QRNNLayer", "QRNN"]
 
@@ -41,13 +43,14 @@ class QRNNLayer(nn.Module):
         reverse: default False. True runs the recurrence from the last step to the first (the
             backward direction of a bidirectional QRNN).
         bias: default True. False builds the linear map without a bias.
+        device, dtype: default None. Where and in which dtype to create the parameters (as nn.Linear).
 
     The parameters are one ``linear`` of shape ``(k * hidden_size, window * input_size)``, gates in
     the order Z, F, O (k = 3, or 2 without the output gate), exactly as in the original.
     """
 
     def __init__(self, input_size, hidden_size=None, save_prev_x=False, zoneout=0, window=1,
-                 output_gate=True, use_cuda=True, *, reverse=False, bias=True):
+                 output_gate=True, use_cuda=True, *, reverse=False, bias=True, device=None, dtype=None):
         super().__init__()
         if not isinstance(window, int) or window < 1:
             raise ValueError(f"QRNNLayer: window must be an integer >= 1, got {window!r}")
@@ -67,7 +70,11 @@ class QRNNLayer(nn.Module):
         self.reverse = reverse
         num_gates = 3 if output_gate else 2
         # One Linear over the concatenated window, as in the original, so its checkpoints load.
-        self.linear = nn.Linear(window * input_size, num_gates * self.hidden_size, bias=bias)
+        self.linear = nn.Linear(window * input_size, num_gates * self.hidden_size, bias=bias, device=device, dtype=dtype)
+
+    def reset_parameters(self):
+        """Re-initialise ``linear`` as the constructor does (the raw weight under weight drop)."""
+        reset_layer_parameters(self)
 
     def reset(self):
         """Forget the inputs kept by ``save_prev_x``; call at the start of every new sequence."""
@@ -91,31 +98,53 @@ class QRNNLayer(nn.Module):
             (each sequence's own last step; step 0 when ``reverse``).
         """
         # Read the weight once: under a parametrization (e.g. weight drop) every read recomputes it.
-        weight, bias = self.linear.weight, self.linear.bias
-        self._check_input(X, hidden, weight)
-        seq_len, batch_size, _ = X.shape
-        prev = self._saved_inputs(batch_size)
+        weight, bias = self._plain_linear_parameters()
+        self._check_input(X, hidden, self._reference_parameter(weight))
+        prev = self._saved_inputs(X.shape[1])
         if lengths is not None:
             lengths = lengths.to(X.device)
             if self.reverse and self.window > 1:
                 # The window of step t reads x_{t+1}, ...: padding past a sequence's end must be zero.
-                X = X.masked_fill(~_valid_steps(lengths, seq_len).unsqueeze(2), 0)
-        if use_fused(X, weight, self.use_cuda):
+                X = X.masked_fill(~_valid_steps(lengths, X.shape[0]).unsqueeze(2), 0)
+        H, h_n = self._outputs(X, hidden, prev, lengths, weight, bias)
+        if self.window > 1 and self.save_prev_x:
+            self.prevX = self._last_inputs(X, prev, lengths)
+        return H, h_n
+
+    def _plain_linear_parameters(self):
+        """``(weight, bias)`` of ``linear`` when it is a plain ``nn.Linear`` (a parametrized one
+        included: its class keeps ``nn.Linear.forward``), for the fused and shifted-product paths;
+        ``(None, None)`` for any other module (the original's extension point: awd-lstm-lm's and
+        fastai's weight-drop wrappers), which is then called on the concatenated window."""
+        linear = self.linear
+        if isinstance(linear, nn.Linear) and type(linear).forward is nn.Linear.forward:
+            return linear.weight, linear.bias
+        return None, None
+
+    def _reference_parameter(self, weight):
+        """A tensor carrying the parameters' dtype and device (None: a module without parameters)."""
+        return weight if weight is not None else next(self.linear.parameters(), None)
+
+    def _outputs(self, X, hidden, prev, lengths, weight, bias):
+        """``(H [T, B, H], h_n [1, B, H])`` of the checked input ``X`` ``[T, B, I]``, with ``prev``
+        ``[window - 1, B, I]`` (or None: zeros) the inputs before ``X``."""
+        seq_len, batch_size, _ = X.shape
+        if weight is not None and use_fused(X, weight, self.use_cuda):
             h0 = None if hidden is None else hidden.reshape(batch_size, self.hidden_size).to(X.dtype)
             keep, scale = zoneout_mask((seq_len, batch_size, self.hidden_size), self.zoneout, self.training,
                                        X.dtype, X.device)
             H, h_n = fused_layer(X, weight, bias, h0, prev, keep, scale, self.window, self.output_gate,
                                  self.reverse, lengths)  # [T, B, H], [B, H]
-            h_n = h_n.unsqueeze(0)
-        else:
+            return H, h_n.unsqueeze(0)
+        if weight is not None:
             Y = project(X, prev, weight, bias, self.window, self.reverse)  # [T, B, k*H]
-            h0 = None if hidden is None else hidden.reshape(batch_size, self.hidden_size).to(Y.dtype)
-            H, h_n = gates_and_recurrence(Y, h0, zoneout=self.zoneout, training=self.training,
-                                          output_gate=self.output_gate, reverse=self.reverse, lengths=lengths,
-                                          use_cuda=self.use_cuda)  # [T, B, H], [1, B, H]
-        if self.window > 1 and self.save_prev_x:
-            self.prevX = self._last_inputs(X, prev, lengths)
-        return H, h_n
+        else:
+            Y = self.linear(window_inputs(X, prev, self.window, self.reverse))  # [T, B, k*H]
+            check_projection(Y, X, self.window, (3 if self.output_gate else 2) * self.hidden_size)
+        h0 = None if hidden is None else hidden.reshape(batch_size, self.hidden_size).to(Y.dtype)
+        return gates_and_recurrence(Y, h0, zoneout=self.zoneout, training=self.training,
+                                    output_gate=self.output_gate, reverse=self.reverse, lengths=lengths,
+                                    use_cuda=self.use_cuda)  # [T, B, H], [1, B, H]
 
     def _check_input(self, X, hidden, weight):
         """Raise ValueError naming the expected and the actual value for a bad input or state."""
@@ -127,10 +156,11 @@ class QRNNLayer(nn.Module):
                              f"got shape {tuple(X.shape)}")
         if not X.is_floating_point():
             raise ValueError(f"QRNNLayer: input must be a floating point tensor, got {X.dtype}")
-        if X.dtype != weight.dtype and not torch.is_autocast_enabled(X.device.type):
+        # weight is None for a custom linear without parameters: nothing to compare with.
+        if weight is not None and X.dtype != weight.dtype and not torch.is_autocast_enabled(X.device.type):
             raise ValueError(f"QRNNLayer: input dtype must match the parameters' {weight.dtype}, got {X.dtype} "
                              "(convert one of them, or run under torch.autocast)")
-        if X.device != weight.device:
+        if weight is not None and X.device != weight.device:
             raise ValueError(f"QRNNLayer: input must be on the parameters' device {weight.device}, got {X.device}")
         if hidden is not None:
             batch_size = X.shape[1]
@@ -169,7 +199,7 @@ def _valid_steps(lengths, seq_len):
     return torch.arange(seq_len, device=lengths.device).unsqueeze(1) < lengths.unsqueeze(0)
 
 
-class QRNN(nn.Module):
+class QRNN(RNNCompat, nn.Module):
     """A stack of QRNN layers, usable wherever ``nn.LSTM`` is: ``output, h_n = qrnn(input, h0)``.
 
     Args:
@@ -185,7 +215,11 @@ class QRNN(nn.Module):
         layers: default None. Prebuilt :class:`QRNNLayer` s to stack instead (with
             ``bidirectional``: forward and reversed layers alternating, ``2 * num_layers`` of them).
         **kwargs: passed to every :class:`QRNNLayer` (``save_prev_x``, ``zoneout``, ``window``,
-            ``output_gate``, ``use_cuda``).
+            ``output_gate``, ``use_cuda``, ``device``, ``dtype``); ``nn.LSTM``'s ``proj_size=0`` and
+            ``nn.RNN``'s ``nonlinearity="tanh"`` are accepted, other values refused (``rnn_compat``).
+
+    The rest of ``nn.GRU``'s surface (``hx=``, unbatched input, ``flatten_parameters``,
+    ``reset_parameters``, ``all_weights``, ``weight_ih_l0``, ...) comes from :class:`RNNCompat`.
 
     Inputs: ``input`` ``[T, B, input_size]`` (``[B, T, input_size]`` if ``batch_first``) or a
     ``PackedSequence``; ``hidden`` ``[num_layers * num_directions, B, hidden_size]`` or None (zeros).
@@ -200,6 +234,7 @@ class QRNN(nn.Module):
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0, bidirectional=False, layers=None, **kwargs):
         super().__init__()
+        pop_rnn_arguments(kwargs)
         if not 0 <= dropout < 1:
             raise ValueError(f"QRNN: dropout must lie in [0, 1), got {dropout!r}")
         num_directions = 2 if bidirectional else 1
@@ -232,14 +267,18 @@ class QRNN(nn.Module):
         for layer in self.layers:
             layer.reset()
 
-    def forward(self, input, hidden=None):
+    def forward(self, input, hidden=None, hx=None):
+        hidden = self._initial_state(hidden, hx)  # hx: nn.GRU's name for it
+        if isinstance(input, torch.Tensor) and input.dim() == 2:
+            return self._unbatched(input, hidden)  # nn.GRU's unbatched [T, input_size]
         lengths = None
         if isinstance(input, PackedSequence):
             X, lengths = pad_packed_sequence(input)  # [T, B, I] in the caller's batch order, zero padding
         elif not isinstance(input, torch.Tensor) or input.dim() != 3:
             shape = tuple(input.shape) if isinstance(input, torch.Tensor) else type(input).__name__
             order = "[B, T, input_size]" if self.batch_first else "[T, B, input_size]"
-            raise ValueError(f"QRNN: input must be a PackedSequence or have shape {order}, got {shape}")
+            raise ValueError(f"QRNN: input must be a PackedSequence or have shape {order} (or unbatched "
+                             f"[T, input_size]), got {shape}")
         else:
             X = input.transpose(0, 1) if self.batch_first else input  # [T, B, I]
         self._check_hidden(hidden, X.shape[1])
@@ -264,8 +303,18 @@ class QRNN(nn.Module):
             return _repack(X, lengths, input), h_n
         return (X.transpose(0, 1) if self.batch_first else X), h_n
 
+    def stream(self, input, state=None):
+        """Run one chunk of a sequence with carried state, for online use: ``output, state =
+        qrnn.stream(chunk, state)``; feeding a sequence chunk by chunk (even one step at a time)
+        gives the outputs of one ``forward`` call on it. Start with ``state=None``; see
+        :func:`~qrnn_lm.nn.stream.stream_qrnn` (unidirectional only, no PackedSequence)."""
+        return stream_qrnn(self, input, state)
+
     def _check_hidden(self, hidden, batch_size):
         expected = (self.num_layers * self.num_directions, batch_size, self.hidden_size)
+        if isinstance(hidden, (tuple, list)):
+            raise ValueError(f"QRNN: hidden is one tensor {expected} like nn.GRU's, not nn.LSTM's (h_0, c_0) pair; "
+                             "pass a single state tensor (a QRNN keeps no separate cell state)")
         if hidden is not None and (not isinstance(hidden, torch.Tensor) or tuple(hidden.shape) != expected):
             shape = tuple(hidden.shape) if isinstance(hidden, torch.Tensor) else type(hidden).__name__
             raise ValueError(f"QRNN: hidden must have shape [num_layers * num_directions, B, hidden_size] = "

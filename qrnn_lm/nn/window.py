@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as nnf
 
-__all__ = ["project"]
+__all__ = ["project", "window_inputs", "check_projection"]
 
 
 def project(X, prev, weight, bias, window, reverse):
@@ -104,3 +104,33 @@ def _shift_terms(x_rows, prev_rows, batch_size, window, reverse):
             steps = min(shift, seq_len) * batch_size
             start = (window - 1 - shift) * batch_size
             yield shift, slice(0, steps), "prev", slice(start, start + steps)
+
+
+def window_inputs(X, prev, window, reverse):
+    """The concatenated window ``[x_t, x_{t-1}, ..., x_{t-window+1}]`` ``[T, B, window*I]``, as the
+    original layer builds it for ``self.linear(source)`` (``x_{t+1}, ...`` when reverse).
+
+    Only for a ``linear`` that is not a plain ``nn.Linear`` (e.g. a weight-drop wrapper): the
+    module is called on this tensor. ``prev``: None (zeros) or ``[window - 1, B, I]``, the inputs
+    before ``X`` (forward layers only).
+    """
+    if window == 1:
+        return X
+    seq_len = X.shape[0]
+    pad = X.new_zeros(window - 1, X.shape[1], X.shape[2]) if prev is None else prev.to(X.dtype)
+    if reverse:
+        history = torch.cat([X, pad])  # [T + w - 1, B, I]; x_{t+s} is history[t + s]
+        shifted = [history[shift:shift + seq_len] for shift in range(window)]
+    else:
+        history = torch.cat([pad, X])  # x_{t-s} is history[w - 1 + t - s]
+        shifted = [history[window - 1 - shift:window - 1 - shift + seq_len] for shift in range(window)]
+    return torch.cat(shifted, dim=2)  # [T, B, window*I], block s holds x_{t-s} (x_{t+s})
+
+
+def check_projection(Y, X, window, out_features):
+    """A custom ``linear`` must map ``X``'s window ``[T, B, window * I]`` to ``[T, B, out_features]``."""
+    expected = (X.shape[0], X.shape[1], out_features)
+    if not isinstance(Y, torch.Tensor) or tuple(Y.shape) != expected:
+        shape = tuple(Y.shape) if isinstance(Y, torch.Tensor) else type(Y).__name__
+        raise ValueError(f"QRNNLayer: linear must map [T, B, window * input_size = {window * X.shape[2]}] "
+                         f"to {expected}, got {shape}")

@@ -207,7 +207,8 @@ def test_save_prev_x_with_a_different_batch_size_says_to_call_reset():
 
 
 @pytest.mark.parametrize("make_call,message", [
-    (lambda q: q(torch.randn(5, 3)), r"shape \[T, B, input_size\], got \(5, 3\)"),
+    # 2-D input is nn.GRU's unbatched [T, input_size] (tests/nn/test_rnn_compat.py); 4-D is an error.
+    (lambda q: q(torch.randn(5, 3, 2, 1)), r"shape \[T, B, input_size\] \(or unbatched \[T, input_size\]\), got \(5, 3, 2, 1\)"),
     (lambda q: q(torch.randn(5, 2, 4)), r"got shape \(5, 2, 4\)"),
     (lambda q: q(torch.ones(5, 2, 3, dtype=torch.long)), "floating point tensor, got torch.int64"),
     (lambda q: q(torch.randn(5, 2, 3, dtype=torch.float64)), "match the parameters' torch.float32, got torch.float64"),
