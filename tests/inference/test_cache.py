@@ -96,3 +96,37 @@ def test_search_picks_the_best_pair_of_its_grid():
 def test_bad_parameters_are_user_errors(params):
     with pytest.raises(UserError):
         params.check()
+
+
+def test_eval_cli_with_the_cache_and_its_search(tmp_path):
+    from typer.testing import CliRunner
+
+    from qrnn_lm.cli.commands import app
+    from qrnn_lm.config import Config, DataConfig, config_to_dict
+    from qrnn_lm.data import Corpus
+    from qrnn_lm.inference.evaluate import evaluate_checkpoint
+    from qrnn_lm.models.checkpoint import save_checkpoint
+
+    from tests.inference.test_evaluate import write_corpus
+
+    folder = write_corpus(tmp_path / "corpus")
+    corpus = Corpus.load(folder, cache=False)
+    torch.manual_seed(0)
+    config = Config(name="e", data=DataConfig(dataset=str(folder), bptt=5),
+                    model=ModelConfig(emb_size=6, hidden_size=8, num_layers=2))
+    model = QRNNLanguageModel(len(corpus.vocab), config.model)
+    payload = {"config": config_to_dict(config), "vocab": corpus.vocab.to_list(), "model": model.state_dict()}
+    path = save_checkpoint(tmp_path / "best.pt", payload)
+    plain = evaluate_checkpoint(path, split="valid", device="cpu", progress=False)
+    runner = CliRunner()
+    result = runner.invoke(app, ["eval", str(path), "--split", "valid", "--cache-lambda", "0.2", "--no-progress",
+                                 "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert f"ppl {plain['ppl']:.2f} -> " in result.output and "window 500, theta 1, lambda 0.2" in result.output
+    result = runner.invoke(app, ["eval", str(path), "--cache-search", "--no-progress", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "valid: ppl" in result.output and "best of the grid" in result.output and "test: ppl" in result.output
+    for args, fragment in ((["--cache", "-b", "2"], "--batch-size 1"), (["--cache-window", "0"], "--cache-window"),
+                           (["--cache-search", "--cache-theta", "1"], "--cache-search")):
+        result = runner.invoke(app, ["eval", str(path), "--no-progress", *args])
+        assert result.exit_code == 1 and "error: " in result.stderr and fragment in result.stderr, result.output
