@@ -171,6 +171,45 @@ def train(
         run_training(run_config, out, device.value, resume, data_dir, progress)
 
 
+@app.command()
+def finetune(
+    checkpoint: Annotated[Path, typer.Argument(metavar="CHECKPOINT", help="A finished run's best.pt, or its run folder.")],
+    epochs: Annotated[Optional[int], typer.Option("--epochs", help="At most N epochs (= --set train.epochs=N; default: the recipe's).")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", metavar="DIR", help="Run folder (default: runs/<name>-finetune).")] = None,
+    set_: Annotated[
+        Optional[list[str]],
+        typer.Option("--set", "-s", metavar="SECTION.KEY=VALUE", help="Override one value of the run's recipe (repeatable), e.g. --set train.lr=10."),
+    ] = None,
+    max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="Stop after N optimizer steps (= --set train.max_steps=N).")] = None,
+    device: DeviceOption = Device.auto,
+    data_dir: DataDirOption = None,
+    progress: ProgressOption = True,
+):
+    """Continue a finished run's best weights in averaged SGD, as awd-lstm-lm's finetune.py.
+
+    The run's recipe (stored in the checkpoint) applies unless overridden; the finetune stops at
+    train.epochs or when validation is worse than the best but the last train.nonmono. Its own run
+    folder resumes like any run (qrnn-lm train --resume DIR); results.json compares it with the start.
+
+    Example: qrnn-lm finetune runs/ptb-small --epochs 50
+    """
+    overrides = list(set_ or [])
+    if epochs is not None:
+        overrides.append(f"train.epochs={epochs}")
+    if max_steps is not None:
+        overrides.append(f"train.max_steps={max_steps}")
+    with _user_errors():
+        from ..models.checkpoint import load_checkpoint
+
+        checkpoint = _checkpoint_file(checkpoint, "best.pt")
+        stored = load_checkpoint(checkpoint)["config"]  # fails early on a bad checkpoint
+        run_config = resolve_train_config(None, None, overrides, stored, [d.value for d in Dataset])
+        if "name" not in {text.split("=", 1)[0].strip() for text in overrides}:
+            run_config.name = f"{run_config.name}-finetune"
+        out = out if out is not None else Path("runs") / run_config.name
+        run_training(run_config, out, device.value, None, data_dir, progress, init_from=checkpoint)
+
+
 @app.command("eval")
 def evaluate(
     checkpoint: Annotated[Path, typer.Argument(metavar="CHECKPOINT", help="A .pt file, or a run folder (its best.pt).")],

@@ -80,3 +80,23 @@ def test_the_finetune_stops_when_it_converges(corpus, start, tmp_path, monkeypat
     monkeypatch.setattr(trainer_module, "converged", lambda *args: True)
     results = finetune(corpus, start, tmp_path / "ft")
     assert results["status"] == "converged" and results["epochs_completed"] == 1
+
+
+def test_the_finetune_command(corpus, start, tmp_path):
+    from typer.testing import CliRunner
+
+    from qrnn_lm.cli.commands import app
+
+    runner = CliRunner()
+    out = tmp_path / "ft"
+    result = runner.invoke(app, ["finetune", str(start), "--epochs", "1", "--out", str(out), "--set", "train.nonmono=10",
+                                 "--device", "cpu", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "finetune: valid ppl" in result.output and (out / "finetune.json").is_file()
+    config = (out / "config.toml").read_text()
+    assert 'name = "tiny-finetune"' in config and "nonmono = 10" in config and "epochs = 1" in config
+    assert json.loads((out / "results.json").read_text())["finetune"]["init_from"] == str(start / "best.pt")
+    result = runner.invoke(app, ["finetune", str(start), "--out", str(out), "--device", "cpu", "--no-progress"])
+    assert result.exit_code == 1 and "already holds a run" in result.stderr
+    result = runner.invoke(app, ["finetune", str(tmp_path / "missing.pt"), "--device", "cpu"])
+    assert result.exit_code == 1 and result.stderr.startswith("error: ")
