@@ -164,6 +164,8 @@ def evaluate_cache_checkpoint(checkpoint, *, split: str = "test", params: CacheP
     corpus = Corpus.load(prepare_dataset(dataset, data_dir, progress=progress), vocab=vocab, progress=progress)
 
     def run(name: str) -> Collected:
+        if getattr(corpus, name).numel() < 2:
+            raise UserError(f"the {name} split of {dataset} holds fewer than 2 tokens: nothing to score")
         return collect(model, batchify(getattr(corpus, name), 1).to(torch_device), config.data.bptt)
 
     result = {"dataset": dataset, "window": params.window, "batch_size": 1}
