@@ -171,6 +171,45 @@ def train(
         run_training(run_config, out, device.value, resume, data_dir, progress)
 
 
+@app.command()
+def finetune(
+    checkpoint: Annotated[Path, typer.Argument(metavar="CHECKPOINT", help="A finished run's best.pt, or its run folder.")],
+    epochs: Annotated[Optional[int], typer.Option("--epochs", help="At most N epochs (= --set train.epochs=N; default: the recipe's).")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", metavar="DIR", help="Run folder (default: runs/<name>-finetune).")] = None,
+    set_: Annotated[
+        Optional[list[str]],
+        typer.Option("--set", "-s", metavar="SECTION.KEY=VALUE", help="Override one value of the run's recipe (repeatable), e.g. --set train.lr=10."),
+    ] = None,
+    max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="Stop after N optimizer steps (= --set train.max_steps=N).")] = None,
+    device: DeviceOption = Device.auto,
+    data_dir: DataDirOption = None,
+    progress: ProgressOption = True,
+):
+    """Continue a finished run's best weights in averaged SGD, as awd-lstm-lm's finetune.py.
+
+    The run's recipe (stored in the checkpoint) applies unless overridden; the finetune stops at
+    train.epochs or when validation is worse than the best but the last train.nonmono. Its own run
+    folder resumes like any run (qrnn-lm train --resume DIR); results.json compares it with the start.
+
+    Example: qrnn-lm finetune runs/ptb-small --epochs 50
+    """
+    overrides = list(set_ or [])
+    if epochs is not None:
+        overrides.append(f"train.epochs={epochs}")
+    if max_steps is not None:
+        overrides.append(f"train.max_steps={max_steps}")
+    with _user_errors():
+        from ..models.checkpoint import load_checkpoint
+
+        checkpoint = _checkpoint_file(checkpoint, "best.pt")
+        stored = load_checkpoint(checkpoint)["config"]  # fails early on a bad checkpoint
+        run_config = resolve_train_config(None, None, overrides, stored, [d.value for d in Dataset])
+        if "name" not in {text.split("=", 1)[0].strip() for text in overrides}:
+            run_config.name = f"{run_config.name}-finetune"
+        out = out if out is not None else Path("runs") / run_config.name
+        run_training(run_config, out, device.value, None, data_dir, progress, init_from=checkpoint)
+
+
 @app.command("eval")
 def evaluate(
     checkpoint: Annotated[Path, typer.Argument(metavar="CHECKPOINT", help="A .pt file, or a run folder (its best.pt).")],
@@ -180,14 +219,29 @@ def evaluate(
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Parallel streams: 1 is the exact literature number, more is faster.")] = 1,
     device: DeviceOption = Device.auto,
     progress: ProgressOption = True,
+    cache: Annotated[bool, typer.Option("--cache", help="Add the continuous cache pointer (Grave et al. 2017); implied by any --cache-* option.")] = False,
+    cache_window: Annotated[Optional[int], typer.Option("--cache-window", metavar="N", help="Cache size in steps [default: 500].")] = None,
+    cache_theta: Annotated[Optional[float], typer.Option("--cache-theta", metavar="THETA", help="Flatness of the cache attention [default: 1.0].")] = None,
+    cache_lambda: Annotated[Optional[float], typer.Option("--cache-lambda", metavar="LAMBDA", help="Weight of the cache in [0, 1] [default: 0.1].")] = None,
+    cache_search: Annotated[bool, typer.Option("--cache-search", help="Pick theta and lambda by a grid on valid, then score test.")] = False,
 ):
     """Print a checkpoint's loss and perplexity on a split (by default of the data it was trained on).
 
-    Example: qrnn-lm eval runs/ptb-small/best.pt --split test
+    With the cache pointer (--cache, --cache-*), the split is scored at batch size 1 without and
+    with the cache. Example: qrnn-lm eval runs/ptb-small/best.pt --split test
     """
     if batch_size < 1:
         raise _error_exit(f"--batch-size must be >= 1, got {batch_size}")
     _check_data(data)
+    if cache or cache_search or any(v is not None for v in (cache_window, cache_theta, cache_lambda)):
+        if batch_size != 1:
+            raise _error_exit("the cache pointer scores one stream: use --batch-size 1")
+        if cache_search and (cache_theta is not None or cache_lambda is not None):
+            raise _error_exit("--cache-search chooses theta and lambda itself: drop --cache-theta/--cache-lambda")
+        with _user_errors():
+            _evaluate_with_cache(_checkpoint_file(checkpoint, "best.pt"), split.value, data, data_dir, device.value,
+                                 progress, cache_window, cache_theta, cache_lambda, cache_search)
+        return
     with _user_errors():
         from ..inference.evaluate import evaluate_checkpoint
 
@@ -204,6 +258,30 @@ def evaluate(
             f"{result['dataset']} {result['split']}: loss {result['loss']:.4f}  "
             f"ppl {result['ppl']:.2f}  ({result['tokens']:,} tokens)"
         )
+
+
+def _evaluate_with_cache(path, split, data, data_dir, device, progress, window, theta, lambd, search) -> None:
+    from ..inference.cache import CacheParams, evaluate_cache_checkpoint
+
+    defaults = CacheParams()
+    params = CacheParams(window=defaults.window if window is None else window,
+                         theta=defaults.theta if theta is None else theta,
+                         lambd=defaults.lambd if lambd is None else lambd)
+    params.check()  # before the slow load
+    result = evaluate_cache_checkpoint(path, split=split, params=params, search_grid=search, data=data,
+                                       data_dir=data_dir, device=device, progress=progress)
+    name, pair = result["dataset"], f"window {result['window']}, theta {result['theta']:g}, lambda {result['lambda']:g}"
+    if search:
+        typer.echo(f"{name} valid: ppl {_exp(result['valid_loss']):.2f} -> {_exp(result['valid_cache_loss']):.2f} "
+                   f"with the cache; best of the grid: {pair}")
+    typer.echo(f"{name} {result['split']}: ppl {result['ppl']:.2f} -> {result['cache_ppl']:.2f} with the cache "
+               f"({pair}; loss {result['loss']:.4f} -> {result['cache_loss']:.4f}; {result['tokens']:,} tokens)")
+
+
+def _exp(loss: float) -> float:
+    import math
+
+    return math.exp(min(loss, 700.0))
 
 
 @app.command()

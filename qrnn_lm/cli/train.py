@@ -34,11 +34,14 @@ def _is_rank_zero() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
-def run_training(run_config, out: Path, device: str, resume: Path | None, data_dir: Path | None, progress: bool) -> None:
+def run_training(run_config, out: Path, device: str, resume: Path | None, data_dir: Path | None, progress: bool,
+                 init_from: Path | None = None) -> None:
     from ..training import train as train_model
 
     try:
-        results = train_model(run_config, out, device=device, resume=resume, data_dir=data_dir, progress=progress)
+        extra = {"init_from": init_from} if init_from is not None else {}  # finetune only
+        results = train_model(run_config, out, device=device, resume=resume, data_dir=data_dir, progress=progress,
+                              **extra)
     except KeyboardInterrupt:
         if _is_rank_zero():
             _report_interrupt(out, device, data_dir)

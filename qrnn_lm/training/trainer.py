@@ -54,6 +54,7 @@ from . import distributed
 from .checkpointer import Checkpointer, check_same_data, read_resume_point, restore_rng_states
 from .console import Console
 from .evaluator import Evaluator
+from .finetune import compare, converged, load_init, read_finetune, start_finetune
 from .interrupts import sigint_deferred
 from .metrics import Meter, make_logger
 from .optimizer import Schedule
@@ -72,6 +73,7 @@ def train(
     resume: str | Path | None = None,
     data_dir: str | Path | None = None,
     progress: bool = True,
+    init_from: str | Path | None = None,
 ) -> dict[str, Any]:
     """Train ``config`` into ``out_dir`` (checkpoints, ``config.toml``, ``tb/``, ``results.json``).
 
@@ -85,6 +87,8 @@ def train(
         data_dir: where named datasets live (see :func:`qrnn_lm.data.resolve_data_dir`).
         progress: tqdm bars (on rank 0 only). The console lines (validation results, schedule
             changes, interruptions) are printed on rank 0 either way.
+        init_from: finetune: start a fresh run from this checkpoint's weights straight into
+            averaged SGD (see :mod:`.finetune`).
 
     Returns:
         the results dict also written to ``out_dir/results.json``.
@@ -95,7 +99,8 @@ def train(
     except ValueError as error:
         raise UserError(str(error)) from None
     with distributed.session(device) as rank_device:
-        trainer = Trainer(config, Path(out_dir), rank_device, resume=resume, data_dir=data_dir, progress=progress)
+        trainer = Trainer(config, Path(out_dir), rank_device, resume=resume, data_dir=data_dir, progress=progress,
+                          init_from=init_from)
         try:
             return trainer.run()
         finally:
@@ -107,7 +112,9 @@ class Trainer:
     ``device`` is this rank's resolved device)."""
 
     def __init__(self, config: Config, out_dir: Path, device: torch.device, *, resume: str | Path | None = None,
-                 data_dir: str | Path | None = None, progress: bool = True):
+                 data_dir: str | Path | None = None, progress: bool = True, init_from: str | Path | None = None):
+        if init_from is not None and resume is not None:
+            raise ValueError("init_from starts a fresh run; resume continues one: pass one of them")
         self.config, self.out_dir, self.device = config, out_dir, device
         self.world_size = distributed.get_world_size()
         main = distributed.is_main()
@@ -128,7 +135,11 @@ class Trainer:
         if self.world_size > 1:
             torch.manual_seed(distributed.rank_seed(seed, distributed.get_rank()))  # this rank's own masks
         if resumed is None:
-            self.state = RunState(lr=config.train.lr, optimizer=config.train.optimizer)
+            # A finetune goes straight into averaged SGD from the starting checkpoint's weights.
+            self.state = RunState(lr=config.train.lr, optimizer="asgd" if init_from else config.train.optimizer)
+            if init_from is not None:
+                init = load_init(init_from, config, self.corpus.vocab.to_list())
+                self.model.load_state_dict(clean_state_dict(init["model"]))
             self.schedule = Schedule(self.model, config.train, self.state)
         else:
             self.model.load_state_dict(clean_state_dict(resumed.payload["model"]))
@@ -146,6 +157,9 @@ class Trainer:
         self.logger = make_logger(out_dir / "tb" if main else None)
         if resumed is not None:
             self.console.echo(f"resuming {resume}: epoch {self.state.epoch}, step {self.state.step}")
+        self.finetune = read_finetune(out_dir) if resumed is not None else None  # a finetune run's start
+        if init_from is not None:
+            self.finetune = start_finetune(self, init_from)
 
     # -- the loop, top to bottom -------------------------------------------------------------------
 
@@ -162,6 +176,10 @@ class Trainer:
                 if not self._epoch():
                     return "max_steps"
                 self._end_of_epoch()
+                if self.finetune is not None and converged(self.state.val_losses, self.config.train.nonmono):
+                    self.console.echo("finetune converged (validation worse than the best but the last "
+                                      f"{self.config.train.nonmono}): stopping")
+                    return "converged"
             except KeyboardInterrupt:
                 self._save_interrupted()
                 raise
@@ -259,6 +277,11 @@ class Trainer:
             "checkpoint": str(self.out_dir / "best.pt"),
             "seconds": round(seconds, 1),
         }
+        if self.finetune is not None:
+            results["finetune"] = compare(self.finetune, results)
+            self.console.echo(f"finetune: valid ppl {results['finetune']['start_val_ppl']:.2f} -> "
+                              f"{results['best_val_ppl']:.2f}, test ppl {results['finetune']['start_test_ppl']:.2f}"
+                              f" -> {results['test_ppl']:.2f}")
         if distributed.is_main():
             (self.out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
         self.logger.log({"test/loss": test_loss, "test/ppl": _ppl(test_loss)}, state.step)

@@ -1,0 +1,184 @@
+"""Continuous cache pointer evaluation (Grave et al. 2017, "Improving Neural Language Models with a
+Continuous Cache"; salesforce/awd-lstm-lm's ``pointer.py``).
+
+At step ``t`` the cache holds the pairs ``(h_j, w_{j+1})`` of the last ``window`` steps ``j < t``:
+the final layer's output ``h_j`` (what the decoder reads) and the word that followed it. The
+next-word distribution mixes the model's softmax with a softmax over the cache::
+
+    p_cache(w) = sum_j [w_{j+1} = w] * softmax_j(theta * h_t . h_j)
+    p(w)       = (1 - lambda) * p_model(w) + lambda * p_cache(w)
+
+Only the target's probability is needed, so everything is computed in log space
+(``logsumexp`` over the matching cache entries), which is exact when no entry matches (``log 0``);
+``lambda = 0`` gives plain eval's number bit for bit. The first token
+scored has an empty cache and gets ``p_model``. Unlike awd's ``pointer.py``, which uses the cache
+only once ``window`` steps have been seen, the cache is used as soon as it holds one entry.
+
+Batch size 1 only: one stream over the whole split, as the literature reports it. The model runs
+once per split (segments of ``bptt``, state carried); ``collect`` keeps the hidden states and the
+model's log-probabilities, so a grid over theta and lambda costs no further model passes.
+
+Shapes: N = number of scored tokens, E = final layer size, W = window, L = block of tokens.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..config import UserError
+from ..data import get_batch
+
+__all__ = ["CacheParams", "Collected", "collect", "cache_log_probs", "mixed_loss", "search", "THETAS", "LAMBDAS"]
+
+THETAS = (0.1, 0.25, 0.5, 0.75, 1.0, 1.5)  # the --cache-search grid (awd's PTB/WT2 picks lie inside)
+LAMBDAS = (0.05, 0.1, 0.15, 0.2, 0.3)
+
+
+@dataclass(frozen=True)
+class CacheParams:
+    window: int = 500  # cache size W in steps (awd-lstm-lm's PTB command)
+    theta: float = 1.0  # flatness of the cache's softmax over h_t . h_j
+    lambd: float = 0.1  # weight of the cache in the mixture
+
+    def check(self) -> None:
+        if self.window < 1:
+            raise UserError(f"--cache-window must be >= 1, got {self.window}")
+        if not math.isfinite(self.theta) or self.theta < 0:
+            raise UserError(f"--cache-theta must be a finite number >= 0, got {self.theta}")
+        if not 0.0 <= self.lambd <= 1.0:
+            raise UserError(f"--cache-lambda must be in [0, 1], got {self.lambd}")
+
+
+@dataclass
+class Collected:
+    """One pass of the model over a split (batch size 1)."""
+
+    hidden: torch.Tensor  # [N, E] final-layer output at each scored step (float32)
+    targets: torch.Tensor  # [N] the word that follows each step
+    model_log_probs: torch.Tensor  # [N] log p_model(target)
+    bptt: int  # segment length used
+    segment_losses: torch.Tensor | None = None  # [segments] float64: plain eval's own sums, for lambda = 0
+
+
+@torch.no_grad()
+def collect(model: torch.nn.Module, source: torch.Tensor, bptt: int) -> Collected:
+    """Run ``model`` over ``source`` ``[N + 1, 1]`` in segments of ``bptt`` (as plain eval does)."""
+    if source.dim() != 2 or source.size(1) != 1 or source.size(0) < 2:
+        raise ValueError(f"source must be [N, 1] with N >= 2 (batch size 1), got {tuple(source.shape)}")
+    was_training = model.training
+    model.eval()
+    model.reset()
+    hidden = model.init_hidden(1)
+    states, targets_all, log_probs, sums = [], [], [], []
+    for start in range(0, source.size(0) - 1, bptt):
+        inputs, targets = get_batch(source, start, bptt)  # [L, 1] each
+        logits, hidden, raw_output, _ = model(inputs, hidden)  # [L, 1, V], ..., [L, 1, E]
+        flat = logits.reshape(-1, logits.size(-1)).float()  # [L, V]
+        losses = F.cross_entropy(flat, targets.reshape(-1), reduction="none")  # [L]
+        log_probs.append(-losses)
+        # plain eval's sum, the same call in the same order: lambda = 0 reproduces it bit for bit
+        sums.append(F.cross_entropy(flat, targets.reshape(-1), reduction="sum").double())
+        states.append(raw_output.reshape(-1, raw_output.size(-1)).float())  # [L, E]
+        targets_all.append(targets.reshape(-1))
+    model.reset()
+    model.train(was_training)
+    return Collected(torch.cat(states), torch.cat(targets_all), torch.cat(log_probs), bptt, torch.stack(sums))
+
+
+def cache_log_probs(collected: Collected, window: int, thetas: list[float], block: int = 256) -> torch.Tensor:
+    """``log p_cache(target_t)`` for each theta: ``[len(thetas), N]``; ``-inf`` where no cache
+    entry holds the target, ``nan`` at ``t = 0`` (empty cache). The dot products are computed once
+    per block of L tokens against its ``W + L`` preceding states and reused for every theta."""
+    hidden, targets = collected.hidden, collected.targets
+    count = hidden.size(0)
+    out = torch.empty(len(thetas), count, dtype=torch.float64, device=hidden.device)
+    theta = torch.tensor(thetas, dtype=torch.float64, device=hidden.device).view(-1, 1, 1)  # [K, 1, 1]
+    for start in range(0, count, block):
+        stop = min(start + block, count)
+        first = max(0, start - window)
+        dots = (hidden[start:stop] @ hidden[first:stop].T).double()  # [L, W + L]
+        rows = torch.arange(start, stop, device=hidden.device).view(-1, 1)  # t
+        cols = torch.arange(first, stop, device=hidden.device).view(1, -1)  # j
+        in_window = (cols < rows) & (cols >= rows - window)  # [L, W + L]: j in [t - W, t - 1]
+        match = in_window & (targets[first:stop].view(1, -1) == targets[start:stop].view(-1, 1))
+        scores = theta * dots  # [K, L, W + L]
+        neg_inf = torch.tensor(-math.inf, dtype=scores.dtype, device=scores.device)
+        total = torch.where(in_window, scores, neg_inf).logsumexp(-1)  # [K, L]
+        hits = torch.where(match, scores, neg_inf).logsumexp(-1)  # [K, L]
+        out[:, start:stop] = hits - total  # -inf - -inf = nan only for the empty cache at t = 0
+    return out
+
+
+def mixed_loss(collected: Collected, log_p_cache: torch.Tensor, lambd: float) -> float:
+    """Mean ``-log((1 - lambda) p_model + lambda p_cache)`` over the N targets, in nats.
+
+    ``lambda = 0`` is the model alone: plain eval's own per-segment sums when ``collect`` kept them
+    (the same number as :func:`~qrnn_lm.inference.evaluate.evaluate`, to the bit)."""
+    log_p_model = collected.model_log_probs.double()
+    if lambd == 0.0:
+        if collected.segment_losses is not None:
+            return collected.segment_losses.sum().item() / log_p_model.numel()
+        return (-log_p_model).sum().item() / log_p_model.numel()
+    model_term = log_p_model + math.log1p(-lambd) if lambd < 1 else torch.full_like(log_p_model, -math.inf)
+    mixed = torch.logaddexp(model_term, log_p_cache + math.log(lambd))
+    mixed = torch.where(torch.isnan(log_p_cache), log_p_model, mixed)  # empty cache: the model alone
+    return (-mixed).sum().item() / mixed.numel()
+
+
+def search(valid: Collected, window: int, thetas=THETAS, lambdas=LAMBDAS) -> tuple[float, float, float, dict]:
+    """The grid over theta x lambda on ``valid``: ``(best theta, best lambda, its loss, {(theta,
+    lambda): loss})``."""
+    log_p_cache = cache_log_probs(valid, window, list(thetas))
+    grid = {(theta, lambd): mixed_loss(valid, log_p_cache[index], lambd)
+            for index, theta in enumerate(thetas) for lambd in lambdas}
+    (theta, lambd), loss = min(grid.items(), key=lambda item: item[1])
+    return theta, lambd, loss, grid
+
+
+def evaluate_cache_checkpoint(checkpoint, *, split: str = "test", params: CacheParams = CacheParams(),
+                              search_grid: bool = False, data=None, data_dir=None, device: str = "auto",
+                              progress: bool = True) -> dict:
+    """Cache-pointer evaluation of a checkpoint (a path or a loaded payload) at batch size 1.
+
+    Without ``search_grid``: ``split`` scored without and with the cache at ``params``. With it:
+    the grid over :data:`THETAS` x :data:`LAMBDAS` on valid picks the pair, then test is scored
+    with it (``split`` is ignored). Returns a dict with ``loss``/``ppl`` (plain) and
+    ``cache_loss``/``cache_ppl`` for the split scored, plus ``theta``, ``lambda``, ``window``,
+    ``tokens``, ``split``, ``dataset`` (and ``valid_loss``/``valid_cache_loss`` with a search).
+    """
+    from ..data import Corpus, batchify, prepare_dataset
+    from ..models.checkpoint import load_checkpoint, model_from_checkpoint
+    from .evaluate import SPLITS, resolve_device
+
+    params.check()
+    if split not in SPLITS:
+        raise UserError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    payload = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
+    torch_device = resolve_device(device)
+    model, vocab, config = model_from_checkpoint(payload, torch_device)
+    dataset = str(data) if data is not None else config.data.dataset
+    corpus = Corpus.load(prepare_dataset(dataset, data_dir, progress=progress), vocab=vocab, progress=progress)
+
+    def run(name: str) -> Collected:
+        if getattr(corpus, name).numel() < 2:
+            raise UserError(f"the {name} split of {dataset} holds fewer than 2 tokens: nothing to score")
+        return collect(model, batchify(getattr(corpus, name), 1).to(torch_device), config.data.bptt)
+
+    result = {"dataset": dataset, "window": params.window, "batch_size": 1}
+    theta, lambd = params.theta, params.lambd
+    if search_grid:
+        valid = run("valid")
+        theta, lambd, valid_cache_loss, grid = search(valid, params.window)
+        result.update(valid_loss=mixed_loss(valid, torch.empty(0), 0.0), valid_cache_loss=valid_cache_loss,
+                      grid={f"{t:g},{l:g}": loss for (t, l), loss in grid.items()})
+        split = "test"
+    scored = run(split)
+    log_p_cache = cache_log_probs(scored, params.window, [theta])[0]
+    loss, cache_loss = mixed_loss(scored, log_p_cache, 0.0), mixed_loss(scored, log_p_cache, lambd)
+    result.update(split=split, theta=theta, **{"lambda": lambd}, tokens=scored.targets.numel(), loss=loss,
+                  ppl=math.exp(loss), cache_loss=cache_loss, cache_ppl=math.exp(cache_loss))
+    return result
