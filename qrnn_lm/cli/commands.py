@@ -129,6 +129,10 @@ def train(
         Optional[Path],
         typer.Option("--resume", metavar="DIR|CHECKPOINT", help="Continue an interrupted run (a run folder means its last.pt)."),
     ] = None,
+    resume_previous: Annotated[
+        bool,
+        typer.Option("--resume-previous", help="With --resume DIR: when its last.pt is damaged, continue from the earlier last.prev.pt."),
+    ] = False,
     max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="Stop after N optimizer steps (= --set train.max_steps=N).")] = None,
     epochs: Annotated[Optional[int], typer.Option("--epochs", help="Train for N epochs (= --set train.epochs=N).")] = None,
     data_dir: DataDirOption = None,
@@ -163,8 +167,9 @@ def train(
         resumed = None
         if resume is not None:
             from ..models.checkpoint import load_checkpoint
+            from ..training.checkpointer import choose_resume_file
 
-            resume = _checkpoint_file(resume, "last.pt")
+            resume = choose_resume_file(resume, take_previous=resume_previous)
             resumed = load_checkpoint(resume)["config"]  # also fails early on a bad checkpoint
         run_config = resolve_train_config(data, config, overrides, resumed, [d.value for d in Dataset])
         out = out if out is not None else resume.parent if resume is not None else Path("runs") / run_config.name

@@ -245,7 +245,8 @@ def launch_local(nproc: int, argv: Sequence[str], *, module: str = "qrnn_lm") ->
     machinery (``torch.distributed.run --standalone``: a local rendezvous on a free port, no
     restarts). Returns 0 when every rank succeeded, else the first failed rank's exit code (also
     printed as one line on stderr; the ranks' own output, e.g. rank 0's error line, comes before);
-    130 when interrupted (Ctrl-C or SIGTERM: torchrun passes the signal on to every rank).
+    128 + signum when interrupted (Ctrl-C, SIGTERM, SIGHUP: torchrun passes it on to every rank,
+    whose trainers agree on a step, save and stop).
 
     Equivalent to ``torchrun --standalone --nproc_per_node <nproc> -m <module> <argv>``.
     """
@@ -269,7 +270,7 @@ def launch_local(nproc: int, argv: Sequence[str], *, module: str = "qrnn_lm") ->
         return code
     except SignalException as error:
         print(f"\ninterrupted ({signal_name(error.sigval)}): every rank was stopped", file=sys.stderr)
-        return 130
+        return 128 + int(error.sigval)  # the shell's convention: 130 for Ctrl-C, 143 for SIGTERM
     return 0
 
 
