@@ -145,6 +145,7 @@ class Trainer:
         self.checkpointer = Checkpointer(out_dir, config, self.corpus, warn=self.console.echo)
         self.signals = StopSignals(immediate=self.world_size == 1)
         self._last_saved = time.monotonic()  # when last.pt was last written (for checkpoint_every_minutes)
+        self._last_counters = self.state.counters() if resumed is not None else None  # what last.pt holds
         self.meter = Meter()
         self.snapshot: Snapshot | None = None  # state at the start of the step in progress, if any
         if main:
@@ -313,9 +314,13 @@ class Trainer:
         """Write ``kind``.pt from the live state (consistent between steps) or ``snapshot``; None
         when the write failed (warned; the previous file is kept)."""
         snapshot = snapshot if snapshot is not None else self._snapshot(self.state)
+        if kind == "last" and snapshot.state.counters() == self._last_counters:
+            # last.pt holds this very state already; writing it again would push the earlier
+            # state out of last.prev.pt. (The same decision on every rank: equal counters.)
+            return self.out_dir / "last.pt"
         path = self.checkpointer.save(kind, self.model, self.schedule.optimizer, snapshot)
         if kind == "last":
-            self._last_saved = time.monotonic()
+            self._last_saved, self._last_counters = time.monotonic(), snapshot.state.counters()
         return path
 
     def _save_interrupted(self) -> None:
