@@ -6,7 +6,8 @@ imported inside the commands, so ``qrnn-lm --help`` is instant.
 
 Exit codes: 0 success; 1 a problem the user can fix (any ``qrnn_lm.config.UserError``), printed as
 one ``error: ...`` line on stderr, never a traceback; 2 a malformed command line (typer's usage
-message, e.g. ``--tokens abc``); 130 interrupted with Ctrl-C (128 + SIGINT, the shell convention).
+message, e.g. ``--tokens abc``); 128 + signum when a run is stopped (130 Ctrl-C, 143 SIGTERM, 129
+SIGHUP; the shell convention).
 The ``bench`` sub-app (``qrnn_lm.cli.bench``) is mounted with ``app.add_typer``.
 """
 
@@ -166,11 +167,10 @@ def train(
     with _user_errors():
         resumed = None
         if resume is not None:
-            from ..models.checkpoint import load_checkpoint
-            from ..training.checkpointer import choose_resume_file
+            from ..training.checkpointer import resume_checkpoint
 
-            resume = choose_resume_file(resume, take_previous=resume_previous)
-            resumed = load_checkpoint(resume)["config"]  # also fails early on a bad checkpoint
+            resume, payload = resume_checkpoint(resume, take_previous=resume_previous)  # fails early on a bad one
+            resumed = payload["config"]
         run_config = resolve_train_config(data, config, overrides, resumed, [d.value for d in Dataset])
         out = out if out is not None else resume.parent if resume is not None else Path("runs") / run_config.name
         run_training(run_config, out, device.value, resume, data_dir, progress)

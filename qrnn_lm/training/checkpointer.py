@@ -32,7 +32,7 @@ from . import distributed
 from .state import Snapshot, restore_rng
 from .stream import concat_streams, stream_to_cpu
 
-__all__ = ["PREVIOUS", "ResumePoint", "read_resume_point", "choose_resume_file", "resume_config_check", "check_same_data", "restore_rng_states",
+__all__ = ["PREVIOUS", "ResumePoint", "read_resume_point", "choose_resume_file", "resume_checkpoint", "resume_config_check", "check_same_data", "restore_rng_states",
            "Checkpointer"]
 
 PREVIOUS = "last.prev.pt"  # the training state before the newest last.pt, kept beside it
@@ -72,8 +72,7 @@ def read_resume_point(resume: str | Path | None, config: Config, out_dir: Path) 
                 "or choose another --out folder"
             )
         return None
-    path = choose_resume_file(Path(resume))
-    payload = load_checkpoint(path)
+    path, payload = resume_checkpoint(Path(resume))
     try:
         saved_config = config_from_dict(payload["config"])
     except ConfigError as error:
@@ -85,36 +84,41 @@ def read_resume_point(resume: str | Path | None, config: Config, out_dir: Path) 
 
 
 def choose_resume_file(resume: Path, take_previous: bool = False) -> Path:
-    """The checkpoint ``--resume RESUME`` continues from: a run folder (or its ``last.pt``) means
+    """The file of :func:`resume_checkpoint`."""
+    return resume_checkpoint(resume, take_previous)[0]
+
+
+def resume_checkpoint(resume: Path, take_previous: bool = False) -> tuple[Path, dict[str, Any]]:
+    """The checkpoint ``--resume RESUME`` continues from, loaded once: ``(path, payload)``: a run folder (or its ``last.pt``) means
     ``last.pt``, or the earlier ``last.prev.pt`` when ``last.pt`` is missing (a kill between the
     two renames where hard links are refused), or damaged and ``take_previous``. A damaged
     ``last.pt`` without ``take_previous`` is a UserError that offers the earlier file; a folder
     without either says there is nothing to resume."""
     folder = resume if resume.is_dir() else resume.parent
     if not resume.is_dir() and resume.name != "last.pt":
-        return resume  # an explicit file: loading it says what is wrong with it
+        return resume, load_checkpoint(resume)  # an explicit file: loading it says what is wrong
     last, previous = folder / "last.pt", folder / PREVIOUS
     if not last.exists():
         if previous.exists():
-            return previous
+            return previous, load_checkpoint(previous)
         if resume.is_dir() or folder.is_dir():
             raise UserError(
                 f"nothing to resume in {folder}: the run stopped before its first checkpoint; start it "
                 f"again with the same command and --out {folder} instead of --resume"
             )
-        return last  # loading it says it does not exist
+        return last, load_checkpoint(last)  # which says it does not exist
     try:
-        load_checkpoint(last)
-        return last
+        return last, load_checkpoint(last)
     except CheckpointError as error:
         if not previous.exists():
             raise
         try:
-            counters = load_checkpoint(previous).get("counters", {})
+            earlier = load_checkpoint(previous)
         except CheckpointError:
             raise error from None
         if take_previous:
-            return previous
+            return previous, earlier
+        counters = earlier.get("counters", {})
         raise UserError(
             f"{last} is damaged ({error}); the earlier {previous} (epoch {counters.get('epoch', '?')}, "
             f"step {counters.get('step', '?')}) is readable: add --resume-previous to continue from it"

@@ -265,6 +265,11 @@ def launch_local(nproc: int, argv: Sequence[str], *, module: str = "qrnn_lm") ->
     except ChildFailedError as error:
         rank, failure = error.get_first_failure()
         code = failure.exitcode if failure.exitcode and failure.exitcode > 0 else 1
+        if code - 128 in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", -1)):
+            # A stop signal sent to the ranks themselves: they agreed on a step and rank 0 saved.
+            print(f"\ninterrupted ({signal_name(code - 128)} reached rank {rank}): every rank stopped at the "
+                  "same step", file=sys.stderr)
+            return code
         print(f"error: rank {rank} of {nproc} failed (exit code {failure.exitcode}); every rank was stopped",
               file=sys.stderr)
         return code

@@ -93,7 +93,7 @@ def kill_all(pid: int) -> None:
 def launch(corpus, out, nproc, how, rng):
     """One launch (fresh when nothing is saved yet, else ``--resume``), stopped by ``how``:
     "random" (SIGKILL a random moment after this launch wrote a checkpoint), "write" (SIGKILL as
-    soon as a checkpoint's temp file shows), "term" (SIGTERM to the leader) or "finish".
+    soon as a checkpoint's temp file shows), "term" (SIGTERM to the leader), "term-one-rank" (SIGTERM to one rank alone) or "finish".
     Returns (exit code, stderr, whether a temp file was left behind)."""
     resume = (out / "last.pt").exists() or (out / "last.prev.pt").exists()
     before = signature(out / "last.pt")
@@ -101,7 +101,7 @@ def launch(corpus, out, nproc, how, rng):
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
-        if how in ("random", "term"):
+        if how in ("random", "term", "term-one-rank"):
             while signature(out / "last.pt") == before and process.poll() is None:
                 assert time.monotonic() < deadline, "no checkpoint within 120 s"
                 time.sleep(0.002)
@@ -112,6 +112,8 @@ def launch(corpus, out, nproc, how, rng):
                 time.sleep(0.0002)
         if how == "term":
             process.send_signal(signal.SIGTERM)
+        elif how == "term-one-rank":  # e.g. a scheduler signalling tasks one by one
+            os.kill(process_tree(process.pid)[-1], signal.SIGTERM)
         elif how != "finish" and process.poll() is None:
             kill_all(process.pid)  # the machine dies: every process at once
         _, stderr = process.communicate(timeout=120)
@@ -143,7 +145,7 @@ def killed_and_resumed(corpus, tmp_path, nproc, plan, seed):
         code, stderr, temp = launch(corpus, out, nproc, how, rng)
         if (out / "results.json").exists():
             break  # this launch finished before its signal: nothing more to interrupt
-        if how == "term":
+        if how.startswith("term"):
             assert code == 143, stderr[-3000:]
             assert "resume with:" in stderr and "--resume" in stderr, stderr[-3000:]
         left_temp |= how == "write" and temp
@@ -168,5 +170,5 @@ def test_one_process_killed_at_random_moments_ends_bit_for_bit(corpus, tmp_path)
 
 @pytest.mark.slow
 def test_two_gloo_processes_killed_at_random_moments_end_bit_for_bit(corpus, tmp_path):
-    plan = ["random", "write", "term"]
+    plan = ["random", "write", "term", "term-one-rank"]
     killed_and_resumed(corpus, tmp_path, 2, plan, seed=2)
