@@ -50,6 +50,9 @@ def test_periodic_checkpoints_keep_the_previous_one(corpus, tmp_path):
     assert load_checkpoint(out / "last.pt")["counters"]["step"] == 7
     assert load_checkpoint(out / PREVIOUS)["counters"]["step"] == 6
     assert not list(out.glob(".*"))  # no temp file or link left behind
+    (out / ".last.pt.k1lled.tmp").write_bytes(b"PK")  # what a kill during a write leaves
+    run(tiny(corpus, "train.max_steps=8", "train.checkpoint_every_steps=3"), out, resume=out)
+    assert not list(out.glob(".*"))  # the continuing run removed it
 
 
 def test_periodic_checkpoints_can_be_switched_off(corpus, tmp_path, monkeypatch):
