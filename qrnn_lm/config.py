@@ -73,6 +73,9 @@ class TrainConfig:
     lr_decay_epochs: list[int] = field(default_factory=list)  # divide the lr by 10 at these epochs
     seed: int = 141  # seeds parameters, dropout masks and BPTT lengths
     log_interval: int = 200  # steps between console / TensorBoard log points
+    # Periodic last.pt inside an epoch, at the exact position (a hard kill loses at most this much):
+    checkpoint_every_steps: int = 0  # every N optimizer steps; 0 = off
+    checkpoint_every_minutes: float = 10.0  # when this many minutes passed since the last save; 0 = off
 
 
 @dataclass
@@ -169,6 +172,8 @@ def validate(config: Config) -> None:
         (config.train.max_steps >= 0, "train.max_steps must be >= 0 (0 means no limit)"),
         (config.train.nonmono >= 1, "train.nonmono must be >= 1"),
         (config.train.log_interval >= 1, "train.log_interval must be >= 1"),
+        (config.train.checkpoint_every_steps >= 0, "train.checkpoint_every_steps must be >= 0 (0 = off)"),
+        (config.train.checkpoint_every_minutes >= 0, "train.checkpoint_every_minutes must be >= 0 (0 = off)"),
     ]
     for name in ("zoneout", "dropout_emb", "dropout_input", "dropout_hidden", "dropout_output", "weight_drop"):
         value = getattr(config.model, name)

@@ -6,7 +6,8 @@ imported inside the commands, so ``qrnn-lm --help`` is instant.
 
 Exit codes: 0 success; 1 a problem the user can fix (any ``qrnn_lm.config.UserError``), printed as
 one ``error: ...`` line on stderr, never a traceback; 2 a malformed command line (typer's usage
-message, e.g. ``--tokens abc``); 130 interrupted with Ctrl-C (128 + SIGINT, the shell convention).
+message, e.g. ``--tokens abc``); 128 + signum when a run is stopped (130 Ctrl-C, 143 SIGTERM, 129
+SIGHUP; the shell convention).
 The ``bench`` sub-app (``qrnn_lm.cli.bench``) is mounted with ``app.add_typer``.
 """
 
@@ -129,6 +130,10 @@ def train(
         Optional[Path],
         typer.Option("--resume", metavar="DIR|CHECKPOINT", help="Continue an interrupted run (a run folder means its last.pt)."),
     ] = None,
+    resume_previous: Annotated[
+        bool,
+        typer.Option("--resume-previous", help="With --resume DIR: when its last.pt is damaged, continue from the earlier last.prev.pt."),
+    ] = False,
     max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="Stop after N optimizer steps (= --set train.max_steps=N).")] = None,
     epochs: Annotated[Optional[int], typer.Option("--epochs", help="Train for N epochs (= --set train.epochs=N).")] = None,
     data_dir: DataDirOption = None,
@@ -162,10 +167,10 @@ def train(
     with _user_errors():
         resumed = None
         if resume is not None:
-            from ..models.checkpoint import load_checkpoint
+            from ..training.checkpointer import resume_checkpoint
 
-            resume = _checkpoint_file(resume, "last.pt")
-            resumed = load_checkpoint(resume)["config"]  # also fails early on a bad checkpoint
+            resume, payload = resume_checkpoint(resume, take_previous=resume_previous)  # fails early on a bad one
+            resumed = payload["config"]
         run_config = resolve_train_config(data, config, overrides, resumed, [d.value for d in Dataset])
         out = out if out is not None else resume.parent if resume is not None else Path("runs") / run_config.name
         run_training(run_config, out, device.value, resume, data_dir, progress)

@@ -1,6 +1,6 @@
 """What ``qrnn-lm train`` does once its options are checked and its config resolved: run
 ``training.train``, print the one-line summary, and on Ctrl-C print the exact command that resumes
-the run (with the same device and data location). Rank 0 only prints, in a data-parallel run.
+the run (with the same device and data location); the exit status is 128 + the signal's number. Rank 0 only prints, in a data-parallel run.
 Also ``argv_without_nproc``: the command line the ``--nproc`` launcher hands to every rank.
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import typer
 
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell convention
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell convention (SIGTERM: 143, SIGHUP: 129)
 
 
 def argv_without_nproc(argv: list[str]) -> list[str]:
@@ -42,16 +42,18 @@ def run_training(run_config, out: Path, device: str, resume: Path | None, data_d
         extra = {"init_from": init_from} if init_from is not None else {}  # finetune only
         results = train_model(run_config, out, device=device, resume=resume, data_dir=data_dir, progress=progress,
                               **extra)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as error:  # Ctrl-C, SIGTERM or SIGHUP (training.interrupts.Interrupted)
         if _is_rank_zero():
             _report_interrupt(out, device, data_dir)
-        raise typer.Exit(EXIT_INTERRUPTED) from None
+        raise typer.Exit(128 + getattr(error, "signum", 2)) from None
     if _is_rank_zero():
         typer.echo(_format_results(results, out))
 
 
 def _report_interrupt(out: Path, device: str, data_dir: Path | None) -> None:
     last = out / "last.pt"
+    if not last.is_file() and (out / "last.prev.pt").is_file():
+        last = out / "last.prev.pt"
     if not last.is_file():
         typer.echo(f"\ninterrupted before the first checkpoint; nothing saved in {out}", err=True)
         return

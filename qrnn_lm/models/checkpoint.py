@@ -88,9 +88,15 @@ def _fsync_directory(folder: Path) -> None:
         os.close(fd)
 
 
-def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
+def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any], *,
+                    previous: str | os.PathLike | None = None) -> Path:
     """Write ``payload`` to ``path`` atomically: a temp file in the same folder, flushed and
     fsynced, then ``os.replace``. A crash leaves either the old file or the new one, never half.
+
+    ``previous``: keep the file that ``path`` held until now under this name (e.g. ``last.prev.pt``
+    beside ``last.pt``), so an earlier good state survives a newest file damaged later. The new
+    file is complete on disk before the old one is moved: a failing write (disk full, permission)
+    raises OSError with both files untouched.
 
     Returns the path written.
     """
@@ -103,6 +109,8 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
             torch.save(payload, handle)
             handle.flush()
             os.fsync(handle.fileno())
+        if previous is not None and path.exists():
+            _keep_previous(path, Path(previous))
         os.replace(tmp_name, path)
     except BaseException:
         # Also on KeyboardInterrupt: never leave a temp file behind.
@@ -113,6 +121,20 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
         raise
     _fsync_directory(path.parent)
     return path
+
+
+def _keep_previous(path: Path, previous: Path) -> None:
+    """Make ``previous`` hold what ``path`` holds now. A hard link keeps ``path`` in place all the
+    while (a kill at any moment leaves a complete ``path``); where links are refused, a rename
+    leaves a moment with ``previous`` alone, which resuming also accepts."""
+    link = previous.with_name(f".{previous.name}.link")
+    try:
+        if link.exists():
+            link.unlink()
+        os.link(path, link)
+        os.replace(link, previous)
+    except OSError:
+        os.replace(path, previous)
 
 
 def _first_line(error: BaseException) -> str:

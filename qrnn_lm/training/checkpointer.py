@@ -27,13 +27,15 @@ import torch
 from ..config import Config, ConfigError, UserError, config_from_dict, config_to_dict
 from ..data import Corpus
 from ..models import QRNNLanguageModel
-from ..models.checkpoint import clean_state_dict, load_checkpoint, model_from_checkpoint, save_checkpoint
+from ..models.checkpoint import CheckpointError, clean_state_dict, load_checkpoint, model_from_checkpoint, save_checkpoint
 from . import distributed
 from .state import Snapshot, restore_rng
 from .stream import concat_streams, stream_to_cpu
 
-__all__ = ["ResumePoint", "read_resume_point", "resume_config_check", "check_same_data", "restore_rng_states",
+__all__ = ["PREVIOUS", "ResumePoint", "read_resume_point", "choose_resume_file", "resume_checkpoint", "resume_config_check", "check_same_data", "restore_rng_states",
            "Checkpointer"]
+
+PREVIOUS = "last.prev.pt"  # the training state before the newest last.pt, kept beside it
 
 # Keys that must not change on resume: they define the weights' shapes or the training stream.
 _FIXED_ON_RESUME = ("batch_size", "bptt", "variable_bptt")
@@ -64,14 +66,13 @@ def read_resume_point(resume: str | Path | None, config: Config, out_dir: Path) 
     """The checkpoint to resume from (a run folder means its ``last.pt``), checked against
     ``config``; None for a fresh run, which refuses a folder that already holds ``last.pt``."""
     if resume is None:
-        if (out_dir / "last.pt").exists():
+        if (out_dir / "last.pt").exists() or (out_dir / PREVIOUS).exists():
             raise UserError(
                 f"{out_dir} already holds a run (last.pt); continue it with --resume {out_dir} "
                 "or choose another --out folder"
             )
         return None
-    path = Path(resume)
-    payload = load_checkpoint(path / "last.pt" if path.is_dir() else path)
+    path, payload = resume_checkpoint(Path(resume))
     try:
         saved_config = config_from_dict(payload["config"])
     except ConfigError as error:
@@ -80,6 +81,48 @@ def read_resume_point(resume: str | Path | None, config: Config, out_dir: Path) 
     if "counters" not in payload:
         raise UserError(f"{path} holds no training state to resume; pass the run's last.pt")
     return ResumePoint(path, payload, saved_config)
+
+
+def choose_resume_file(resume: Path, take_previous: bool = False) -> Path:
+    """The file of :func:`resume_checkpoint`."""
+    return resume_checkpoint(resume, take_previous)[0]
+
+
+def resume_checkpoint(resume: Path, take_previous: bool = False) -> tuple[Path, dict[str, Any]]:
+    """The checkpoint ``--resume RESUME`` continues from, loaded once: ``(path, payload)``: a run folder (or its ``last.pt``) means
+    ``last.pt``, or the earlier ``last.prev.pt`` when ``last.pt`` is missing (a kill between the
+    two renames where hard links are refused), or damaged and ``take_previous``. A damaged
+    ``last.pt`` without ``take_previous`` is a UserError that offers the earlier file; a folder
+    without either says there is nothing to resume."""
+    folder = resume if resume.is_dir() else resume.parent
+    if not resume.is_dir() and resume.name != "last.pt":
+        return resume, load_checkpoint(resume)  # an explicit file: loading it says what is wrong
+    last, previous = folder / "last.pt", folder / PREVIOUS
+    if not last.exists():
+        if previous.exists():
+            return previous, load_checkpoint(previous)
+        if resume.is_dir() or folder.is_dir():
+            raise UserError(
+                f"nothing to resume in {folder}: the run stopped before its first checkpoint; start it "
+                f"again with the same command and --out {folder} instead of --resume"
+            )
+        return last, load_checkpoint(last)  # which says it does not exist
+    try:
+        return last, load_checkpoint(last)
+    except CheckpointError as error:
+        if not previous.exists():
+            raise
+        try:
+            earlier = load_checkpoint(previous)
+        except CheckpointError:
+            raise error from None
+        if take_previous:
+            return previous, earlier
+        counters = earlier.get("counters", {})
+        raise UserError(
+            f"{last} is damaged ({error}); the earlier {previous} (epoch {counters.get('epoch', '?')}, "
+            f"step {counters.get('step', '?')}) is readable: add --resume-previous to continue from it"
+        ) from None
 
 
 def check_same_data(payload: dict[str, Any], corpus: Corpus) -> None:
@@ -113,13 +156,21 @@ def restore_rng_states(payload: dict[str, Any], generator: torch.Generator, shar
 class Checkpointer:
     """Writes a run's checkpoints into ``out_dir`` and reads its ``best.pt`` back."""
 
-    def __init__(self, out_dir: Path, config: Config, corpus: Corpus):
-        self.out_dir, self.config, self.corpus = out_dir, config, corpus
+    def __init__(self, out_dir: Path, config: Config, corpus: Corpus, warn=print):
+        self.out_dir, self.config, self.corpus, self.warn = out_dir, config, corpus, warn
+        if distributed.is_main():
+            # A kill during a write leaves its temp file (and a kill while keeping the previous
+            # last.pt, its link); the run that continues owns the folder, so they go.
+            for stale in [*out_dir.glob(".*.pt.*.tmp"), *out_dir.glob(".*.pt.link")]:
+                stale.unlink(missing_ok=True)
 
-    def save(self, kind: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer, snapshot: Snapshot) -> Path:
+    def save(self, kind: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+             snapshot: Snapshot) -> Path | None:
         """Write ``<out>/<kind>.pt`` (kind "last" or "best") from the model's current weights, the
-        optimiser and ``snapshot``. Every rank calls it at the same point; rank 0 writes. Returns
-        the path (written or not)."""
+        optimiser and ``snapshot``; a new ``last.pt`` keeps the one before as ``last.prev.pt``.
+        Every rank calls it at the same point; rank 0 writes. Returns the path (written or not), or
+        None when writing failed (disk full, permission): the previous file stays intact, one
+        warning line says so, and training goes on."""
         path = self.out_dir / f"{kind}.pt"
         stream, rng = stream_to_cpu(snapshot.stream), snapshot.rng
         if distributed.get_world_size() > 1:
@@ -140,7 +191,13 @@ class Checkpointer:
             "stream": stream,
             "data": {"dataset": self.config.data.dataset, "checksums": dict(self.corpus.checksums)},
         }
-        return save_checkpoint(path, payload)
+        try:
+            return save_checkpoint(path, payload, previous=self.out_dir / PREVIOUS if kind == "last" else None)
+        except OSError as error:
+            reason = error.strerror or str(error)
+            self.warn(f"warning: could not write {path} ({reason}); the previous {path.name} is kept, "
+                      "training goes on")
+            return None
 
     def has_best(self) -> bool:
         """Whether rank 0's folder holds ``best.pt`` (the same answer on every rank)."""

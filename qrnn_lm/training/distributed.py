@@ -245,7 +245,8 @@ def launch_local(nproc: int, argv: Sequence[str], *, module: str = "qrnn_lm") ->
     machinery (``torch.distributed.run --standalone``: a local rendezvous on a free port, no
     restarts). Returns 0 when every rank succeeded, else the first failed rank's exit code (also
     printed as one line on stderr; the ranks' own output, e.g. rank 0's error line, comes before);
-    130 when interrupted (Ctrl-C or SIGTERM: torchrun passes the signal on to every rank).
+    128 + signum when interrupted (Ctrl-C, SIGTERM, SIGHUP: torchrun passes it on to every rank,
+    whose trainers agree on a step, save and stop).
 
     Equivalent to ``torchrun --standalone --nproc_per_node <nproc> -m <module> <argv>``.
     """
@@ -264,12 +265,17 @@ def launch_local(nproc: int, argv: Sequence[str], *, module: str = "qrnn_lm") ->
     except ChildFailedError as error:
         rank, failure = error.get_first_failure()
         code = failure.exitcode if failure.exitcode and failure.exitcode > 0 else 1
+        if code - 128 in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", -1)):
+            # A stop signal sent to the ranks themselves: they agreed on a step and rank 0 saved.
+            print(f"\ninterrupted ({signal_name(code - 128)} reached rank {rank}): every rank stopped at the "
+                  "same step", file=sys.stderr)
+            return code
         print(f"error: rank {rank} of {nproc} failed (exit code {failure.exitcode}); every rank was stopped",
               file=sys.stderr)
         return code
     except SignalException as error:
         print(f"\ninterrupted ({signal_name(error.sigval)}): every rank was stopped", file=sys.stderr)
-        return 130
+        return 128 + int(error.sigval)  # the shell's convention: 130 for Ctrl-C, 143 for SIGTERM
     return 0
 
 

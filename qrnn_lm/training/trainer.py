@@ -21,8 +21,12 @@ Stopping and resuming:
   ``max_steps`` stops a run mid-epoch, ``last.pt`` holds the exact position; the final test still
   runs (on ``best.pt``; when no epoch has finished yet, the current weights are validated once and
   saved as ``best.pt`` first, without entering the NT-ASGD history).
-* Ctrl-C saves ``last.pt`` at the exact position (the start of the interrupted step) and re-raises
-  KeyboardInterrupt for the caller (the CLI prints the resume command).
+* Ctrl-C, SIGTERM and SIGHUP save ``last.pt`` at the exact position (the start of the interrupted
+  step) and raise :class:`~qrnn_lm.training.interrupts.Interrupted` (a KeyboardInterrupt with the
+  signal number) for the caller (the CLI prints the resume command, exits 128 + signum).
+* ``last.pt`` is also written inside an epoch every ``train.checkpoint_every_steps`` steps and when
+  ``train.checkpoint_every_minutes`` have passed since the last one; each new ``last.pt`` keeps the
+  one before as ``last.prev.pt``. A failing write warns in one line and training goes on.
 * A non-finite loss or gradient norm raises :class:`TrainingError`; no checkpoint is written, so
   the last good ``last.pt`` stays.
 
@@ -31,9 +35,9 @@ joins the process group (:func:`qrnn_lm.training.distributed.session`) and each 
 block of the global batch's streams through DistributedDataParallel, which makes N ranks train the
 same model as one process with the whole batch. Rank 0 alone writes ``config.toml``, TensorBoard,
 checkpoints, ``results.json`` and console output; validation and test are exact token-weighted
-means over the ranks' shares. A Ctrl-C in a distributed run saves nothing mid-epoch (the ranks are
-interrupted at different points): resume from the last ``last.pt`` written at an epoch end or at
-``max_steps``.
+means over the ranks' shares. Stop signals only set a flag on each rank (raising inside a
+collective would hang the others); after every step the ranks all-gather (signal, checkpoint due by
+the clock), so every rank stops, or checkpoints, at the same step, and rank 0 saves.
 """
 
 from __future__ import annotations
@@ -55,7 +59,7 @@ from .checkpointer import Checkpointer, check_same_data, read_resume_point, rest
 from .console import Console
 from .evaluator import Evaluator
 from .finetune import compare, converged, load_init, read_finetune, start_finetune
-from .interrupts import sigint_deferred
+from .interrupts import Interrupted, StopSignals, sigint_deferred
 from .metrics import Meter, make_logger
 from .optimizer import Schedule
 from .state import RunState, SharedMasks, Snapshot, capture_rng
@@ -149,7 +153,10 @@ class Trainer:
             self.stream.restore(self.model, resumed.payload["stream"], device)
         self.evaluator = Evaluator(self.corpus, config.data, device)
         self.ddp = distributed.wrap_ddp(self.model, device)  # what training calls
-        self.checkpointer = Checkpointer(out_dir, config, self.corpus)
+        self.checkpointer = Checkpointer(out_dir, config, self.corpus, warn=self.console.echo)
+        self.signals = StopSignals(immediate=self.world_size == 1)
+        self._last_saved = time.monotonic()  # when last.pt was last written (for checkpoint_every_minutes)
+        self._last_counters = self.state.counters() if resumed is not None else None  # what last.pt holds
         self.meter = Meter()
         self.snapshot: Snapshot | None = None  # state at the start of the step in progress, if any
         if main:
@@ -166,8 +173,9 @@ class Trainer:
     def run(self) -> dict[str, Any]:
         """Train until ``train.epochs`` or ``train.max_steps``, then test ``best.pt``."""
         started = time.perf_counter()
-        status = self._train()
-        return self._finish(status, time.perf_counter() - started)
+        with self.signals:  # the final test too: a signal there ends the run, last.pt is complete
+            status = self._train()
+            return self._finish(status, time.perf_counter() - started)
 
     def _train(self) -> str:
         """Epochs until ``train.epochs`` or ``train.max_steps``; returns "completed" or "max_steps"."""
@@ -180,8 +188,9 @@ class Trainer:
                     self.console.echo("finetune converged (validation worse than the best but the last "
                                       f"{self.config.train.nonmono}): stopping")
                     return "converged"
-            except KeyboardInterrupt:
-                self._save_interrupted()
+            except KeyboardInterrupt as error:
+                if not getattr(error, "saved", False):
+                    self._save_interrupted()
                 raise
         return "completed"
 
@@ -197,6 +206,7 @@ class Trainer:
                 if max_steps and state.step >= max_steps:
                     return False
                 self._step(bar)
+                self._after_step()
         finally:
             if bar is not None:
                 bar.close()
@@ -228,6 +238,29 @@ class Trainer:
             if bar is not None:
                 bar.set_postfix(loss=f"{metrics['train/loss']:.3f}", ppl=f"{metrics['train/ppl']:.1f}",
                                 tok_s=f"{metrics['tokens_per_s']:.0f}")
+
+    def _after_step(self) -> None:
+        """Between two steps (a consistent state): stop on a signal, or write a periodic last.pt.
+
+        In a data-parallel run both decisions are agreed: every rank sends (its pending signal,
+        whether its clock says a checkpoint is due) and all act on the same answer.
+        """
+        train, state = self.config.train, self.state
+        due = bool(train.checkpoint_every_steps) and state.step % train.checkpoint_every_steps == 0
+        minutes = train.checkpoint_every_minutes
+        timed = bool(minutes) and time.monotonic() - self._last_saved >= minutes * 60
+        signum = self.signals.pending or 0
+        if self.world_size > 1:
+            rows = distributed.all_gather_floats([signum, timed])
+            signum = next((int(row[0]) for row in rows if row[0]), 0)
+            timed = any(row[1] for row in rows)
+        if signum:
+            path = self._save("last")
+            self.console.echo(f"interrupted at epoch {state.epoch}, step {state.step}: "
+                              + (f"saved {path}" if path is not None else "nothing new saved"))
+            raise Interrupted(signum, saved=True)
+        if (due or timed) and state.position < self.stream.limit:  # the epoch's end saves anyway
+            self._save("last")
 
     def _end_of_epoch(self) -> None:
         state = self.state
@@ -300,10 +333,18 @@ class Trainer:
         rng = capture_rng(self.stream.generator, self.shared.generator)
         return Snapshot(state, rng, self.stream.capture(self.model))
 
-    def _save(self, kind: str, snapshot: Snapshot | None = None) -> Path:
-        """Write ``kind``.pt from the live state (consistent between steps) or ``snapshot``."""
+    def _save(self, kind: str, snapshot: Snapshot | None = None) -> Path | None:
+        """Write ``kind``.pt from the live state (consistent between steps) or ``snapshot``; None
+        when the write failed (warned; the previous file is kept)."""
         snapshot = snapshot if snapshot is not None else self._snapshot(self.state)
-        return self.checkpointer.save(kind, self.model, self.schedule.optimizer, snapshot)
+        if kind == "last" and snapshot.state.counters() == self._last_counters:
+            # last.pt holds this very state already; writing it again would push the earlier
+            # state out of last.prev.pt. (The same decision on every rank: equal counters.)
+            return self.out_dir / "last.pt"
+        path = self.checkpointer.save(kind, self.model, self.schedule.optimizer, snapshot)
+        if kind == "last":
+            self._last_saved, self._last_counters = time.monotonic(), snapshot.state.counters()
+        return path
 
     def _save_interrupted(self) -> None:
         """Ctrl-C: write last.pt at the start of the interrupted step (or the current boundary)."""
@@ -313,7 +354,8 @@ class Trainer:
                               f"{self.out_dir / 'last.pt'}")
             return
         path = self._save("last", self.snapshot)
-        self.console.echo(f"interrupted at epoch {self.state.epoch}, step {self.state.step}: saved {path}")
+        if path is not None:
+            self.console.echo(f"interrupted at epoch {self.state.epoch}, step {self.state.step}: saved {path}")
 
 
 def _ppl(loss: float) -> float:

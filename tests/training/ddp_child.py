@@ -95,6 +95,26 @@ def run_train(rank, overrides, out, resume=None, nan_at=0, skew=False):
             train_step_module.regularized_loss = real_loss
 
 
+def stop_one_rank(rank, overrides, out, at):
+    """Rank 1 alone gets SIGTERM, in the middle of its step ``at``: which step each rank stopped at."""
+    import signal
+    from qrnn_lm.training.interrupts import Interrupted
+    real_step, calls = train_module.train_step, []
+    def step(*args):
+        calls.append(1)
+        if rank == 1 and len(calls) == at:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_step(*args)
+    train_module.train_step = step
+    try:
+        train_module.train(load_config(TINY, overrides), Path(out), device="cpu", progress=False)
+        return {"stopped_after": None}
+    except Interrupted as error:
+        return {"stopped_after": len(calls), "signum": error.signum}
+    finally:
+        train_module.train_step = real_step
+
+
 def die(rank, overrides, out, at):
     """Rank 1 raises in the middle of training; the group is made by train() itself."""
     real_step, calls = train_module.train_step, []

@@ -133,6 +133,8 @@ def two_ranks(corpus, tmp_path_factory):
          "args": {"overrides": config_overrides(corpus), "out": str(tmp / "skew"), "skew": True}},
         {"name": "nan", "kind": "run_train",
          "args": {"overrides": config_overrides(corpus), "out": str(tmp / "nan"), "nan_at": 4}},
+        {"name": "stop_one_rank", "kind": "stop_one_rank",
+         "args": {"overrides": config_overrides(corpus), "out": str(tmp / "stop-one-rank"), "at": 4}},
     ]
     process = launch(tmp, "launch", jobs)
     reports = sorted(path.name for path in (tmp / "launch").glob("rank*.json"))
@@ -213,6 +215,13 @@ def test_ranks_whose_bptt_lengths_differ_stop_at_the_first_step(two_ranks):
     for report in ranks:
         assert report["skew"]["losses"] == []
         assert report["skew"]["error"].startswith("RuntimeError: the ranks drew different BPTT lengths")
+
+
+def test_a_stop_signal_on_one_rank_stops_every_rank_at_the_same_step(two_ranks):
+    tmp, _, ranks = two_ranks
+    stops = [rank["stop_one_rank"] for rank in ranks]
+    assert stops == [{"stopped_after": 4, "signum": 15}] * 2  # rank 0 was never signalled itself
+    assert load_checkpoint(tmp / "stop-one-rank" / "last.pt")["counters"]["step"] == 4  # rank 0 saved
 
 
 def test_a_rank_that_dies_stops_every_rank_without_a_hang(corpus, tmp_path):
