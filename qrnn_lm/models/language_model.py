@@ -77,6 +77,9 @@ class QRNNLanguageModel(nn.Module):
             if config.adaptive_cutoffs[-1] >= vocab_size:
                 raise ConfigError(f"model.adaptive_cutoffs {config.adaptive_cutoffs} must all be below the "
                                   f"vocabulary size {vocab_size}; set smaller ones with --set model.adaptive_cutoffs=[...]")
+            if last_size // 4 ** len(config.adaptive_cutoffs) < 1:
+                raise ConfigError(f"the adaptive softmax's last cluster would have no features ({last_size} // "
+                                  f"4**{len(config.adaptive_cutoffs)}); use fewer model.adaptive_cutoffs")
             # awd-lstm-lm's split softmax, as torch ships it (div_value 4: each tail cluster's
             # projection is 4x smaller than the previous one).
             self.decoder = nn.AdaptiveLogSoftmaxWithLoss(last_size, vocab_size, config.adaptive_cutoffs, div_value=4.0)
