@@ -21,7 +21,7 @@ import torch
 
 __all__ = ["chunked_cross_entropy", "chunk_rows", "logits_bytes"]
 
-DEFAULT_CHUNK_BYTES = 8 * 2**20  # logits per chunk: small enough to stay in a CPU's caches
+DEFAULT_CHUNK_BYTES = 64 * 2**20  # logits per chunk: each chunk also rewrites the [V, E] weight gradient, so not tiny
 
 
 def logits_bytes(num_tokens: int, vocab_size: int) -> int:
@@ -73,11 +73,15 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         grad_x, grad_weight, grad_bias = ctx.saved_tensors
         if grad_x is None:
             raise RuntimeError("chunked_cross_entropy was called without grad mode; it has no gradient")
+        if getattr(ctx, "used", False):
+            raise RuntimeError("chunked_cross_entropy's backward scales its kept gradients in place: run it once")
+        ctx.used = True
+        # In place: a second [V, E] copy of the weight's gradient would double the peak memory.
         scale = grad_total.float()
         return (
-            (grad_x * scale.to(grad_x.dtype)) if ctx.needs_input_grad[0] else None,
-            (grad_weight * scale).to(ctx.weight_dtype) if ctx.needs_input_grad[1] else None,
-            (grad_bias * scale).to(ctx.bias_dtype) if grad_bias is not None and ctx.needs_input_grad[2] else None,
+            grad_x.mul_(scale.to(grad_x.dtype)) if ctx.needs_input_grad[0] else None,
+            grad_weight.mul_(scale).to(ctx.weight_dtype) if ctx.needs_input_grad[1] else None,
+            grad_bias.mul_(scale).to(ctx.bias_dtype) if grad_bias is not None and ctx.needs_input_grad[2] else None,
             None,
             None,
             None,
@@ -101,7 +105,7 @@ def chunked_cross_entropy(
         weight: ``[V, E]`` decoder weight (the tied embedding matrix).
         bias: ``[V]`` or None.
         targets: ``[N]`` long, in ``[0, V)``.
-        chunk_size: tokens per chunk; default about 8 MB of float32 logits per chunk.
+        chunk_size: tokens per chunk; default about 64 MiB of float32 logits per chunk.
 
     Returns:
         a float32 scalar, the summed negative log-likelihood in nats.

@@ -75,5 +75,5 @@ def test_bad_shapes_are_value_errors():
 
 
 def test_chunk_rows_keeps_a_chunk_near_the_budget():
-    assert chunk_rows(267_735) == 7  # 8 MB / (4 bytes * 267,735)
+    assert chunk_rows(267_735) == 62  # 64 MiB / (4 bytes * 267,735)
     assert chunk_rows(10**9) == 1
