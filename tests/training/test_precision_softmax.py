@@ -112,3 +112,37 @@ def test_compiled_training_matches_eager(corpus, tmp_path, monkeypatch):
                     reason="inductor's C++ compile takes ~50 s on a small CPU; set QRNN_LM_TEST_INDUCTOR=1")
 def test_inductor_compiled_training_matches_eager(corpus, tmp_path, monkeypatch):
     compiled_against_eager(corpus, tmp_path, monkeypatch)
+
+
+def test_a_gradient_scaler_skips_an_overflowed_step_and_lowers_its_scale():
+    """The fp16 path's logic, run in fp32 on the CPU: a hook makes one step's gradient overflow."""
+    import dataclasses
+
+    from qrnn_lm.config import ModelConfig, TrainConfig
+    from qrnn_lm.models import QRNNLanguageModel
+    from qrnn_lm.training.step import train_step
+
+    torch.manual_seed(0)
+    small = ModelConfig(emb_size=8, hidden_size=8, num_layers=1, weight_drop=0.0, dropout_emb=0.0,
+                        dropout_input=0.0, dropout_hidden=0.0, dropout_output=0.0)
+    model = QRNNLanguageModel(20, small)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16, growth_interval=1000)
+    overflow = [True]
+    model.embedding.weight.register_hook(lambda grad: grad * float("inf") if overflow[0] else grad)
+    inputs, targets = torch.randint(0, 20, (5, 2)), torch.randint(0, 20, (5, 2))
+    train = dataclasses.replace(TrainConfig(), alpha=0.0, beta=0.0)
+    before = [p.detach().clone() for p in model.parameters()]
+    result = train_step(model, optimizer, inputs, targets, None, train, scaler=scaler)
+    assert result.grad_norm != result.grad_norm or result.grad_norm == float("inf")  # overflowed
+    assert all(p.grad is None for p in model.parameters())  # nothing for the optimiser to apply
+    optimizer.step()
+    assert all(torch.equal(a, p) for a, p in zip(before, model.parameters()))
+    assert scaler.get_scale() == 2.0**15  # halved after the overflow
+    overflow[0] = False  # the next step applies unscaled gradients
+    model.reset()
+    result = train_step(model, optimizer, inputs, targets, None, train, scaler=scaler)
+    plain = QRNNLanguageModel(20, small)
+    plain.load_state_dict(model.state_dict())
+    expected = train_step(plain, torch.optim.SGD(plain.parameters(), lr=0.1), inputs, targets, None, train)
+    assert result.grad_norm == pytest.approx(expected.grad_norm, rel=1e-5)
