@@ -42,6 +42,8 @@ class QRNNLanguageModel(nn.Module):
             logits); the ``[train]`` keys of the same names. A plain attribute, not a weight.
     """
 
+    decodes_last_only = True  # forward takes last_only=True (generation asks for it)
+
     def __init__(self, vocab_size: int, config: ModelConfig, softmax: str = "auto", softmax_memory_mb: int = 1024):
         super().__init__()
         if vocab_size < 1:
@@ -115,7 +117,8 @@ class QRNNLanguageModel(nn.Module):
             layer.reset()
 
     def forward(
-        self, tokens: torch.Tensor, hidden: list[torch.Tensor] | None = None, targets: torch.Tensor | None = None
+        self, tokens: torch.Tensor, hidden: list[torch.Tensor] | None = None, targets: torch.Tensor | None = None,
+        last_only: bool = False,
     ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor, torch.Tensor]:
         """Run one segment.
 
@@ -124,6 +127,8 @@ class QRNNLanguageModel(nn.Module):
             hidden: the previous segment's ``new_hidden`` (a list of ``[B, H_l]``), or None for zeros.
             targets: ``[T, B]`` next-token ids, or None. Given, the first result is the summed loss
                 instead of the logits, computed without all the logits where ``softmax`` says so.
+            last_only: without targets, decode only the last position: logits ``[1, B, V]``
+                (generation needs no more, and a long prompt's ``[T, 1, V]`` can be large).
 
         Returns:
             ``(logits [T, B, V], new_hidden, raw_output [T, B, E], dropped_output [T, B, E])``, or
@@ -150,7 +155,8 @@ class QRNNLanguageModel(nn.Module):
             x = self.drop_hidden(raw_output) if index < len(self.layers) - 1 else raw_output
         dropped_output = self.drop_output(raw_output)  # [T, B, E]
         if targets is None:
-            return self.decode(dropped_output), new_hidden, raw_output, dropped_output
+            decoded = dropped_output[-1:] if last_only else dropped_output  # [1 or T, B, E]
+            return self.decode(decoded), new_hidden, raw_output, dropped_output
         return self.nll_sum(dropped_output, targets), new_hidden, raw_output, dropped_output
 
     def decode(self, output: torch.Tensor) -> torch.Tensor:

@@ -97,3 +97,28 @@ def test_adaptive_cutoffs_beyond_the_vocabulary_are_a_user_error():
     with pytest.raises(ConfigError, match="no features"):
         QRNNLanguageModel(VOCAB, config(decoder="adaptive", adaptive_cutoffs=[5, 10, 20]))  # 8 // 64
     assert isinstance(info.value, UserError) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("decoder", ["softmax", "adaptive"])
+def test_generation_decodes_only_the_last_position_of_a_long_prompt(decoder):
+    from qrnn_lm.data import Vocab
+    from qrnn_lm.inference.generate import generate
+
+    torch.manual_seed(0)
+    model = QRNNLanguageModel(VOCAB, config(emb_size=16, decoder=decoder, adaptive_cutoffs=[5, 20]))
+    rows = []
+    model.decoder.register_forward_pre_hook(lambda module, args: rows.append(args[0].reshape(-1, 16).size(0)))
+    if decoder == "adaptive":  # log_prob, not forward, is what decode calls
+        real = model.decoder.log_prob
+        model.decoder.log_prob = lambda x: (rows.append(x.size(0)), real(x))[1]
+    vocab = Vocab.from_list(["<eos>", "<unk>"] + [f"w{i}" for i in range(VOCAB - 2)])
+    prompt = " ".join(f"w{i % 30}" for i in range(50))
+    words = list(generate(model, vocab, prompt, num_tokens=3, seed=0))
+    assert len(words) == 3 and rows == [1, 1, 1]  # the 50-word prompt, then 2 fed-back tokens
+    with torch.no_grad():
+        model.reset()
+        full = model(torch.tensor([[1], [2], [3]]))[0]
+        model.reset()
+        last = model(torch.tensor([[1], [2], [3]]), last_only=True)[0]
+    assert last.shape == (1, 1, VOCAB)
+    torch.testing.assert_close(last, full[-1:])
