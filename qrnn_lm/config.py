@@ -56,6 +56,13 @@ class ModelConfig:
     dropout_output: float = 0.4  # locked dropout on the last layer's output (awd "dropout")
     weight_drop: float = 0.1  # DropConnect on the QRNN gate weights (awd "wdrop")
     tie_weights: bool = True  # share the embedding matrix with the decoder
+    # "softmax": a linear decoder (tied when tie_weights) and the exact full softmax, computed whole
+    # or in chunks (see train.softmax); "adaptive": torch.nn.AdaptiveLogSoftmaxWithLoss (its own,
+    # untied weights; exact log-probabilities of its own factorised distribution).
+    decoder: str = "softmax"
+    # the adaptive softmax's cluster boundaries: increasing, below the vocabulary size; the default is
+    # awd-lstm-lm's WikiText-103 split.
+    adaptive_cutoffs: list[int] = field(default_factory=lambda: [2800, 20000, 76000])
 
 
 @dataclass
@@ -76,6 +83,14 @@ class TrainConfig:
     # Periodic last.pt inside an epoch, at the exact position (a hard kill loses at most this much):
     checkpoint_every_steps: int = 0  # every N optimizer steps; 0 = off
     checkpoint_every_minutes: float = 10.0  # when this many minutes passed since the last save; 0 = off
+    # how the softmax decoder's loss is computed in training and evaluation: "full" (all [T*B, V]
+    # logits at once), "chunked" (exact, a few tokens at a time, never all logits) or "auto"
+    # (chunked when one batch's float32 logits would exceed softmax_memory_mb). Same values either way.
+    softmax: str = "auto"
+    softmax_memory_mb: int = 1024  # the "auto" threshold, in MiB of float32 logits
+    # "fp32", "bf16" (autocast; also on CPU) or "fp16" (autocast with a gradient scaler; CUDA only)
+    precision: str = "fp32"
+    compile: bool = False  # torch.compile the model for training
 
 
 @dataclass
@@ -174,6 +189,16 @@ def validate(config: Config) -> None:
         (config.train.log_interval >= 1, "train.log_interval must be >= 1"),
         (config.train.checkpoint_every_steps >= 0, "train.checkpoint_every_steps must be >= 0 (0 = off)"),
         (config.train.checkpoint_every_minutes >= 0, "train.checkpoint_every_minutes must be >= 0 (0 = off)"),
+        (config.model.decoder in ("softmax", "adaptive"),
+         f"model.decoder must be 'softmax' or 'adaptive', got {config.model.decoder!r}"),
+        (len(config.model.adaptive_cutoffs) >= 1 and config.model.adaptive_cutoffs[0] >= 1
+         and all(a < b for a, b in zip(config.model.adaptive_cutoffs, config.model.adaptive_cutoffs[1:])),
+         f"model.adaptive_cutoffs must be increasing numbers >= 1, got {config.model.adaptive_cutoffs}"),
+        (config.train.softmax in ("auto", "full", "chunked"),
+         f"train.softmax must be 'auto', 'full' or 'chunked', got {config.train.softmax!r}"),
+        (config.train.softmax_memory_mb >= 0, "train.softmax_memory_mb must be >= 0"),
+        (config.train.precision in ("fp32", "bf16", "fp16"),
+         f"train.precision must be 'fp32', 'bf16' or 'fp16', got {config.train.precision!r}"),
     ]
     for name in ("zoneout", "dropout_emb", "dropout_input", "dropout_hidden", "dropout_output", "weight_drop"):
         value = getattr(config.model, name)

@@ -72,3 +72,25 @@ def test_file_errors_are_user_errors(tmp_path):
     bad.write_text("[train\nlr = ")
     with pytest.raises(UserError, match="not valid TOML"):
         load_config(bad)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.decoder=split", "model.decoder"),
+    ("model.adaptive_cutoffs=[20, 10]", "adaptive_cutoffs"),
+    ("model.adaptive_cutoffs=[10, 10]", "adaptive_cutoffs"),
+    ("model.adaptive_cutoffs=[]", "adaptive_cutoffs"),
+    ("train.softmax=partial", "train.softmax"),
+    ("train.softmax_memory_mb=-1", "softmax_memory_mb"),
+    ("train.precision=fp8", "train.precision"),
+    ("train.compile=1", "train.compile"),
+])
+def test_softmax_precision_and_compile_keys_are_checked(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
+
+
+def test_softmax_precision_and_compile_defaults_are_conservative():
+    config = load_config(None)
+    assert (config.model.decoder, config.train.softmax, config.train.precision, config.train.compile) == (
+        "softmax", "auto", "fp32", False)
+    assert config.model.adaptive_cutoffs == [2800, 20000, 76000]  # awd-lstm-lm's WikiText-103 split

@@ -27,7 +27,7 @@ AWD_QRNN = {
     },
     "wikitext-103": {
         "data": {"batch_size": 60, "bptt": 140},
-        "model": {"num_layers": 4, "emb_size": 400, "hidden_size": 2500, "weight_drop": 0.5,
+        "model": {"num_layers": 4, "emb_size": 400, "hidden_size": 2500, "weight_drop": 0.0,
                   "dropout_hidden": 0.1, "dropout_input": 0.1, "dropout_output": 0.1, "dropout_emb": 0.0},
         "train": {"optimizer": "adam", "lr": 1e-3, "epochs": 14, "alpha": 0.0, "beta": 0.0,
                   "weight_decay": 0.0, "lr_decay_epochs": [12]},

@@ -16,7 +16,6 @@ import os
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from ..models.checkpoint import load_checkpoint, model_from_checkpoint
 from ..config import UserError
@@ -88,8 +87,8 @@ def loss_sum(model: torch.nn.Module, source: torch.Tensor, bptt: int, *, progres
         starts = tqdm(starts, desc="eval", unit="seg", leave=False)
     for start in starts:
         inputs, targets = get_batch(source, start, bptt)  # [L, B] each
-        logits, hidden, _, _ = model(inputs, hidden)  # [L, B, V]
-        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1), reduction="sum")
+        # The model sums -log p(target) itself: in chunks when the logits would be too large.
+        loss, hidden, _, _ = model(inputs, hidden, targets)
         total += loss.double()
     model.reset()
     model.train(was_training)

@@ -106,7 +106,10 @@ def filter_logits(logits: torch.Tensor, *, temperature: float = 1.0, top_k: int 
 def _last_logits(model, ids: list[int], hidden, device: torch.device):
     """Feed ``ids`` as one ``[T, 1]`` sequence; return the last position's logits ``[V]`` and the new hidden."""
     tokens = torch.tensor(ids, dtype=torch.long, device=device).unsqueeze(1)  # [T] -> [T, B=1]
-    logits, hidden = model(tokens, hidden)[:2]  # logits [T, 1, V]
+    if getattr(model, "decodes_last_only", False):  # the decoder runs on the last position only
+        logits, hidden = model(tokens, hidden, last_only=True)[:2]  # logits [1, 1, V]
+    else:
+        logits, hidden = model(tokens, hidden)[:2]  # logits [T, 1, V]
     return logits[-1, 0], hidden
 
 

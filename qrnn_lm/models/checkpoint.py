@@ -209,7 +209,7 @@ def model_from_checkpoint(
     except ConfigError as error:
         raise CheckpointError(f"checkpoint config is invalid for this qrnn-lm: {error}") from None
     vocab = Vocab.from_list(payload["vocab"])
-    model = QRNNLanguageModel(len(vocab), config.model)
+    model = QRNNLanguageModel(len(vocab), config.model, config.train.softmax, config.train.softmax_memory_mb)
     try:
         model.load_state_dict(clean_state_dict(payload["model"]))
     except RuntimeError as error:

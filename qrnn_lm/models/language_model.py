@@ -19,13 +19,15 @@ V = vocabulary size. Everything is time-major, ``[T, B, ...]``.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ..config import ModelConfig
+from ..config import ConfigError, ModelConfig
 from ..nn import QRNNLayer
 from ..nn.stream import StreamState, stream_layer
 from .dropout import LockedDropout, WeightDrop, embedding_dropout
+from .softmax import chunked_cross_entropy, logits_bytes
 
 __all__ = ["QRNNLanguageModel"]
 
@@ -35,10 +37,15 @@ class QRNNLanguageModel(nn.Module):
 
     Args:
         vocab_size: number of words ``V``.
-        config: the ``[model]`` section (sizes, windows, dropouts, weight drop, tying).
+        config: the ``[model]`` section (sizes, windows, dropouts, weight drop, tying, decoder).
+        softmax: how the softmax decoder's loss is computed when ``forward`` gets targets:
+            ``"full"``, ``"chunked"`` or ``"auto"`` (chunked above ``softmax_memory_mb`` MiB of
+            logits); the ``[train]`` keys of the same names. A plain attribute, not a weight.
     """
 
-    def __init__(self, vocab_size: int, config: ModelConfig):
+    decodes_last_only = True  # forward takes last_only=True (generation asks for it)
+
+    def __init__(self, vocab_size: int, config: ModelConfig, softmax: str = "auto", softmax_memory_mb: int = 1024):
         super().__init__()
         if vocab_size < 1:
             raise ValueError(f"vocab_size must be >= 1, got {vocab_size}")
@@ -68,15 +75,29 @@ class QRNNLanguageModel(nn.Module):
                 parametrize.register_parametrization(layer.linear, "weight", WeightDrop(config.weight_drop))
             layers.append(layer)
         self.layers = nn.ModuleList(layers)
-        self.decoder = nn.Linear(last_size, vocab_size)
-        if config.tie_weights:
-            self.decoder.weight = self.embedding.weight  # one Parameter, one storage
+        self.softmax, self.softmax_memory_mb = softmax, softmax_memory_mb
+        if config.decoder == "adaptive":
+            if config.adaptive_cutoffs[-1] >= vocab_size:
+                raise ConfigError(f"model.adaptive_cutoffs {config.adaptive_cutoffs} must all be below the "
+                                  f"vocabulary size {vocab_size}; set smaller ones with --set model.adaptive_cutoffs=[...]")
+            if last_size // 4 ** len(config.adaptive_cutoffs) < 1:
+                raise ConfigError(f"the adaptive softmax's last cluster would have no features ({last_size} // "
+                                  f"4**{len(config.adaptive_cutoffs)}); use fewer model.adaptive_cutoffs")
+            # awd-lstm-lm's split softmax, as torch ships it (div_value 4: each tail cluster's
+            # projection is 4x smaller than the previous one).
+            self.decoder = nn.AdaptiveLogSoftmaxWithLoss(last_size, vocab_size, config.adaptive_cutoffs, div_value=4.0)
+        else:
+            self.decoder = nn.Linear(last_size, vocab_size)
+            if config.tie_weights:
+                self.decoder.weight = self.embedding.weight  # one Parameter, one storage
         self._init_weights()
 
     def _init_weights(self) -> None:
         # awd-lstm-lm's initialisation: small uniform embedding, zero decoder bias; the QRNN
         # linears keep nn.Linear's default.
         nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
+        if self.config.decoder == "adaptive":
+            return  # AdaptiveLogSoftmaxWithLoss keeps its own initialisation
         nn.init.zeros_(self.decoder.bias)
         if not self.config.tie_weights:
             nn.init.uniform_(self.decoder.weight, -0.1, 0.1)
@@ -97,16 +118,24 @@ class QRNNLanguageModel(nn.Module):
             layer.reset()
 
     def forward(
-        self, tokens: torch.Tensor, hidden: list[torch.Tensor] | None = None
+        self, tokens: torch.Tensor, hidden: list[torch.Tensor] | None = None, targets: torch.Tensor | None = None,
+        last_only: bool = False,
     ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor, torch.Tensor]:
         """Run one segment.
 
         Args:
             tokens: ``[T, B]`` token ids (long).
             hidden: the previous segment's ``new_hidden`` (a list of ``[B, H_l]``), or None for zeros.
+            targets: ``[T, B]`` next-token ids, or None. Given, the first result is the summed loss
+                instead of the logits, computed without all the logits where ``softmax`` says so.
+            last_only: without targets, decode only the last position: logits ``[1, B, V]``
+                (generation needs no more, and a long prompt's ``[T, 1, V]`` can be large).
 
         Returns:
-            ``(logits [T, B, V], new_hidden, raw_output [T, B, E], dropped_output [T, B, E])``:
+            ``(logits [T, B, V], new_hidden, raw_output [T, B, E], dropped_output [T, B, E])``, or
+            with ``targets`` ``(nll_sum, ...)``: the float32 scalar sum of ``-log p(target)`` over the
+            ``T * B`` targets. With the adaptive decoder ``logits`` are its exact log-probabilities.
+            ``raw_output``/``dropped_output`` are the last layer's output before/after the output
             ``raw_output``/``dropped_output`` are the last layer's output before/after the output
             dropout (TAR uses the first, AR the second; E is the last layer's size). ``new_hidden``
             is still attached to the graph: detach it before the next segment.
@@ -126,8 +155,34 @@ class QRNNLanguageModel(nn.Module):
             new_hidden.append(last_state[0])  # [B, H_l]
             x = self.drop_hidden(raw_output) if index < len(self.layers) - 1 else raw_output
         dropped_output = self.drop_output(raw_output)  # [T, B, E]
-        logits = self.decoder(dropped_output)  # [T, B, V]
-        return logits, new_hidden, raw_output, dropped_output
+        if targets is None:
+            decoded = dropped_output[-1:] if last_only else dropped_output  # [1 or T, B, E]
+            return self.decode(decoded), new_hidden, raw_output, dropped_output
+        return self.nll_sum(dropped_output, targets), new_hidden, raw_output, dropped_output
+
+    def decode(self, output: torch.Tensor) -> torch.Tensor:
+        """``[T, B, E]`` -> ``[T, B, V]`` logits (the adaptive decoder: exact log-probabilities)."""
+        if self.config.decoder == "adaptive":
+            flat = output.reshape(-1, output.size(-1))  # [T * B, E]
+            return self.decoder.log_prob(flat).view(*output.shape[:-1], self.vocab_size)
+        return self.decoder(output)
+
+    def uses_chunks(self, num_tokens: int) -> bool:
+        """Whether the softmax decoder's loss over ``num_tokens`` targets goes over chunks."""
+        if self.config.decoder != "softmax" or self.softmax == "full":
+            return False
+        return self.softmax == "chunked" or logits_bytes(num_tokens, self.vocab_size) > self.softmax_memory_mb * 2**20
+
+    def nll_sum(self, output: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Summed ``-log p(target)`` (float32 scalar) of ``output [T, B, E]`` for ``targets [T, B]``."""
+        flat = output.reshape(-1, output.size(-1))  # [T * B, E]
+        flat_targets = targets.reshape(-1)  # [T * B]
+        if self.config.decoder == "adaptive":
+            return -self.decoder(flat, flat_targets).output.float().sum()  # output: log p(target) [T * B]
+        if self.uses_chunks(flat_targets.numel()):
+            return chunked_cross_entropy(flat, self.decoder.weight, self.decoder.bias, flat_targets)
+        logits = self.decoder(flat)  # [T * B, V]
+        return F.cross_entropy(logits.float(), flat_targets, reduction="sum")
 
     def stream(self, tokens: torch.Tensor, state: StreamState | None = None) -> tuple[torch.Tensor, StreamState]:
         """Run one chunk of a token stream with carried state, for online use (e.g. generation).
@@ -157,5 +212,5 @@ class QRNNLanguageModel(nn.Module):
             new_hidden.append(last_state[0])  # [B, H_l]
             kept.append(prev)
             x = self.drop_hidden(output) if index < len(self.layers) - 1 else output
-        logits = self.decoder(self.drop_output(x))  # [T, B, V]
+        logits = self.decode(self.drop_output(x))  # [T, B, V]
         return logits, StreamState(new_hidden, tuple(kept))

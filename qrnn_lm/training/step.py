@@ -22,6 +22,7 @@ from torch import nn
 
 from ..config import TrainConfig, UserError
 from . import distributed
+from .precision import precision_context
 
 __all__ = ["TrainingError", "StepResult", "regularized_loss", "train_step"]
 
@@ -50,9 +51,14 @@ def regularized_loss(
     AR = ``alpha * mean(dropped_output ** 2)`` (activation regularisation on the last layer's
     dropped output); TAR = ``beta * mean((raw_output[t] - raw_output[t-1]) ** 2)`` (temporal
     activation regularisation on its raw output; skipped for a one-step segment).
-    Shapes: logits ``[T, B, V]``, targets ``[T, B]``, outputs ``[T, B, E]``.
+    Shapes: logits ``[T, B, V]``, targets ``[T, B]``, outputs ``[T, B, E]``. ``logits`` may also be
+    the model's summed ``-log p(target)`` (a scalar: ``model(inputs, hidden, targets)[0]``, which
+    never holds all logits when chunked), whose mean over the targets is then the cross-entropy.
     """
-    cross_entropy = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1))
+    if logits.dim() == 0:  # already the summed negative log-likelihood
+        cross_entropy = logits.float() / targets.numel()
+    else:
+        cross_entropy = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1))
     loss = cross_entropy
     if alpha:
         loss = loss + alpha * dropped_output.float().pow(2).mean()
@@ -69,19 +75,35 @@ def train_step(
     hidden: list[torch.Tensor] | None,
     train: TrainConfig,
     where: str = "",
+    scaler: torch.amp.GradScaler | None = None,
 ) -> StepResult:
     """Forward, regularised loss, backward and gradient clipping on one segment (no optimiser step).
 
-    Raises :class:`TrainingError` when the loss or the gradient norm is not finite; nothing has
-    been applied to the weights then.
+    The forward and the loss run under ``train.precision``'s autocast. With a ``scaler`` (fp16)
+    the loss is scaled for backward and the gradients unscaled before clipping; a step whose
+    scaled gradients overflowed lowers the scale and leaves no gradient (``optimizer.step()``
+    then changes nothing), as ``GradScaler.step`` would skip it.
+
+    Raises :class:`TrainingError` when the loss or (without a scaler) the gradient norm is not
+    finite; nothing has been applied to the weights then.
     """
     model.train()
     optimizer.zero_grad(set_to_none=True)
-    logits, new_hidden, raw_output, dropped_output = model(inputs, hidden)
-    cross_entropy, loss = regularized_loss(logits, targets, raw_output, dropped_output, train.alpha, train.beta)
+    with precision_context(inputs.device, train.precision):
+        # The model sums -log p(target) itself, so a chunked softmax never holds all logits.
+        nll_sum, new_hidden, raw_output, dropped_output = model(inputs, hidden, targets)
+        cross_entropy, loss = regularized_loss(nll_sum, targets, raw_output, dropped_output, train.alpha, train.beta)
     loss_value = _checked_loss(cross_entropy.item(), loss.item(), inputs.size(0), where)
-    loss.backward()
     max_norm = train.clip if train.clip > 0 else math.inf
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
+        scaler.update()  # lowers the scale after an overflow, raises it after enough good steps
+        if not math.isfinite(grad_norm):
+            optimizer.zero_grad(set_to_none=True)  # skip this step: the optimisers ignore absent grads
+        return StepResult(loss_value, grad_norm, [h.detach() for h in new_hidden])
+    loss.backward()
     grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
     if not math.isfinite(grad_norm):
         raise TrainingError(

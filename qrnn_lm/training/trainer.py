@@ -62,6 +62,7 @@ from .finetune import compare, converged, load_init, read_finetune, start_finetu
 from .interrupts import Interrupted, StopSignals, sigint_deferred
 from .metrics import Meter, make_logger
 from .optimizer import Schedule
+from .precision import make_scaler
 from .state import RunState, SharedMasks, Snapshot, capture_rng
 from .step import TrainingError, train_step
 from .stream import TrainingStream, load_corpus
@@ -133,7 +134,8 @@ class Trainer:
         if resumed is not None:
             check_same_data(resumed.payload, self.corpus)
         self.stream = TrainingStream(self.corpus.train, config.data, device, seed)
-        self.model = QRNNLanguageModel(len(self.corpus.vocab), config.model).to(device)
+        self.model = QRNNLanguageModel(len(self.corpus.vocab), config.model, config.train.softmax,
+                                       config.train.softmax_memory_mb).to(device)
         weight_drops = [module for module in self.model.modules() if isinstance(module, WeightDrop)]
         self.shared = SharedMasks(weight_drops, device, seed + 1)  # weight-drop masks, equal on every rank
         if self.world_size > 1:
@@ -152,7 +154,10 @@ class Trainer:
             restore_rng_states(resumed.payload, self.stream.generator, self.shared.generator, seed)
             self.stream.restore(self.model, resumed.payload["stream"], device)
         self.evaluator = Evaluator(self.corpus, config.data, device)
-        self.ddp = distributed.wrap_ddp(self.model, device)  # what training calls
+        self.scaler = make_scaler(config.train.precision, device)  # fp16 only; not checkpointed
+        # torch.compile'd for training only: validation, test and checkpoints use the eager model.
+        trained = torch.compile(self.model) if config.train.compile else self.model
+        self.ddp = distributed.wrap_ddp(trained, device)  # what training calls
         self.checkpointer = Checkpointer(out_dir, config, self.corpus, warn=self.console.echo)
         self.signals = StopSignals(immediate=self.world_size == 1)
         self._last_saved = time.monotonic()  # when last.pt was last written (for checkpoint_every_minutes)
@@ -219,7 +224,7 @@ class Trainer:
         inputs, targets = self.stream.next_segment(state.position)  # [L, B / ranks]
         where = f"at epoch {state.epoch}, step {state.step + 1}"
         result = train_step(self.ddp, self.schedule.optimizer, inputs, targets, self.stream.hidden,
-                            self.config.train, where)
+                            self.config.train, where, self.scaler)
         seq_len, tokens = inputs.size(0), targets.numel() * self.world_size  # every rank's tokens
         with sigint_deferred():
             # awd-lstm-lm rescales the learning rate by the segment's length for every optimiser.

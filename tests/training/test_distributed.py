@@ -129,6 +129,9 @@ def two_ranks(corpus, tmp_path_factory):
         {"name": "drop_resumed", "kind": "run_train",
          "args": {"overrides": [f'data.dataset="{corpus}"', "train.epochs=2"], "out": str(tmp / "drop"),
                   "resume": str(tmp / "drop")}},
+        # The chunked softmax on 2 ranks against the full one in one process.
+        {"name": "chunked", "kind": "run_train",
+         "args": {"overrides": config_overrides(corpus, "train.softmax=chunked"), "out": str(tmp / "chunked")}},
         {"name": "skew", "kind": "run_train",
          "args": {"overrides": config_overrides(corpus), "out": str(tmp / "skew"), "skew": True}},
         {"name": "nan", "kind": "run_train",
@@ -173,6 +176,15 @@ def test_two_ranks_train_the_same_model_as_one_process(two_ranks):
         assert report["full"]["results"]["test_tokens"] == results["test_tokens"]
     assert_same_run(tmp / "full" / "last.pt", tmp / "single" / "last.pt")
     assert json.loads((tmp / "full" / "results.json").read_text())["steps"] == results["steps"]
+
+
+def test_two_ranks_with_the_chunked_softmax_train_as_one_process_with_the_full_one(two_ranks):
+    tmp, (results, losses), ranks = two_ranks
+    for report in ranks:
+        assert report["chunked"]["losses"] == pytest.approx(losses, rel=RTOL)
+        assert report["chunked"]["results"]["test_loss"] == pytest.approx(results["test_loss"], rel=RTOL)
+    assert load_checkpoint(tmp / "chunked" / "last.pt")["config"]["train"]["softmax"] == "chunked"
+    assert_same_run(tmp / "chunked" / "last.pt", tmp / "single" / "last.pt")
 
 
 def test_resume_with_another_number_of_ranks_continues_exactly(two_ranks, corpus, monkeypatch):

@@ -1,0 +1,131 @@
+"""Exact linear + cross-entropy over chunks of tokens: the decoder's loss without all the logits.
+
+The full softmax of a decoder holds ``logits [N, V]`` (N = T * B tokens, V = vocabulary) and, in
+training, their gradient as large again: 9 GB each for WikiText-103 at awd-lstm-lm's batch.
+:func:`chunked_cross_entropy` computes the same sum of ``-log p(target)`` and the same gradients
+for ``x``, the weight and the bias, going over ``chunk_size`` tokens at a time: only
+``[chunk_size, V]`` logits exist at any moment.
+
+The gradients are computed chunk by chunk inside the forward (as Liger-Kernel's fused linear
+cross-entropy does) and kept, since they are no larger than ``x`` and the weight themselves; the
+backward then only scales them by the incoming gradient. So training does one pass over the
+chunks, with the same matrix products as the full softmax (logits, then ``dx``, ``dW``), and no
+logits are recomputed. Without grad mode (evaluation) no gradient is computed.
+
+Shapes: N = tokens, E = input features, V = vocabulary size.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["chunked_cross_entropy", "chunk_rows", "logits_bytes"]
+
+DEFAULT_CHUNK_BYTES = 64 * 2**20  # logits per chunk: each chunk also rewrites the [V, E] weight gradient, so not tiny
+
+
+def logits_bytes(num_tokens: int, vocab_size: int) -> int:
+    """Bytes of the float32 logits ``[N, V]`` a full softmax holds (its gradient is as large again)."""
+    return 4 * num_tokens * vocab_size
+
+
+def chunk_rows(vocab_size: int, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> int:
+    """Tokens per chunk so that a chunk's float32 logits take about ``chunk_bytes``."""
+    return max(1, chunk_bytes // (4 * vocab_size))
+
+
+class _ChunkedLinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, targets, chunk_size, needs_grad):
+        # x [N, E], weight [V, E], bias [V] or None, targets [N] long.
+        total = torch.zeros((), dtype=torch.float32, device=x.device)
+        grad_x = torch.empty_like(x) if needs_grad else None
+        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=x.device) if needs_grad else None
+        grad_bias = (torch.zeros(bias.shape, dtype=torch.float32, device=x.device)
+                     if needs_grad and bias is not None else None)
+        for start in range(0, x.size(0), chunk_size):
+            x_chunk = x[start:start + chunk_size]  # [C, E]
+            target_chunk = targets[start:start + chunk_size]  # [C]
+            logits = x_chunk @ weight.t()  # [C, V], in x's dtype (lower under autocast)
+            if bias is not None:
+                logits = logits + bias
+            logits = logits.float()  # the softmax in float32, as F.cross_entropy(logits.float())
+            log_norm = torch.logsumexp(logits, dim=-1)  # [C]
+            target_logits = logits.gather(1, target_chunk.unsqueeze(1)).squeeze(1)  # [C]
+            total += (log_norm - target_logits).sum()
+            if needs_grad:
+                # d(sum of nll)/d(logits) = softmax - one_hot(target), formed in place of the logits.
+                probs = logits.sub_(log_norm.unsqueeze(1)).exp_()  # [C, V]
+                probs.scatter_add_(1, target_chunk.unsqueeze(1),
+                                   torch.full_like(target_logits, -1.0).unsqueeze(1))
+                grad_logits = probs.to(x.dtype)
+                grad_x[start:start + chunk_size] = grad_logits @ weight  # [C, E]
+                grad_weight.addmm_(grad_logits.t().float(), x_chunk.float())  # [V, E]
+                if grad_bias is not None:
+                    grad_bias += probs.sum(0)
+        ctx.save_for_backward(grad_x, grad_weight, grad_bias)
+        ctx.weight_dtype = weight.dtype
+        ctx.bias_dtype = bias.dtype if bias is not None else None
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total):
+        grad_x, grad_weight, grad_bias = ctx.saved_tensors
+        if grad_x is None:
+            raise RuntimeError("chunked_cross_entropy was called without grad mode; it has no gradient")
+        if getattr(ctx, "used", False):
+            raise RuntimeError("chunked_cross_entropy's backward scales its kept gradients in place: run it once")
+        ctx.used = True
+        # In place: a second [V, E] copy of the weight's gradient would double the peak memory.
+        scale = grad_total.float()
+        return (
+            grad_x.mul_(scale.to(grad_x.dtype)) if ctx.needs_input_grad[0] else None,
+            grad_weight.mul_(scale).to(ctx.weight_dtype) if ctx.needs_input_grad[1] else None,
+            grad_bias.mul_(scale).to(ctx.bias_dtype) if grad_bias is not None and ctx.needs_input_grad[2] else None,
+            None,
+            None,
+            None,
+        )
+
+
+def chunked_cross_entropy(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    targets: torch.Tensor,
+    chunk_size: int | None = None,
+) -> torch.Tensor:
+    """``sum over tokens of -log softmax(x @ weight.T + bias)[target]`` without all the logits.
+
+    Equals ``F.cross_entropy((x @ weight.T + bias).float(), targets, reduction="sum")`` in value
+    and in the gradients of ``x``, ``weight`` and ``bias`` (up to float rounding).
+
+    Args:
+        x: ``[N, E]`` decoder inputs.
+        weight: ``[V, E]`` decoder weight (the tied embedding matrix).
+        bias: ``[V]`` or None.
+        targets: ``[N]`` long, in ``[0, V)``.
+        chunk_size: tokens per chunk; default about 64 MiB of float32 logits per chunk.
+
+    Returns:
+        a float32 scalar, the summed negative log-likelihood in nats.
+    """
+    if x.dim() != 2 or weight.dim() != 2 or x.size(1) != weight.size(1):
+        raise ValueError(f"x must be [N, E] and weight [V, E], got {tuple(x.shape)} and {tuple(weight.shape)}")
+    if targets.shape != (x.size(0),):
+        raise ValueError(f"targets must have shape [{x.size(0)}], got {tuple(targets.shape)}")
+    chunk_size = chunk_size or chunk_rows(weight.size(0))
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if torch.is_autocast_enabled(x.device.type):
+        # Autocast does not reach inside an autograd.Function: cast here, as it would for a linear.
+        dtype = torch.get_autocast_dtype(x.device.type)
+        x, weight = x.to(dtype), weight.to(dtype)
+        bias = bias.to(dtype) if bias is not None else None
+    else:
+        weight = weight.to(x.dtype)
+        bias = bias.to(x.dtype) if bias is not None else None
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, weight, bias))
+    with torch.autocast(x.device.type, enabled=False):
+        return _ChunkedLinearCrossEntropy.apply(x, weight, bias, targets, chunk_size, needs_grad)

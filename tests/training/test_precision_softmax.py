@@ -1,0 +1,148 @@
+"""The trainer with the softmax options, mixed precision and torch.compile (tiny runs on the CPU)."""
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+import qrnn_lm.training.metrics as metrics_module
+from qrnn_lm.config import UserError
+from qrnn_lm.inference.evaluate import evaluate_checkpoint
+from qrnn_lm.inference.generate import generate
+from qrnn_lm.models.checkpoint import load_checkpoint, model_from_checkpoint
+from qrnn_lm.training import train
+
+from qrnn_lm.config import load_config
+
+TINY = Path(__file__).resolve().parents[2] / "configs" / "tiny.toml"
+WORDS = "the a cat dog sat ran on under mat rug big small red and then it".split()
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    rng = random.Random(0)
+    folder = tmp_path_factory.mktemp("data") / "corpus"
+    folder.mkdir()
+    for name, lines in (("train.txt", 90), ("valid.txt", 12), ("test.txt", 12)):
+        text = "\n".join(" ".join(rng.choices(WORDS, k=rng.randint(3, 9))) for _ in range(lines))
+        (folder / name).write_text(text + "\n", encoding="utf-8")
+    return folder
+
+
+def tiny(corpus, *overrides):
+    return load_config(TINY, [f'data.dataset="{corpus}"', "train.epochs=2", *overrides])
+
+# Dropouts off: eager/compiled (and full/chunked) runs then see the same computation.
+NO_DROPOUT = ["model.dropout_emb=0", "model.dropout_input=0", "model.dropout_hidden=0",
+              "model.dropout_output=0", "model.zoneout=0", "model.weight_drop=0", "train.max_steps=6",
+              "train.log_interval=1", "train.epochs=1"]
+
+
+def run_losses(corpus, out, *overrides, monkeypatch):
+    """Train; return the per-step losses the meter received and the results."""
+    losses = []
+    real_add = metrics_module.Meter.add
+    monkeypatch.setattr(metrics_module.Meter, "add",
+                        lambda self, loss, *a: (losses.append(loss), real_add(self, loss, *a))[1])
+    results = train(tiny(corpus, *NO_DROPOUT, *overrides), out, device="cpu", progress=False)
+    monkeypatch.setattr(metrics_module.Meter, "add", real_add)
+    return losses, results
+
+
+def test_chunked_softmax_trains_as_the_full_one(corpus, tmp_path, monkeypatch):
+    full, full_results = run_losses(corpus, tmp_path / "full", "train.softmax=full", monkeypatch=monkeypatch)
+    chunked, chunked_results = run_losses(corpus, tmp_path / "chunked", "train.softmax=chunked",
+                                          monkeypatch=monkeypatch)
+    assert len(full) == 6
+    torch.testing.assert_close(torch.tensor(chunked), torch.tensor(full), rtol=1e-5, atol=1e-5)
+    assert chunked_results["test_loss"] == pytest.approx(full_results["test_loss"], rel=1e-5)
+
+
+def test_adaptive_softmax_trains_evaluates_and_generates(corpus, tmp_path, monkeypatch):
+    losses, results = run_losses(corpus, tmp_path / "run", "model.decoder=adaptive",
+                                 "model.adaptive_cutoffs=[4, 10]", monkeypatch=monkeypatch)
+    assert all(loss == loss for loss in losses)
+    evaluated = evaluate_checkpoint(tmp_path / "run" / "best.pt", split="test", data=corpus, progress=False)
+    assert evaluated["loss"] == pytest.approx(results["test_loss"], rel=1e-6)
+    model, vocab, _ = model_from_checkpoint(load_checkpoint(tmp_path / "run" / "best.pt"))
+    words = list(generate(model, vocab, "the cat", num_tokens=5, seed=0))
+    assert len(words) == 5 and all(word in vocab.stoi for word in words)
+
+
+def test_bf16_trains_on_the_cpu_and_keeps_float32_checkpoints(corpus, tmp_path, monkeypatch):
+    fp32, _ = run_losses(corpus, tmp_path / "fp32", monkeypatch=monkeypatch)
+    bf16, results = run_losses(corpus, tmp_path / "bf16", "train.precision=bf16", monkeypatch=monkeypatch)
+    assert bf16 != fp32  # autocast really ran in bfloat16 ...
+    torch.testing.assert_close(torch.tensor(bf16), torch.tensor(fp32), rtol=2e-2, atol=2e-2)  # ... and is close
+    payload = load_checkpoint(tmp_path / "bf16" / "last.pt")
+    assert all(t.dtype == torch.float32 for t in payload["model"].values() if t.is_floating_point())
+    # eval is unchanged (float32): the checkpoint evaluates to the run's own test loss.
+    evaluated = evaluate_checkpoint(tmp_path / "bf16" / "best.pt", split="test", data=corpus, progress=False)
+    assert evaluated["loss"] == pytest.approx(results["test_loss"], rel=1e-6)
+
+
+def test_fp16_on_the_cpu_is_a_user_error(corpus, tmp_path):
+    with pytest.raises(UserError, match="bf16") as info:
+        train(tiny(corpus, "train.precision=fp16"), tmp_path / "run", device="cpu", progress=False)
+    assert "\n" not in str(info.value)
+
+
+def compiled_against_eager(corpus, tmp_path, monkeypatch):
+    eager, _ = run_losses(corpus, tmp_path / "eager", monkeypatch=monkeypatch)
+    calls = []
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda *a, **k: (calls.append(1), real_compile(*a, **k))[1])
+    compiled, _ = run_losses(corpus, tmp_path / "compiled", "train.compile=true", monkeypatch=monkeypatch)
+    assert calls == [1]
+    torch.testing.assert_close(torch.tensor(compiled), torch.tensor(eager), rtol=1e-4, atol=1e-4)
+
+
+def test_compiled_training_matches_eager(corpus, tmp_path, monkeypatch):
+    """Dynamo captures the model (QRNN ops included) and AOTAutograd differentiates it; the
+    aot_eager backend skips inductor's C++ code generation, which takes ~50 s on a small CPU."""
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model, **k: real_compile(model, backend="aot_eager", **k))
+    compiled_against_eager(corpus, tmp_path, monkeypatch)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("QRNN_LM_TEST_INDUCTOR"),
+                    reason="inductor's C++ compile takes ~50 s on a small CPU; set QRNN_LM_TEST_INDUCTOR=1")
+def test_inductor_compiled_training_matches_eager(corpus, tmp_path, monkeypatch):
+    compiled_against_eager(corpus, tmp_path, monkeypatch)
+
+
+def test_a_gradient_scaler_skips_an_overflowed_step_and_lowers_its_scale():
+    """The fp16 path's logic, run in fp32 on the CPU: a hook makes one step's gradient overflow."""
+    import dataclasses
+
+    from qrnn_lm.config import ModelConfig, TrainConfig
+    from qrnn_lm.models import QRNNLanguageModel
+    from qrnn_lm.training.step import train_step
+
+    torch.manual_seed(0)
+    small = ModelConfig(emb_size=8, hidden_size=8, num_layers=1, weight_drop=0.0, dropout_emb=0.0,
+                        dropout_input=0.0, dropout_hidden=0.0, dropout_output=0.0)
+    model = QRNNLanguageModel(20, small)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16, growth_interval=1000)
+    overflow = [True]
+    model.embedding.weight.register_hook(lambda grad: grad * float("inf") if overflow[0] else grad)
+    inputs, targets = torch.randint(0, 20, (5, 2)), torch.randint(0, 20, (5, 2))
+    train = dataclasses.replace(TrainConfig(), alpha=0.0, beta=0.0)
+    before = [p.detach().clone() for p in model.parameters()]
+    result = train_step(model, optimizer, inputs, targets, None, train, scaler=scaler)
+    assert result.grad_norm != result.grad_norm or result.grad_norm == float("inf")  # overflowed
+    assert all(p.grad is None for p in model.parameters())  # nothing for the optimiser to apply
+    optimizer.step()
+    assert all(torch.equal(a, p) for a, p in zip(before, model.parameters()))
+    assert scaler.get_scale() == 2.0**15  # halved after the overflow
+    overflow[0] = False  # the next step applies unscaled gradients
+    model.reset()
+    result = train_step(model, optimizer, inputs, targets, None, train, scaler=scaler)
+    plain = QRNNLanguageModel(20, small)
+    plain.load_state_dict(model.state_dict())
+    expected = train_step(plain, torch.optim.SGD(plain.parameters(), lr=0.1), inputs, targets, None, train)
+    assert result.grad_norm == pytest.approx(expected.grad_norm, rel=1e-5)
