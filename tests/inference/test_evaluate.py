@@ -134,3 +134,21 @@ def test_evaluate_checkpoint_without_unk_refuses_in_one_line(tmp_path):
                                         r"\(e.g. 'mat'\) and it has no <unk>") as error:
         evaluate_checkpoint(path, split="valid", device="cpu", progress=False)
     assert "\n" not in str(error.value)
+
+
+def test_eval_command_reports_the_count_and_refuses_without_unk(tmp_path):
+    from typer.testing import CliRunner
+
+    from qrnn_lm.cli.commands import app
+
+    folder = write_corpus(tmp_path / "corpus")
+    own = Corpus.load(folder, cache=False).vocab.to_list()
+    runner = CliRunner()
+    path = _checkpoint_with_vocab(tmp_path, folder, [w for w in own if w != "mat"] + ["<unk>"])
+    result = runner.invoke(app, ["eval", str(path), "--split", "valid", "--device", "cpu", "--no-progress"])
+    expected = (folder / "valid.txt").read_text().split().count("mat")
+    assert result.exit_code == 0, result.output
+    assert f"note: {expected} tokens are not in the checkpoint's vocabulary" in result.output
+    path = _checkpoint_with_vocab(tmp_path, folder, [w for w in own if w not in ("mat", "<unk>")])
+    result = runner.invoke(app, ["eval", str(path), "--split", "valid", "--device", "cpu", "--no-progress"])
+    assert result.exit_code == 1 and result.output.startswith("error: ") and result.output.count("\n") == 1
