@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.14.1
 STAMP := $(VENV)/.installed
 
-.PHONY: install test train clean
+.PHONY: install test train clean gpu-check
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,3 +32,11 @@ train: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache
+
+# The whole GPU verification (tests with CUDA cases, kernel/layer/LM benchmarks, a short PTB
+# run) into one report folder, in at most ~8 minutes; see scripts/gpu_check.py. Runs from the
+# checkout with the python already on the machine (no install, no network); `make gpu-check
+# PYTHON=.venv/bin/python` uses `make test`'s venv instead. GPU_CHECK_ARGS=--dry-run checks it on a CPU.
+GPU_CHECK_ARGS ?=
+gpu-check:
+	PYTHONPATH=. $(PYTHON) scripts/gpu_check.py $(GPU_CHECK_ARGS)

@@ -263,6 +263,9 @@ def evaluate(
             f"{result['dataset']} {result['split']}: loss {result['loss']:.4f}  "
             f"ppl {result['ppl']:.2f}  ({result['tokens']:,} tokens)"
         )
+        if result.get("unknown_words"):
+            typer.echo(f"note: {result['unknown_words']:,} tokens are not in the checkpoint's vocabulary "
+                       "and were scored as its <unk>")
 
 
 def _evaluate_with_cache(path, split, data, data_dir, device, progress, window, theta, lambd, search) -> None:

@@ -21,7 +21,7 @@ from ..models.checkpoint import load_checkpoint, model_from_checkpoint
 from ..config import UserError
 from ..data import Corpus, batchify, get_batch, prepare_dataset
 
-__all__ = ["resolve_device", "evaluate", "loss_sum", "evaluate_checkpoint", "SPLITS"]
+__all__ = ["resolve_device", "evaluate", "loss_sum", "evaluate_checkpoint", "count_unknown_words", "SPLITS"]
 
 SPLITS = ("train", "valid", "test")
 
@@ -111,7 +111,9 @@ def evaluate_checkpoint(
     token but the first is scored; with ``B > 1`` the split is cut into B streams (the last
     ``N mod B`` tokens are dropped and each stream's first token is not a target), which is faster
     and differs slightly. Returns
-    ``{"loss", "ppl", "tokens", "split", "dataset", "batch_size"}``.
+    ``{"loss", "ppl", "tokens", "split", "dataset", "batch_size", "unknown_words"}``
+    (``unknown_words``: tokens of the split absent from the checkpoint's vocabulary, scored as its
+    ``<unk>``; see :func:`count_unknown_words`).
     """
     if split not in SPLITS:
         raise UserError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
@@ -122,6 +124,7 @@ def evaluate_checkpoint(
     model, vocab, config = model_from_checkpoint(payload, torch_device)
     dataset = str(data) if data is not None else config.data.dataset
     folder = prepare_dataset(dataset, data_dir, progress=progress)
+    unknown = count_unknown_words(Corpus.load(folder, progress=progress), split, vocab, dataset)
     corpus = Corpus.load(folder, vocab=vocab, progress=progress)
     ids = getattr(corpus, split)
     source = batchify(ids, batch_size).to(torch_device)  # [N, B]
@@ -133,4 +136,22 @@ def evaluate_checkpoint(
         "split": split,
         "dataset": dataset,
         "batch_size": batch_size,
+        "unknown_words": unknown,
     }
+
+
+def count_unknown_words(own: Corpus, split: str, vocab, dataset: str) -> int:
+    """How many tokens of ``split`` (read with the data's own vocabulary ``own``) are words
+    absent from the checkpoint's ``vocab``, i.e. are scored as its ``<unk>`` (a PTB model on
+    WikiText-2, say). The data's own ``<unk>`` tokens are not counted. Raises UserError when
+    there are some and ``vocab`` has no ``<unk>`` to stand for them."""
+    ids = getattr(own, split)  # [N] ids in the data's own vocabulary
+    known = torch.tensor([word in vocab or word == "<unk>" for word in own.vocab.to_list()], dtype=torch.bool)
+    missing = ~known[ids]
+    count = int(missing.sum())
+    if count and vocab.unk_index is None:
+        example = own.vocab.to_list()[int(ids[missing.nonzero()[0, 0]])]
+        raise UserError(f"{count:,} of the {ids.numel():,} tokens of {dataset} {split} are not in the "
+                        f"checkpoint's vocabulary (e.g. {example!r}) and it has no <unk> to stand for "
+                        "them; evaluate on data with the checkpoint's vocabulary")
+    return count

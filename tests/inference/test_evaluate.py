@@ -102,3 +102,53 @@ def test_evaluate_checkpoint_on_its_dataset(tmp_path):
     assert batched["tokens"] == (corpus.test.numel() // 2 - 1) * 2
     with pytest.raises(UserError, match="split"):
         evaluate_checkpoint(path, split="dev", progress=False)
+
+
+def _checkpoint_with_vocab(tmp_path, folder, tokens):
+    torch.manual_seed(0)
+    config = Config(name="e", data=DataConfig(dataset=str(folder), bptt=5),
+                    model=ModelConfig(emb_size=6, hidden_size=8, num_layers=2))
+    model = QRNNLanguageModel(len(tokens), config.model)
+    payload = {"config": config_to_dict(config), "vocab": tokens, "model": model.state_dict()}
+    return save_checkpoint(tmp_path / "other.pt", payload)
+
+
+def test_evaluate_checkpoint_counts_words_outside_its_vocabulary(tmp_path):
+    """A checkpoint whose vocabulary lacks "mat" (another dataset's model): every "mat" of the
+    split is scored as <unk>, and the result says how many."""
+    folder = write_corpus(tmp_path / "corpus")
+    own = Corpus.load(folder, cache=False).vocab.to_list()
+    path = _checkpoint_with_vocab(tmp_path, folder, [w for w in own if w != "mat"] + ["<unk>"])
+    result = evaluate_checkpoint(path, split="valid", device="cpu", progress=False)
+    expected = (folder / "valid.txt").read_text().split().count("mat")
+    assert expected > 0 and result["unknown_words"] == expected
+    same = _checkpoint_with_vocab(tmp_path, folder, own)
+    assert evaluate_checkpoint(same, split="valid", device="cpu", progress=False)["unknown_words"] == 0
+
+
+def test_evaluate_checkpoint_without_unk_refuses_in_one_line(tmp_path):
+    folder = write_corpus(tmp_path / "corpus")
+    own = Corpus.load(folder, cache=False).vocab.to_list()
+    path = _checkpoint_with_vocab(tmp_path, folder, [w for w in own if w not in ("mat", "<unk>")])
+    with pytest.raises(UserError, match=r"tokens of .* valid are not in the checkpoint's vocabulary "
+                                        r"\(e.g. 'mat'\) and it has no <unk>") as error:
+        evaluate_checkpoint(path, split="valid", device="cpu", progress=False)
+    assert "\n" not in str(error.value)
+
+
+def test_eval_command_reports_the_count_and_refuses_without_unk(tmp_path):
+    from typer.testing import CliRunner
+
+    from qrnn_lm.cli.commands import app
+
+    folder = write_corpus(tmp_path / "corpus")
+    own = Corpus.load(folder, cache=False).vocab.to_list()
+    runner = CliRunner()
+    path = _checkpoint_with_vocab(tmp_path, folder, [w for w in own if w != "mat"] + ["<unk>"])
+    result = runner.invoke(app, ["eval", str(path), "--split", "valid", "--device", "cpu", "--no-progress"])
+    expected = (folder / "valid.txt").read_text().split().count("mat")
+    assert result.exit_code == 0, result.output
+    assert f"note: {expected} tokens are not in the checkpoint's vocabulary" in result.output
+    path = _checkpoint_with_vocab(tmp_path, folder, [w for w in own if w not in ("mat", "<unk>")])
+    result = runner.invoke(app, ["eval", str(path), "--split", "valid", "--device", "cpu", "--no-progress"])
+    assert result.exit_code == 1 and result.output.startswith("error: ") and result.output.count("\n") == 1

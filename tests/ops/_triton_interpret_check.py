@@ -23,10 +23,13 @@ TOLERANCE = {"float32": 1e-5, "float16": 1e-2, "bfloat16": 6e-2}
 
 
 def _lengths_for(seq_len: int, batch_size: int) -> list[int]:
-    """Ragged lengths with a 0 when the batch allows it: [T, 0, ceil(T/2)] or [T-1]."""
+    """Ragged lengths with a 0 when the batch allows it: [T, 0, ceil(T/2), T-1, 1, T, ...] or
+    [T-1]. Past B = 3 each batch element differs from its neighbours, so a lane block that looks
+    up another element's length (``lanes // H`` off in a later block) shows up."""
     if batch_size == 1:
         return [seq_len - 1]
-    return [seq_len, 0, (seq_len + 1) // 2][:batch_size]
+    cycle = [seq_len, 0, (seq_len + 1) // 2, max(seq_len - 1, 0), min(1, seq_len)]
+    return [cycle[b % len(cycle)] for b in range(batch_size)]
 
 
 def cases() -> list[dict]:
@@ -59,6 +62,11 @@ def cases() -> list[dict]:
         add(9, 3, 7, reverse, ragged, "float32", chunk_len=4, block_t=2)
         add(9, 3, 7, reverse, ragged, "float32", chunk_len=3, block_t=4)
         add(9, 1, 7, reverse, ragged, "float32", block_t=4)
+    # Several lane blocks: B * H = 305 lanes > MAX_BLOCK_N = 128, so three programs along the
+    # lane axis, whose blocks start mid-sequence (128 = 2 * 61 + 6); one launch and chunked.
+    for reverse, ragged in directions_and_lengths:
+        add(3, 5, 61, reverse, ragged, "float32")
+        add(9, 5, 61, reverse, ragged, "float32", chunk_len=4, block_t=2)
     # Half precisions (they change only loads and stores) on both paths and directions.
     for dtype in ("float16", "bfloat16"):
         for reverse in (False, True):
@@ -93,6 +101,10 @@ def _run_case(case: dict) -> str:
 
     # Kernels, writing into NaN-poisoned outputs: a missed element stays NaN and fails below.
     plan = dict(chunk_len=case["chunk_len"], block_t=case["block_t"])
+    block_n = backend.plan_scan(seq_len, batch_size * hidden_size, **plan).block_n
+    lane_blocks = -(-batch_size * hidden_size // block_n)
+    if hidden_size == 61:  # the several-lane-block cases must really launch several blocks
+        assert lane_blocks >= 3, f"expected >= 3 lane blocks, the plan gives {lane_blocks}"
     h = torch.full(shape, float("nan"), dtype=dtype)
     backend.forward_into(h, f, x, h0, lengths, reverse, **plan)
     grads = (torch.full(shape, float("nan"), dtype=dtype),
@@ -136,6 +148,55 @@ def _run_public_entry_points() -> str:
     return f"auto plan {plan} matches"
 
 
+def _run_half_precision(dtype_name: str, reverse: bool, one_launch: bool) -> str:
+    """The half-accumulation check of ``_half_precision.py`` (beside this file) on Triton."""
+    import torch
+
+    import _half_precision
+    from qrnn_lm.ops.forget_mult import triton as backend
+
+    dtype = getattr(torch, dtype_name)
+    seq_len, batch_size, hidden_size = _half_precision.SHAPE
+    plan = dict(chunk_len=seq_len if one_launch else None)
+    chosen = backend.plan_scan(seq_len, batch_size * hidden_size, **plan)
+    assert (chosen.num_chunks == 1) == one_launch, f"plan {chosen} is not the path under test"
+
+    def forward(f, x, h0, lengths, reverse):
+        h = torch.empty_like(x)
+        backend.forward_into(h, f, x, h0, lengths, reverse, **plan)
+        return h
+
+    def backward(grad_h, f, x, h, h0, lengths, reverse):
+        grads = (torch.empty_like(x), torch.empty_like(x), torch.empty_like(h0))
+        backend.backward_into(*grads, grad_h, f, x, h, h0, lengths, reverse, **plan)
+        return grads
+
+    # The reference rounds the way this Triton stores float32 as bfloat16 (see round_to).
+    rounding = _bfloat16_rounding(forward) if dtype == torch.bfloat16 else "nearest"
+    return _half_precision.check(forward, backward, dtype, reverse, rounding) + f", {rounding}"
+
+
+def _bfloat16_rounding(forward) -> str:
+    """"nearest" or "toward_zero": one step with f = 0.75, x = 1 + 2**-7, h0 = 1 gives
+    h = 1 + 0.75 * 2**-7 in float32, stored as 1 + 2**-7 (nearest) or 1 (toward zero)."""
+    import torch
+
+    def full(value, *shape):
+        return torch.full(shape, value, dtype=torch.bfloat16)
+
+    stored = float(forward(full(0.75, 1, 1, 1), full(1 + 2**-7, 1, 1, 1), full(1.0, 1, 1), None,
+                           False))
+    assert stored in (1.0, 1 + 2**-7), f"unexpected bfloat16 store {stored!r}"
+    return "nearest" if stored != 1.0 else "toward_zero"
+
+
+def half_precision_cases() -> list[tuple[str, tuple]]:
+    """(name, args of _run_half_precision): fp16/bf16, both directions, both paths."""
+    return [(f"half-accumulation-{dtype}-{'rev' if reverse else 'fwd'}-{'seq' if one else 'chunked'}",
+             (dtype, reverse, one))
+            for dtype in ("float16", "bfloat16") for reverse in (False, True) for one in (True, False)]
+
+
 def main() -> int:
     os.environ["TRITON_INTERPRET"] = "1"  # before the kernels' module is imported
     from triton.runtime.interpreter import InterpretedFunction
@@ -145,7 +206,12 @@ def main() -> int:
     if not isinstance(triton_scan.forget_mult_fwd_scan_kernel, InterpretedFunction):
         print("the kernels were not built for the interpreter", file=sys.stderr)
         return 2
-    jobs = [(case["name"], lambda case=case: _run_case(case)) for case in cases()]
+    wanted = sys.argv[1:]  # optional substrings: run only the cases whose name has one (debugging)
+    jobs = [(case["name"], lambda case=case: _run_case(case)) for case in cases()
+            if not wanted or any(part in case["name"] for part in wanted)]
+    jobs += [(name, lambda args=args: _run_half_precision(*args))
+             for name, args in half_precision_cases()
+             if not wanted or any(part in name for part in wanted)]
     jobs.append(("public-entry-points-auto-chunked", _run_public_entry_points))
     for name, job in jobs:
         try:

@@ -199,3 +199,35 @@ def test_parallel_kernels_from_several_python_threads():
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "mismatches 0" in result.stdout
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_half_precision_accumulates_in_float32(backend, dtype, reverse, monkeypatch):
+    """Long T, gates near 0 and 1: a backend keeping its state in half precision fails here
+    (see _half_precision.py); the tolerances above are too wide to see it."""
+    import _half_precision  # tests/ops/_half_precision.py
+
+    module = backend_module(backend, monkeypatch)
+    _half_precision.check(module.forward, module.backward, dtype, reverse)
+
+
+# B = 1 with several tiles along H (4 tiles of 128 lanes) and B > 1 with 2 tiles per row: the
+# prange launch with tiles that start inside a row.
+PARALLEL_SHAPES = [(63, 1, 500), (9, 2, 100)]
+
+
+@pytest.mark.parametrize("shape", PARALLEL_SHAPES, ids=lambda s: "T{}-B{}-H{}".format(*s))
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_parallel_launch_really_runs_and_matches(shape, reverse, monkeypatch):
+    """"numba-parallel" must reach the prange kernels (not the serial loop) on these shapes."""
+    if cpu.numba.get_num_threads() == 1:
+        pytest.skip("numba has one thread: the backend never launches the parallel kernels")
+    launches = []
+    for name in ("_seq_forward", "_seq_backward"):
+        kernel = getattr(cpu, name)
+        monkeypatch.setattr(cpu, name, lambda *a, kernel=kernel, name=name: (launches.append(name), kernel(*a))[1])
+    module = backend_module("numba-parallel", monkeypatch)
+    check_backend(module, shape, torch.float32, reverse, True, monkeypatch)
+    assert launches == ["_seq_forward", "_seq_backward"]

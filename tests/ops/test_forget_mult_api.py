@@ -129,8 +129,17 @@ def test_non_contiguous_inputs_and_upstream_grad():
     x_nc = x_t[:, :, ::2]
     h = forget_mult(f_nc, x_nc, h0[:, ::2])
     torch.testing.assert_close(h, forget_mult_reference(f_nc, x_nc, h0[:, ::2]))
-    h.sum(dim=1).sum().backward()  # an expanded (stride-0) upstream grad
+    # An expanded (stride-0 along B) upstream grad that differs per step and lane.
+    grad_h = torch.randn(4, 1, 3, generator=torch.Generator().manual_seed(1)).expand(4, 3, 3)
+    assert grad_h.stride(1) == 0
+    h.backward(grad_h)
     assert f_t.grad.shape == f_t.shape and torch.equal(f_t.grad[:, :, 1::2], torch.zeros(4, 3, 3))
+    leaves = [t.detach()[:, :, ::2].clone().requires_grad_(True) for t in (f_t, x_t)]
+    h0_ref = h0[:, ::2].clone().requires_grad_(True)
+    expected = torch.autograd.grad(forget_mult_reference(*leaves, h0_ref), [*leaves, h0_ref],
+                                   grad_h.contiguous())
+    torch.testing.assert_close(f_t.grad[:, :, ::2], expected[0])
+    torch.testing.assert_close(x_t.grad[:, :, ::2], expected[1])
 
 
 def test_validation_errors_name_expected_and_actual():

@@ -39,6 +39,7 @@ def _load_helper():
 
 
 INTERPRETED_CASES = [case["name"] for case in _load_helper().cases()]
+INTERPRETED_CASES += [name for name, _ in _load_helper().half_precision_cases()]
 INTERPRETED_CASES.append("public-entry-points-auto-chunked")
 
 
