@@ -17,6 +17,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from .fused import fused_layer
 from .gates import gates_and_recurrence, use_fused, zoneout_mask
+from .jit import refuse_torchscript, refuse_tracing
 from .window import project
 
 __all__ = ["QRNNLayer", "QRNN"]
@@ -73,6 +74,9 @@ class QRNNLayer(nn.Module):
         """Forget the inputs kept by ``save_prev_x``; call at the start of every new sequence."""
         self.prevX = None
 
+    def __prepare_scriptable__(self):
+        refuse_torchscript(self)  # torch.jit.script: one clear line instead of a compiler error
+
     def extra_repr(self):
         return (f"{self.input_size}, {self.hidden_size}, window={self.window}, zoneout={self.zoneout}, "
                 f"save_prev_x={self.save_prev_x}, output_gate={self.output_gate}, reverse={self.reverse}")
@@ -91,6 +95,7 @@ class QRNNLayer(nn.Module):
             (each sequence's own last step; step 0 when ``reverse``).
         """
         # Read the weight once: under a parametrization (e.g. weight drop) every read recomputes it.
+        refuse_tracing(self)  # torch.jit.trace would otherwise die inside numba
         weight, bias = self.linear.weight, self.linear.bias
         self._check_input(X, hidden, weight)
         seq_len, batch_size, _ = X.shape
@@ -231,6 +236,9 @@ class QRNN(nn.Module):
         """Forget the inputs kept by ``save_prev_x`` in every layer (start of a new sequence)."""
         for layer in self.layers:
             layer.reset()
+
+    def __prepare_scriptable__(self):
+        refuse_torchscript(self)
 
     def forward(self, input, hidden=None):
         lengths = None
