@@ -158,11 +158,13 @@ def test_bad_export_requests_are_one_line_user_errors(tmp_path):
 
 
 @pytest.mark.parametrize("how", ["trace", "script"])
-def test_torchscript_is_refused_with_one_line_naming_torch_export(how):
-    model = _qrnn()
+@pytest.mark.parametrize("which", ["QRNN", "QRNNLayer"])
+def test_torchscript_is_refused_with_one_line_naming_torch_export(how, which):
+    model = _qrnn() if which == "QRNN" else _qrnn().layers[0]
     with pytest.raises(TorchScriptUnsupported, match="use torch.export") as caught:
         if how == "trace":
             torch.jit.trace(model, torch.randn(3, 2, 5))
         else:
             torch.jit.script(model)
     assert "\n" not in str(caught.value) and f"torch.jit.{how}" in str(caught.value)
+    assert str(caught.value).startswith(f"{which}: ") or how == "trace"  # trace stops in the first layer
