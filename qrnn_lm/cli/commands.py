@@ -24,6 +24,7 @@ import typer
 
 from ..config import UserError
 from .bench import bench_app
+from .export import export_command
 from .recipes import resolve_train_config
 from .train import EXIT_INTERRUPTED, argv_without_nproc, run_training
 
@@ -341,6 +342,7 @@ def _stream_sample(path, prompt, tokens, temperature, top_k, top_p, seed, device
 
 
 app.add_typer(bench_app, name="bench")  # torch loads inside its commands too
+app.command("export")(export_command)  # qrnn_lm.cli.export; torch loads inside it
 
 
 def main() -> None:

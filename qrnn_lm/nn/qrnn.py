@@ -18,6 +18,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from .fused import fused_layer
 from .rnn_compat import RNNCompat, pop_rnn_arguments, reset_layer_parameters
 from .gates import gates_and_recurrence, use_fused, zoneout_mask
+from .jit import refuse_torchscript, refuse_tracing
 from .stream import stream_qrnn
 from .window import check_projection, project, window_inputs
 
@@ -80,6 +81,9 @@ class QRNNLayer(nn.Module):
         """Forget the inputs kept by ``save_prev_x``; call at the start of every new sequence."""
         self.prevX = None
 
+    def __prepare_scriptable__(self):
+        refuse_torchscript(self)  # torch.jit.script: one clear line instead of a compiler error
+
     def extra_repr(self):
         return (f"{self.input_size}, {self.hidden_size}, window={self.window}, zoneout={self.zoneout}, "
                 f"save_prev_x={self.save_prev_x}, output_gate={self.output_gate}, reverse={self.reverse}")
@@ -98,6 +102,7 @@ class QRNNLayer(nn.Module):
             (each sequence's own last step; step 0 when ``reverse``).
         """
         # Read the weight once: under a parametrization (e.g. weight drop) every read recomputes it.
+        refuse_tracing(self)  # torch.jit.trace would otherwise die inside numba
         weight, bias = self._plain_linear_parameters()
         self._check_input(X, hidden, self._reference_parameter(weight))
         prev = self._saved_inputs(X.shape[1])
@@ -266,6 +271,9 @@ class QRNN(RNNCompat, nn.Module):
         """Forget the inputs kept by ``save_prev_x`` in every layer (start of a new sequence)."""
         for layer in self.layers:
             layer.reset()
+
+    def __prepare_scriptable__(self):
+        refuse_torchscript(self)
 
     def forward(self, input, hidden=None, hx=None):
         hidden = self._initial_state(hidden, hx)  # hx: nn.GRU's name for it

@@ -6,7 +6,6 @@ Training itself is replaced by a recording fake here (the real run is in tests/t
 import shutil
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -66,17 +65,23 @@ def test_dataset_choices_match_the_data_registry():
 
 @pytest.fixture
 def fake_train(monkeypatch):
-    """Replace qrnn_lm.training with a module whose train() records its call."""
+    """Replace qrnn_lm.training.train with a function that records its call."""
     calls = []
 
     def train(config, out_dir, *, device="auto", resume=None, data_dir=None, progress=True):
         calls.append(dict(config=config, out_dir=out_dir, device=device, resume=resume, data_dir=data_dir, progress=progress))
         return {"best_val_ppl": 123.456, "test_ppl": 120.0}
 
-    module = types.ModuleType("qrnn_lm.training")
-    module.train = train
-    monkeypatch.setitem(sys.modules, "qrnn_lm.training", module)
+    fake_engine(monkeypatch, train)
     return calls
+
+
+def fake_engine(monkeypatch, train):
+    """``qrnn_lm.training.train`` replaced by ``train`` (the CLI looks it up at call time); the
+    rest of the package, e.g. ``training.distributed``, stays importable."""
+    import qrnn_lm.training as training
+
+    monkeypatch.setattr(training, "train", train)
 
 
 def test_train_maps_every_option(fake_train, tmp_path, monkeypatch):
@@ -170,9 +175,7 @@ def test_ctrl_c_during_training_prints_the_resume_command(monkeypatch, tmp_path)
         (out_dir / "last.pt").write_bytes(b"saved by the trainer")
         raise KeyboardInterrupt
 
-    module = types.ModuleType("qrnn_lm.training")
-    module.train = interrupted_train
-    monkeypatch.setitem(sys.modules, "qrnn_lm.training", module)
+    fake_engine(monkeypatch, interrupted_train)
     corpus = tmp_path / "c"
     corpus.mkdir()
     out = tmp_path / "my run"
@@ -189,9 +192,7 @@ def test_ctrl_c_during_training_prints_the_resume_command(monkeypatch, tmp_path)
 
 
 def test_ctrl_c_before_the_first_checkpoint_says_nothing_was_saved(monkeypatch, tmp_path):
-    module = types.ModuleType("qrnn_lm.training")
-    module.train = lambda *args, **kwargs: (_ for _ in ()).throw(KeyboardInterrupt())
-    monkeypatch.setitem(sys.modules, "qrnn_lm.training", module)
+    fake_engine(monkeypatch, lambda *args, **kwargs: (_ for _ in ()).throw(KeyboardInterrupt()))
     corpus = tmp_path / "c"
     corpus.mkdir()
     result = runner.invoke(app, ["train", "--data", str(corpus), "--out", str(tmp_path / "run")])
