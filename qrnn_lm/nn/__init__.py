@@ -3,7 +3,8 @@ optionally bidirectional), with their fused CPU path (``fused.py``), the path ch
 path (``gates.py``), the window's products (``window.py``), streaming (``stream.py``) and
 ``nn.RNNBase``'s surface (``rnn_compat.py``)."""
 
-from .qrnn import QRNN, QRNNLayer
+from .layer import QRNNLayer
+from .qrnn import QRNN
 from .stream import StreamState
 
 __all__ = ["QRNN", "QRNNLayer", "StreamState"]

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import qrnn_lm.nn.qrnn as qrnn_module
+import qrnn_lm.nn.layer as qrnn_module
 from qrnn_lm import QRNN, QRNNLayer
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence
 
-import qrnn_lm.nn.qrnn as qrnn_module
+import qrnn_lm.nn.layer as qrnn_module
 from qrnn_lm import QRNN, QRNNLayer
 from qrnn_lm.nn import fused as qrnn_fused
 from qrnn_lm.nn import gates as gates_module

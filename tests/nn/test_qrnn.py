@@ -6,7 +6,7 @@ Bidirectional and PackedSequence cases are in test_bidirectional_packed.py.
 import pytest
 import torch
 
-import qrnn_lm.nn.qrnn as qrnn_module
+import qrnn_lm.nn.layer as qrnn_module
 import qrnn_lm.nn.gates as gates_module
 from qrnn_lm import QRNN, QRNNLayer
 from test_transcription import original_layer, original_qrnn
