@@ -39,6 +39,7 @@ def unigram_ppl(folder: Path) -> float:
 @pytest.mark.parametrize("optimizer", [
     ['train.optimizer="sgd"', "train.lr=5.0"],  # NT-ASGD as configs/tiny.toml
     ['train.optimizer="adam"', "train.lr=0.01"],
+    ['train.optimizer="adamw"', "train.lr=0.01", "train.weight_decay=0.01"],
 ])
 def test_training_fits_a_deterministic_corpus_far_below_unigram(cycle_corpus, tmp_path, optimizer):
     config = load_config(TINY, [f'data.dataset="{cycle_corpus}"', "train.epochs=5", *optimizer])
@@ -46,3 +47,19 @@ def test_training_fits_a_deterministic_corpus_far_below_unigram(cycle_corpus, tm
     unigram = unigram_ppl(cycle_corpus)
     assert unigram > 6  # the bar below is meaningful
     assert results["test_ppl"] < unigram / 3, (results["test_ppl"], unigram)
+
+
+def test_adamw_decays_weights_decoupled_from_the_gradient():
+    """With a zero gradient Adam's L2 term is normalised away into a step of ``lr``; AdamW's
+    decoupled decay shrinks each weight by exactly ``lr * weight_decay`` times itself."""
+    import torch
+
+    from qrnn_lm.training.optimizer import make_optimizer
+
+    model = torch.nn.Linear(3, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(2.0)
+    optimizer = make_optimizer("adamw", model, lr=0.1, weight_decay=0.5)
+    model.weight.grad = torch.zeros_like(model.weight)
+    optimizer.step()
+    assert torch.allclose(model.weight, torch.full_like(model.weight, 2.0 * (1 - 0.1 * 0.5)))
