@@ -67,7 +67,7 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    optimizer: str = "sgd"  # "sgd" (switching to averaged SGD by NT-ASGD) or "adam"
+    optimizer: str = "sgd"  # "sgd" (switching to averaged SGD by NT-ASGD), "adam" or "adamw" (decoupled weight decay)
     lr: float = 30.0  # learning rate (for SGD, rescaled by each segment's length / bptt)
     weight_decay: float = 1.2e-6  # L2 penalty
     clip: float = 0.25  # gradient-norm clipping threshold; 0 disables
@@ -181,7 +181,7 @@ def validate(config: Config) -> None:
         (config.model.num_layers >= 1, "model.num_layers must be >= 1"),
         (config.model.first_window >= 1, "model.first_window must be >= 1"),
         (config.model.window >= 1, "model.window must be >= 1"),
-        (config.train.optimizer in ("sgd", "adam"), "train.optimizer must be 'sgd' or 'adam'"),
+        (config.train.optimizer in ("sgd", "adam", "adamw"), "train.optimizer must be 'sgd', 'adam' or 'adamw'"),
         (config.train.lr > 0, "train.lr must be > 0"),
         (config.train.epochs >= 1, "train.epochs must be >= 1"),
         (config.train.max_steps >= 0, "train.max_steps must be >= 0 (0 means no limit)"),

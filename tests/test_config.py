@@ -53,7 +53,7 @@ def test_unknown_key_names_the_valid_ones():
         ("model.tie_weights=\"yes\"", "must be bool"),
         ("train.lr=-1", "must be > 0"),
         ("model.zoneout=1.0", r"must be in \[0, 1\)"),
-        ("train.optimizer=rmsprop", "'sgd' or 'adam'"),
+        ("train.optimizer=rmsprop", "'sgd', 'adam' or 'adamw'"),
         ("train.lr_decay_epochs=[1.5]", "must be list"),
         ("nodot=3", "section.key=value"),
         ("novalue", "section.key=value"),

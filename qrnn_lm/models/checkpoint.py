@@ -13,7 +13,7 @@ Payload keys (``format_version`` 1):
 ``config``                the resolved Config as nested dicts (``config_to_dict``)
 ``vocab``                 ``list[str]``, index -> word
 ``model``                 the model's state_dict (``module.``/``_orig_mod.`` prefixes stripped)
-``optimizer``             ``{"name": "sgd"|"asgd"|"adam", "state": optimizer.state_dict()}``
+``optimizer``             ``{"name": "sgd"|"asgd"|"adam"|"adamw", "state": optimizer.state_dict()}``
 ``rng``                   ``{"torch": ByteTensor, "cuda": [ByteTensor...], "bptt": ByteTensor,
                           "shared": ByteTensor}`` (``shared``: the weight-drop mask generator,
                           the same on every rank); data-parallel runs add ``"ranks"``, each

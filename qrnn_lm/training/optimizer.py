@@ -22,7 +22,7 @@ from .state import RunState
 
 __all__ = ["make_optimizer", "switch_to_asgd", "should_switch_to_asgd", "averaged_weights", "OPTIMIZERS", "Schedule"]
 
-OPTIMIZERS = ("sgd", "asgd", "adam")  # the names stored in checkpoints
+OPTIMIZERS = ("sgd", "asgd", "adam", "adamw")  # the names stored in checkpoints
 
 
 def make_optimizer(name: str, model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -35,6 +35,8 @@ def make_optimizer(name: str, model: nn.Module, lr: float, weight_decay: float) 
         return torch.optim.ASGD(params, lr=lr, t0=0, lambd=0.0, weight_decay=weight_decay)
     if name == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if name == "adamw":  # decoupled weight decay (Loshchilov & Hutter): train.weight_decay is AdamW's
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")
 
 

@@ -34,7 +34,7 @@ class RunState:
     val_losses: list[float] = field(default_factory=list)  # validation losses, for NT-ASGD
     best_val_loss: float = math.inf  # best validation loss so far (the one in best.pt)
     lr: float = 0.0  # base learning rate (after lr_decay_epochs), before the length rescaling
-    optimizer: str = "sgd"  # "sgd", "asgd" (after the NT-ASGD switch) or "adam"
+    optimizer: str = "sgd"  # "sgd", "asgd" (after the NT-ASGD switch), "adam" or "adamw"
 
     def counters(self) -> dict[str, int]:
         return {"epoch": self.epoch, "position": self.position, "step": self.step, "tokens": self.tokens}
