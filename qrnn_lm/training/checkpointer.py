@@ -18,6 +18,7 @@ picks each rank's own generators back when the number of ranks is the same, else
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -156,8 +157,11 @@ def restore_rng_states(payload: dict[str, Any], generator: torch.Generator, shar
 class Checkpointer:
     """Writes a run's checkpoints into ``out_dir`` and reads its ``best.pt`` back."""
 
-    def __init__(self, out_dir: Path, config: Config, corpus: Corpus, warn=print):
+    def __init__(self, out_dir: Path, config: Config, corpus: Corpus, warn=print,
+                 resumed_counters: dict[str, int] | None = None):
         self.out_dir, self.config, self.corpus, self.warn = out_dir, config, corpus, warn
+        self.last_counters = resumed_counters  # the counters last.pt holds (None: none written yet)
+        self.last_saved = time.monotonic()  # when last.pt was last written, for timed checkpoints
         if distributed.is_main():
             # A kill during a write leaves its temp file (and a kill while keeping the previous
             # last.pt, its link); the run that continues owns the folder, so they go.
@@ -172,6 +176,13 @@ class Checkpointer:
         None when writing failed (disk full, permission): the previous file stays intact, one
         warning line says so, and training goes on."""
         path = self.out_dir / f"{kind}.pt"
+        counters = snapshot.state.counters()
+        if kind == "last" and counters == self.last_counters:
+            # last.pt holds this very state already; writing it again would push the earlier
+            # state out of last.prev.pt. (The same decision on every rank: equal counters.)
+            return path
+        if kind == "last":
+            self.last_saved, self.last_counters = time.monotonic(), counters
         stream, rng = stream_to_cpu(snapshot.stream), snapshot.rng
         if distributed.get_world_size() > 1:
             rank_states = distributed.gather_objects({"stream": stream, "rng": rng})
@@ -198,6 +209,9 @@ class Checkpointer:
             self.warn(f"warning: could not write {path} ({reason}); the previous {path.name} is kept, "
                       "training goes on")
             return None
+
+    def minutes_since_last(self) -> float:
+        return (time.monotonic() - self.last_saved) / 60
 
     def has_best(self) -> bool:
         """Whether rank 0's folder holds ``best.pt`` (the same answer on every rank)."""

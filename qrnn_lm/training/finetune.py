@@ -19,7 +19,6 @@ folder marks it as one.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from ..config import Config, UserError, config_from_dict, config_to_dict
 from ..models.checkpoint import load_checkpoint
 from . import distributed
 from .optimizer import should_switch_to_asgd
+from .results import ppl
 
 __all__ = ["FINETUNE_FILE", "load_init", "read_finetune", "start_finetune", "converged", "compare"]
 
@@ -54,7 +54,7 @@ def start_finetune(trainer, init_from: str | Path) -> dict[str, Any]:
     validation replaces them, as in awd's finetune. Returns the record."""
     valid_loss = trainer.validate()
     test_loss, _ = trainer.evaluator.test_loss(trainer.model, progress=trainer.console.progress)
-    trainer.console.echo(f"finetuning {init_from}: valid ppl {_ppl(valid_loss):.2f}, test ppl {_ppl(test_loss):.2f}")
+    trainer.console.echo(f"finetuning {init_from}: valid ppl {ppl(valid_loss):.2f}, test ppl {ppl(test_loss):.2f}")
     trainer.state.best_val_loss = valid_loss
     record = {"init_from": str(init_from), "start_val_loss": valid_loss, "start_test_loss": test_loss}
     if distributed.is_main():
@@ -78,13 +78,9 @@ def compare(record: dict[str, Any], results: dict[str, Any]) -> dict[str, Any]:
     """The ``finetune`` entry of results.json: start and end, valid and test."""
     return {
         "init_from": record["init_from"],
-        "start_val_ppl": _ppl(record["start_val_loss"]),
-        "start_test_ppl": _ppl(record["start_test_loss"]),
-        "val_ppl_change": results["best_val_ppl"] - _ppl(record["start_val_loss"]),
-        "test_ppl_change": results["test_ppl"] - _ppl(record["start_test_loss"]),
+        "start_val_ppl": ppl(record["start_val_loss"]),
+        "start_test_ppl": ppl(record["start_test_loss"]),
+        "val_ppl_change": results["best_val_ppl"] - ppl(record["start_val_loss"]),
+        "test_ppl_change": results["test_ppl"] - ppl(record["start_test_loss"]),
         **record,
     }
-
-
-def _ppl(loss: float) -> float:
-    return math.exp(min(loss, 700.0))

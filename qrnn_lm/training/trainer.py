@@ -15,35 +15,24 @@ own distributed details: the training stream (:mod:`.stream`), the optimiser and
 (:mod:`.console`). Its loop below reads top to bottom: ``run`` -> epochs -> steps -> end of epoch
 -> finish.
 
-Stopping and resuming:
-* ``train.max_steps`` and ``train.epochs`` count from the start of the run, across resumes: a run
-  stopped by ``max_steps=100`` and resumed with ``max_steps=300`` does 200 more steps. When
-  ``max_steps`` stops a run mid-epoch, ``last.pt`` holds the exact position; the final test still
-  runs (on ``best.pt``; when no epoch has finished yet, the current weights are validated once and
-  saved as ``best.pt`` first, without entering the NT-ASGD history).
-* Ctrl-C, SIGTERM and SIGHUP save ``last.pt`` at the exact position (the start of the interrupted
-  step) and raise :class:`~qrnn_lm.training.interrupts.Interrupted` (a KeyboardInterrupt with the
-  signal number) for the caller (the CLI prints the resume command, exits 128 + signum).
-* ``last.pt`` is also written inside an epoch every ``train.checkpoint_every_steps`` steps and when
-  ``train.checkpoint_every_minutes`` have passed since the last one; each new ``last.pt`` keeps the
-  one before as ``last.prev.pt``. A failing write warns in one line and training goes on.
-* A non-finite loss or gradient norm raises :class:`TrainingError`; no checkpoint is written, so
-  the last good ``last.pt`` stays.
+Stopping and resuming (details: docs/application.md):
+* ``train.max_steps`` and ``train.epochs`` count from the start of the run, across resumes; a run
+  stopped by ``max_steps`` mid-epoch saves the exact position and still tests ``best.pt`` (when no
+  epoch has finished, the current weights are validated once and saved as ``best.pt``).
+* Ctrl-C, SIGTERM and SIGHUP save ``last.pt`` at the exact position and raise
+  :class:`~qrnn_lm.training.interrupts.Interrupted` (the CLI prints the resume command).
+  ``last.pt`` is also written every ``train.checkpoint_every_steps`` / ``_minutes``.
+* A non-finite loss or gradient norm raises :class:`TrainingError`; ``last.pt`` stays as it was.
 
-Data parallel: started by torchrun (``torchrun --nproc_per_node N -m qrnn_lm train ...``), ``train``
-joins the process group (:func:`qrnn_lm.training.distributed.session`) and each rank trains its
-block of the global batch's streams through DistributedDataParallel, which makes N ranks train the
-same model as one process with the whole batch. Rank 0 alone writes ``config.toml``, TensorBoard,
-checkpoints, ``results.json`` and console output; validation and test are exact token-weighted
-means over the ranks' shares. Stop signals only set a flag on each rank (raising inside a
-collective would hang the others); after every step the ranks all-gather (signal, checkpoint due by
-the clock), so every rank stops, or checkpoints, at the same step, and rank 0 saves.
+Data parallel (torchrun): each rank trains its block of the global batch's streams through
+DistributedDataParallel, as one process with the whole batch would; rank 0 alone writes files and
+console output. Stop signals only set a flag on each rank (raising inside a collective would hang
+the others); after every step the ranks all-gather (signal, checkpoint due by the clock), so every
+rank stops, or checkpoints, at the same step, and rank 0 saves.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -63,6 +52,7 @@ from .interrupts import Interrupted, StopSignals, sigint_deferred
 from .metrics import Meter, make_logger
 from .optimizer import Schedule
 from .precision import make_scaler
+from .results import ppl, run_results, write_results
 from .state import RunState, SharedMasks, Snapshot, capture_rng
 from .step import TrainingError, train_step
 from .stream import TrainingStream, load_corpus
@@ -158,10 +148,9 @@ class Trainer:
         # torch.compile'd for training only: validation, test and checkpoints use the eager model.
         trained = torch.compile(self.model) if config.train.compile else self.model
         self.ddp = distributed.wrap_ddp(trained, device)  # what training calls
-        self.checkpointer = Checkpointer(out_dir, config, self.corpus, warn=self.console.echo)
+        self.checkpointer = Checkpointer(out_dir, config, self.corpus, warn=self.console.echo,
+                                         resumed_counters=self.state.counters() if resumed is not None else None)
         self.signals = StopSignals(immediate=self.world_size == 1)
-        self._last_saved = time.monotonic()  # when last.pt was last written (for checkpoint_every_minutes)
-        self._last_counters = self.state.counters() if resumed is not None else None  # what last.pt holds
         self.meter = Meter()
         self.snapshot: Snapshot | None = None  # state at the start of the step in progress, if any
         if main:
@@ -253,7 +242,7 @@ class Trainer:
         train, state = self.config.train, self.state
         due = bool(train.checkpoint_every_steps) and state.step % train.checkpoint_every_steps == 0
         minutes = train.checkpoint_every_minutes
-        timed = bool(minutes) and time.monotonic() - self._last_saved >= minutes * 60
+        timed = bool(minutes) and self.checkpointer.minutes_since_last() >= minutes
         signum = self.signals.pending or 0
         if self.world_size > 1:
             rows = distributed.all_gather_floats([signum, timed])
@@ -270,9 +259,9 @@ class Trainer:
     def _end_of_epoch(self) -> None:
         state = self.state
         val_loss = self.validate()
-        self.logger.log({"val/loss": val_loss, "val/ppl": _ppl(val_loss)}, state.step)
+        self.logger.log({"val/loss": val_loss, "val/ppl": ppl(val_loss)}, state.step)
         self.console.echo(f"epoch {state.epoch:3d} | step {state.step} | valid loss {val_loss:.3f} | "
-                          f"valid ppl {_ppl(val_loss):.2f}" + (" | averaged" if state.optimizer == "asgd" else ""))
+                          f"valid ppl {ppl(val_loss):.2f}" + (" | averaged" if state.optimizer == "asgd" else ""))
         with sigint_deferred():
             if val_loss < state.best_val_loss:
                 state.best_val_loss = val_loss
@@ -291,39 +280,23 @@ class Trainer:
             if not self.checkpointer.has_best():
                 # No epoch finished yet: validate once so there is a best.pt to test, eval and sample.
                 val_loss = self.validate()
-                self.console.echo(f"stopped at step {state.step} (max_steps): valid ppl {_ppl(val_loss):.2f}")
+                self.console.echo(f"stopped at step {state.step} (max_steps): valid ppl {ppl(val_loss):.2f}")
                 best_state = state.copy()
                 best_state.best_val_loss = val_loss
                 with self.schedule.averaged():
                     self._save("best", self._snapshot(best_state))
         model, best_val = self.checkpointer.load_best(self.device)
         test_loss, test_tokens = self.evaluator.test_loss(model, progress=self.console.progress)
-        results = {
-            "name": config.name,
-            "dataset": config.data.dataset,
-            "status": status,
-            "epochs_completed": state.epoch - 1,
-            "steps": state.step,
-            "train_tokens": state.tokens,
-            "optimizer": state.optimizer,
-            "best_val_loss": best_val,
-            "best_val_ppl": _ppl(best_val),
-            "test_loss": test_loss,
-            "test_ppl": _ppl(test_loss),
-            "test_tokens": test_tokens,
-            "test_batch_size": config.data.test_batch_size,
-            "checkpoint": str(self.out_dir / "best.pt"),
-            "seconds": round(seconds, 1),
-        }
+        results = run_results(config, state, status, best_val, test_loss, test_tokens, self.out_dir, seconds)
         if self.finetune is not None:
             results["finetune"] = compare(self.finetune, results)
             self.console.echo(f"finetune: valid ppl {results['finetune']['start_val_ppl']:.2f} -> "
                               f"{results['best_val_ppl']:.2f}, test ppl {results['finetune']['start_test_ppl']:.2f}"
                               f" -> {results['test_ppl']:.2f}")
         if distributed.is_main():
-            (self.out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-        self.logger.log({"test/loss": test_loss, "test/ppl": _ppl(test_loss)}, state.step)
-        self.console.echo(f"test loss {test_loss:.3f} | test ppl {_ppl(test_loss):.2f} (best.pt, batch size "
+            write_results(self.out_dir, results)
+        self.logger.log({"test/loss": test_loss, "test/ppl": ppl(test_loss)}, state.step)
+        self.console.echo(f"test loss {test_loss:.3f} | test ppl {ppl(test_loss):.2f} (best.pt, batch size "
                           f"{config.data.test_batch_size})")
         return results
 
@@ -342,14 +315,7 @@ class Trainer:
         """Write ``kind``.pt from the live state (consistent between steps) or ``snapshot``; None
         when the write failed (warned; the previous file is kept)."""
         snapshot = snapshot if snapshot is not None else self._snapshot(self.state)
-        if kind == "last" and snapshot.state.counters() == self._last_counters:
-            # last.pt holds this very state already; writing it again would push the earlier
-            # state out of last.prev.pt. (The same decision on every rank: equal counters.)
-            return self.out_dir / "last.pt"
-        path = self.checkpointer.save(kind, self.model, self.schedule.optimizer, snapshot)
-        if kind == "last":
-            self._last_saved, self._last_counters = time.monotonic(), snapshot.state.counters()
-        return path
+        return self.checkpointer.save(kind, self.model, self.schedule.optimizer, snapshot)
 
     def _save_interrupted(self) -> None:
         """Ctrl-C: write last.pt at the start of the interrupted step (or the current boundary)."""
@@ -361,7 +327,3 @@ class Trainer:
         path = self._save("last", self.snapshot)
         if path is not None:
             self.console.echo(f"interrupted at epoch {self.state.epoch}, step {self.state.step}: saved {path}")
-
-
-def _ppl(loss: float) -> float:
-    return math.exp(min(loss, 700.0))  # beyond exp(700) a float overflows

@@ -82,9 +82,9 @@ def process_tree(pid: int) -> list[int]:
     return tree
 
 
-def kill_all(pid: int) -> None:
-    """SIGKILL ``pid`` and every descendant, as when the machine dies."""
-    for member in process_tree(pid):
+def kill_all(pid: int, tree: list[int] | None = None) -> None:
+    """SIGKILL ``pid`` and every descendant (``tree``, when already listed), as when the machine dies."""
+    for member in tree or process_tree(pid):
         try:
             os.kill(member, signal.SIGKILL)
         except ProcessLookupError:
@@ -107,7 +107,14 @@ def launch(corpus, out, nproc, how, rng):
                 assert time.monotonic() < deadline, "no checkpoint within 120 s"
                 time.sleep(0.002)
             time.sleep(rng.uniform(0.0, 0.4))
-        elif how == "write":
+        tree = None
+        if how == "write":
+            # List the processes first (walking /proc takes milliseconds, longer than a tiny
+            # checkpoint's write), once this launch has written a checkpoint: its ranks all run.
+            while signature(out / "last.pt") == before and process.poll() is None:
+                assert time.monotonic() < deadline, "no checkpoint within 120 s"
+                time.sleep(0.002)
+            tree = process_tree(process.pid)
             while not temp_files(out) and process.poll() is None:
                 assert time.monotonic() < deadline, "no checkpoint write within 120 s"
                 time.sleep(0.0002)
@@ -116,7 +123,7 @@ def launch(corpus, out, nproc, how, rng):
         elif how == "term-one-rank":  # e.g. a scheduler signalling tasks one by one
             os.kill(process_tree(process.pid)[-1], signal.SIGTERM)
         elif how != "finish" and process.poll() is None:
-            kill_all(process.pid)  # the machine dies: every process at once
+            kill_all(process.pid, tree)  # the machine dies: every process at once
         _, stderr = process.communicate(timeout=120)
     finally:
         if process.poll() is None:
