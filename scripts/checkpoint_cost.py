@@ -36,7 +36,7 @@ def main() -> None:
         trainer._step(None)  # one real step: optimiser state and carried hidden state exist
         seconds = []
         for _ in range(args.repeats):
-            trainer._last_counters = None  # write even though the state did not change
+            trainer.checkpointer.last_counters = None  # write even though the state did not change
             started = time.perf_counter()
             trainer._save("last")
             seconds.append(time.perf_counter() - started)
