@@ -86,12 +86,14 @@ def forget_mult(out: Path, dry_run: bool, device: str) -> str:
     from qrnn_lm.ops.forget_mult import triton as triton_backend
 
     shapes = [(9, 2, 7)] if dry_run else bench.KERNEL_SHAPES + LONG_SHAPES
-    rows = bench.run(device=device, repeats=3 if dry_run else 20, quick=dry_run,
-                     kernel_shapes=shapes, chunked_shapes=[(16, 1, 4)] if dry_run else None)
+    import torch
+
+    rows = []
+    for dtype in (torch.float32, torch.bfloat16):  # the op accumulates in float32 either way
+        rows += bench.run(device=device, repeats=3 if dry_run else 20, quick=dry_run, kernel_shapes=shapes,
+                          chunked_shapes=[(16, 1, 4)] if dry_run else None, dtype=dtype)
     num_sms = 132
     if device == "cuda":
-        import torch
-
         num_sms = torch.cuda.get_device_properties(0).multi_processor_count
     plans = [f"T{t} B{b} H{h}: {triton_backend.plan_scan(t, b * h, num_sms=num_sms)}"
              for t, b, h in shapes]

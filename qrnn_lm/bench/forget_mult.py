@@ -88,17 +88,17 @@ class _Strategy:
         os.environ[STRATEGY_ENV] = self.strategy
 
 
-def _candidates_for(impl_fns: dict, shape, device, passes):
+def _candidates_for(impl_fns: dict, shape, device, passes, dtype=torch.float32):
     """name -> (setup, fn) for every implementation and pass at one shape.
 
     An implementation is ``(setup, op)`` with ``op(f, x) -> h`` differentiated by autograd, or
     ``(setup, (forward, backward))``: the backend contract's functions, called directly.
     """
     generator = torch.Generator(device="cpu").manual_seed(0)
-    f = torch.rand(shape, generator=generator).to(device).requires_grad_(True)
-    x = torch.randn(shape, generator=generator).to(device).requires_grad_(True)
-    grad_h = torch.randn(shape, generator=generator).to(device)
-    h0 = torch.zeros(shape[1:], device=device)
+    f = torch.rand(shape, generator=generator).to(device, dtype).requires_grad_(True)
+    x = torch.randn(shape, generator=generator).to(device, dtype).requires_grad_(True)
+    grad_h = torch.randn(shape, generator=generator).to(device, dtype)
+    h0 = torch.zeros(shape[1:], device=device, dtype=dtype)
     fd, xd = f.detach(), x.detach()
     candidates = {}
     for impl, (setup, op) in impl_fns.items():
@@ -135,8 +135,9 @@ def _kernel_impls(device: torch.device, include_naive: bool) -> dict:
     return impls
 
 
-def _rows_for_shape(section, shape, impls, baseline, device, repeats, warmup):
-    candidates = _candidates_for(impls, shape, device, TENSORS_MOVED)
+def _rows_for_shape(section, shape, impls, baseline, device, repeats, warmup, dtype=torch.float32):
+    candidates = _candidates_for(impls, shape, device, TENSORS_MOVED, dtype)
+    item_bytes = torch.empty((), dtype=dtype).element_size()
     bw_setup, bw_fn, bw_bytes = _bandwidth_candidate(device)
     candidates[("bandwidth reference", "")] = (bw_setup, bw_fn)
     medians = time_round_robin(candidates, repeats, warmup, device, capped=("naive",))
@@ -145,13 +146,13 @@ def _rows_for_shape(section, shape, impls, baseline, device, repeats, warmup):
     rows = []
     numel = shape[0] * shape[1] * shape[2]
     for (impl, pass_name), (seconds, best) in medians.items():
-        gbs = TENSORS_MOVED[pass_name] * numel * 4 / seconds / 1e9
+        gbs = TENSORS_MOVED[pass_name] * numel * item_bytes / seconds / 1e9
         base = medians.get((baseline, pass_name), (None,))[0]
         rows.append(dict(
             section=section, T=shape[0], B=shape[1], H=shape[2], pass_=pass_name, impl=impl,
             ms=seconds * 1e3, best_ms=best * 1e3, speedup=(base / seconds) if base else None,
             gbs=gbs, bw_fraction=gbs / reference_gbs, reference_gbs=reference_gbs,
-            best_bw_fraction=TENSORS_MOVED[pass_name] * numel * 4 / best / 1e9 / reference_best_gbs,
+            best_bw_fraction=TENSORS_MOVED[pass_name] * numel * item_bytes / best / 1e9 / reference_best_gbs,
         ))
     return rows
 
@@ -162,6 +163,7 @@ def run(
     quick: bool = False,
     kernel_shapes=None,
     chunked_shapes=None,
+    dtype: torch.dtype = torch.float32,
 ) -> list[dict]:
     """Time everything; returns one dict per (section, shape, pass, implementation).
 
@@ -170,6 +172,8 @@ def run(
     best_bw_fraction (the same fraction from the fastest calls of kernel and reference),
     speedup (vs "naive" in the kernels section, vs "sequential" in the chunked one), gbs,
     bw_fraction (gbs / reference_gbs), reference_gbs (the bandwidth reference of that shape).
+    ``dtype``: of the kernels' inputs (bytes moved count its size); other than float32, the
+    section names carry it (e.g. "kernels bfloat16") and the chunked CPU section is skipped.
     """
     device = torch.device(device)
     if quick:
@@ -183,9 +187,10 @@ def run(
     rows = []
     try:
         impls = _kernel_impls(device, include_naive=True)
+        suffix = "" if dtype == torch.float32 else f" {str(dtype).removeprefix('torch.')}"
         for shape in kernel_shapes:
-            rows += _rows_for_shape("kernels", shape, impls, "naive", device, repeats, warmup)
-        if device.type == "cpu":
+            rows += _rows_for_shape("kernels" + suffix, shape, impls, "naive", device, repeats, warmup, dtype)
+        if device.type == "cpu" and not suffix:
             from qrnn_lm.ops.forget_mult import cpu
 
             # Kernel against kernel: the backend's own forward/backward, without the op's
@@ -204,13 +209,13 @@ def run(
 
 
 def format_table(rows: list[dict]) -> str:
-    header = f"{'section':<8} {'T':>6} {'B':>3} {'H':>5} {'pass':<8} {'impl':<11} {'median ms':>10} {'best ms':>9} " \
+    header = f"{'section':<16} {'T':>6} {'B':>3} {'H':>5} {'pass':<8} {'impl':<11} {'median ms':>10} {'best ms':>9} " \
              f"{'speed-up':>9} {'GB/s':>7} {'of ref':>7} {'ref GB/s':>9}"
     lines = [header, "-" * len(header)]
     for r in rows:
         speedup = f"{r['speedup']:.1f}x" if r["speedup"] is not None else ""
         lines.append(
-            f"{r['section']:<8} {r['T']:>6} {r['B']:>3} {r['H']:>5} {r['pass_']:<8} {r['impl']:<11} "
+            f"{r['section']:<16} {r['T']:>6} {r['B']:>3} {r['H']:>5} {r['pass_']:<8} {r['impl']:<11} "
             f"{r['ms']:>10.3f} {r['best_ms']:>9.3f} {speedup:>9} {r['gbs']:>7.1f} {r['bw_fraction']:>7.2f} {r['reference_gbs']:>9.1f}"
         )
     return "\n".join(lines)

@@ -28,3 +28,15 @@ def test_run_gives_one_row_per_shape_pass_and_implementation(bench, monkeypatch)
     table = bench.format_table(rows)
     assert len(table.splitlines()) == 2 + len(rows) and "median ms" in table
     assert "target: numba fwd+bwd >= 20x naive" in bench.target_summary(rows)
+
+
+def test_bfloat16_rows_are_named_and_count_two_bytes_per_element():
+    import torch
+
+    from qrnn_lm.bench import forget_mult
+
+    rows = forget_mult.run(repeats=1, quick=True, kernel_shapes=[(5, 2, 3)], chunked_shapes=[], dtype=torch.bfloat16)
+    assert {r["section"] for r in rows} == {"kernels bfloat16"}
+    for r in rows:
+        moved = forget_mult.TENSORS_MOVED[r["pass_"]] * 5 * 2 * 3 * 2  # 2 bytes per bfloat16
+        assert abs(r["gbs"] * 1e9 * r["ms"] / 1e3 - moved) < 1e-6 * moved
