@@ -14,7 +14,6 @@ lengths are on.
 
 import json
 import os
-import random
 import subprocess
 import sys
 from pathlib import Path
@@ -32,7 +31,6 @@ from qrnn_lm.training.stream import make_stream
 REPO = Path(__file__).resolve().parents[2]
 CHILD_FOLDER = Path(__file__).resolve().parent  # holds ddp_child.py, the ranks' module
 TINY = REPO / "configs" / "tiny.toml"
-WORDS = "the a cat dog sat ran on under mat rug big small red and then it".split()
 # Per-stream randomness off, weight drop on (shared masks); 2 epochs, so validation, NT-ASGD's
 # switch (nonmono = 1) and the final test run too.
 EXACT = ["model.dropout_emb=0", "model.dropout_input=0", "model.dropout_hidden=0", "model.dropout_output=0",
@@ -43,15 +41,6 @@ RTOL, ATOL = 1e-5, 1e-6
 
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    rng = random.Random(0)
-    folder = tmp_path_factory.mktemp("data") / "corpus"
-    folder.mkdir()
-    for name, lines in (("train.txt", 90), ("valid.txt", 12), ("test.txt", 12)):
-        text = "\n".join(" ".join(rng.choices(WORDS, k=rng.randint(3, 9))) for _ in range(lines))
-        (folder / name).write_text(text + "\n", encoding="utf-8")
-    return folder
 
 
 def config_overrides(corpus, *extra):

@@ -10,12 +10,7 @@ from qrnn_lm.models.checkpoint import load_checkpoint
 from qrnn_lm.training import train
 from qrnn_lm.training.finetune import converged
 
-from tests.training.test_trainer import assert_same_state, tiny, write_corpus
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    return write_corpus(tmp_path_factory.mktemp("data") / "corpus")
+from tests.training.test_trainer import assert_same_state, tiny
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,6 @@ from qrnn_lm.models.checkpoint import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "configs" / "tiny.toml"
-WORDS = "the a cat dog sat ran on under mat rug big small red and then it".split()
 # A checkpoint after every step, so kills land anywhere, writes included; 20 epochs of ~16 steps
 # (about 2 s of training on this machine: the kills land in it, not after it).
 SETTINGS = ["train.epochs=20", "train.checkpoint_every_steps=1", "train.log_interval=5"]
@@ -31,15 +30,6 @@ WRITE_TRIES = 4  # launches per "write" kill until one lands during a write (see
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    rng = random.Random(0)
-    folder = tmp_path_factory.mktemp("data") / "corpus"
-    folder.mkdir()
-    for name, lines in (("train.txt", 90), ("valid.txt", 12), ("test.txt", 12)):
-        text = "\n".join(" ".join(rng.choices(WORDS, k=rng.randint(3, 9))) for _ in range(lines))
-        (folder / name).write_text(text + "\n", encoding="utf-8")
-    return folder
 
 
 def command(corpus, out, nproc, resume):

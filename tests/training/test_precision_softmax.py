@@ -1,7 +1,6 @@
 """The trainer with the softmax options, mixed precision and torch.compile (tiny runs on the CPU)."""
 
 import os
-import random
 from pathlib import Path
 
 import pytest
@@ -17,18 +16,8 @@ from qrnn_lm.training import train
 from qrnn_lm.config import load_config
 
 TINY = Path(__file__).resolve().parents[2] / "configs" / "tiny.toml"
-WORDS = "the a cat dog sat ran on under mat rug big small red and then it".split()
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    rng = random.Random(0)
-    folder = tmp_path_factory.mktemp("data") / "corpus"
-    folder.mkdir()
-    for name, lines in (("train.txt", 90), ("valid.txt", 12), ("test.txt", 12)):
-        text = "\n".join(" ".join(rng.choices(WORDS, k=rng.randint(3, 9))) for _ in range(lines))
-        (folder / name).write_text(text + "\n", encoding="utf-8")
-    return folder
 
 
 def tiny(corpus, *overrides):

@@ -3,7 +3,6 @@ the kept earlier last.pt, damaged and missing checkpoints on --resume, failing w
 The kill-and-resume property with real processes is test_kills.py."""
 
 import os
-import random
 import signal
 from pathlib import Path
 
@@ -21,18 +20,8 @@ from qrnn_lm.training.interrupts import Interrupted, StopSignals, sigint_deferre
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "configs" / "tiny.toml"
-WORDS = "the a cat dog sat ran on under mat rug big small red and then it".split()
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    rng = random.Random(0)
-    folder = tmp_path_factory.mktemp("data") / "corpus"
-    folder.mkdir()
-    for name, lines in (("train.txt", 90), ("valid.txt", 12), ("test.txt", 12)):
-        text = "\n".join(" ".join(rng.choices(WORDS, k=rng.randint(3, 9))) for _ in range(lines))
-        (folder / name).write_text(text + "\n", encoding="utf-8")
-    return folder
 
 
 def tiny(corpus, *overrides):

@@ -5,10 +5,10 @@ resumed ends with exactly the parameters and optimiser state of an uninterrupted
 """
 
 import json
-import random
 from pathlib import Path
 
 import pytest
+from _corpus import WORDS, write_corpus
 import torch
 
 import qrnn_lm.training.trainer as train_module
@@ -22,21 +22,6 @@ from qrnn_lm.training.interrupts import sigint_deferred
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "configs" / "tiny.toml"
-WORDS = "the a cat dog sat ran on under mat rug big small red and then it".split()
-
-
-def write_corpus(folder: Path, seed: int = 0, words=WORDS) -> Path:
-    rng = random.Random(seed)
-    folder.mkdir(parents=True)
-    for name, lines in (("train.txt", 90), ("valid.txt", 12), ("test.txt", 12)):
-        text = "\n".join(" ".join(rng.choices(words, k=rng.randint(3, 9))) for _ in range(lines))
-        (folder / name).write_text(text + "\n", encoding="utf-8")
-    return folder
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    return write_corpus(tmp_path_factory.mktemp("data") / "corpus")
 
 
 def tiny(corpus, *overrides):
