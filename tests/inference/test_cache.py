@@ -102,21 +102,11 @@ def test_eval_cli_with_the_cache_and_its_search(tmp_path):
     from typer.testing import CliRunner
 
     from qrnn_lm.cli.commands import app
-    from qrnn_lm.config import Config, DataConfig, config_to_dict
-    from qrnn_lm.data import Corpus
     from qrnn_lm.inference.evaluate import evaluate_checkpoint
-    from qrnn_lm.models.checkpoint import save_checkpoint
 
-    from tests.inference.test_evaluate import write_corpus
+    from tests.inference.test_evaluate import write_checkpoint
 
-    folder = write_corpus(tmp_path / "corpus")
-    corpus = Corpus.load(folder, cache=False)
-    torch.manual_seed(0)
-    config = Config(name="e", data=DataConfig(dataset=str(folder), bptt=5),
-                    model=ModelConfig(emb_size=6, hidden_size=8, num_layers=2))
-    model = QRNNLanguageModel(len(corpus.vocab), config.model)
-    payload = {"config": config_to_dict(config), "vocab": corpus.vocab.to_list(), "model": model.state_dict()}
-    path = save_checkpoint(tmp_path / "best.pt", payload)
+    path, corpus, model = write_checkpoint(tmp_path)
     plain = evaluate_checkpoint(path, split="valid", device="cpu", progress=False)
     runner = CliRunner()
     result = runner.invoke(app, ["eval", str(path), "--split", "valid", "--cache-lambda", "0.2", "--no-progress",

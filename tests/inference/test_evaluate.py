@@ -85,7 +85,9 @@ def write_corpus(folder, seed=0):
     return folder
 
 
-def test_evaluate_checkpoint_on_its_dataset(tmp_path):
+def write_checkpoint(tmp_path):
+    """A small untrained model saved as ``tmp_path/best.pt`` for the corpus of :func:`write_corpus`:
+    ``(path, corpus, model)``."""
     folder = write_corpus(tmp_path / "corpus")
     corpus = Corpus.load(folder, cache=False)
     torch.manual_seed(0)
@@ -94,6 +96,11 @@ def test_evaluate_checkpoint_on_its_dataset(tmp_path):
     model = QRNNLanguageModel(len(corpus.vocab), config.model)
     payload = {"config": config_to_dict(config), "vocab": corpus.vocab.to_list(), "model": model.state_dict()}
     path = save_checkpoint(tmp_path / "best.pt", payload)
+    return path, corpus, model
+
+
+def test_evaluate_checkpoint_on_its_dataset(tmp_path):
+    path, corpus, model = write_checkpoint(tmp_path)
     result = evaluate_checkpoint(path, split="valid", device="cpu", progress=False)
     assert result["tokens"] == corpus.valid.numel() - 1 and result["split"] == "valid"
     assert result["loss"] == pytest.approx(evaluate(model, batchify(corpus.valid, 1), 5), rel=1e-6)
