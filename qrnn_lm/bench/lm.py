@@ -1,38 +1,60 @@
-"""``qrnn-lm bench lm``: training throughput of the language model, QRNN against LSTM layers.
+"""``qrnn-lm bench lm``: training throughput of the language model, QRNN against LSTM layers, and
+the FLOP/s each part of a step achieves against the machine's matmul peak.
 
-Shape letters: T = BPTT length, B = batch size, E = embedding size, V = vocabulary size.
+Shape letters: T = BPTT length, B = batch size, E = embedding size, V = vocabulary size, N = T * B.
 
-Both models are :class:`qrnn_lm.models.QRNNLanguageModel` with the same sizes, embedding,
-dropouts, tied decoder and loss (cross-entropy + AR/TAR); in the LSTM model every QRNN layer is
-replaced by an ``nn.LSTM`` layer of the same input and hidden size. Weight drop is off in both
-(DropConnect on an ``nn.LSTM``'s weights would take it off PyTorch's fused LSTM kernels).
+The shape and the training settings come from a :class:`qrnn_lm.config.Config` (a recipe, see
+``lm_config.py``; the defaults are PTB's AWD-QRNN). Both models are
+:class:`qrnn_lm.models.QRNNLanguageModel` with the recipe's sizes, windows, embedding, dropouts,
+zoneout, decoder and loss (cross-entropy + AR/TAR); in the LSTM model every QRNN layer is replaced
+by an ``nn.LSTM`` layer of the same input and hidden size. Weight drop is off in both, whatever the
+recipe says: DropConnect on an ``nn.LSTM``'s weights would take it off PyTorch's fused LSTM kernels,
+and the two sides must be regularised alike (on the QRNN it costs one mask over each gate weight
+per step: little).
 
-A training step is: forward, loss, backward, gradient clipping, SGD step, on random tokens.
-Throughput = ``T * B / median step time``; both models are timed round-robin in the same run.
+A training step is the trainer's: forward and loss under ``train.precision``'s autocast (fp32 or
+bf16), backward, gradient clipping, the recipe's optimizer step (SGD, Adam or AdamW), on random
+tokens drawn uniformly from the vocabulary. (Uniform targets fall mostly in an adaptive decoder's
+tail clusters, unlike real text, where the head covers most tokens: its FLOPs are counted from the
+actual targets, but its time is pessimistic.) Throughput = ``N / median step time``; both models are
+timed round-robin in the same run.
 
 Time shares (the paper's Figure 4, left) come from a separately instrumented step: the graph is
 cut at the boundaries of the parts (``detach().requires_grad_()``), so each part's forward and
 backward run on their own between synchronised timers: embedding (lookup + embedding and input
 dropout), recurrent layers (+ dropout between them), softmax (output dropout, decoder, loss),
-optimizer (clipping + SGD step + zeroing the gradients).
+optimizer (clipping + optimizer step + zeroing the gradients).
+
+FLOPs per part are counted analytically (``flops.py``, ``model_flops.py``); achieved GFLOP/s =
+FLOPs / median time (the whole step: over the round-robin median; a part: over its instrumented
+median), and the fraction of the matmul peak measured right before the models, on the same device,
+in the step's dtype (``peak.py``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import statistics
 
 import torch
 from torch import nn
 
-from ..config import ModelConfig, TrainConfig
+from ..config import Config, TrainConfig
 from ..models import QRNNLanguageModel, embedding_dropout
+from ..nn import QRNNLayer
+from ..training.optimizer import make_optimizer
+from ..training.precision import precision_context
 from ..training.step import regularized_loss
+from .lm_config import check_precision
+from .model_flops import step_flops
+from .peak import default_peak_size, matmul_gflops
 from .timing import SectionTimer, time_round_robin
 
-__all__ = ["LSTMLayer", "build_models", "run", "format_table", "SECTIONS"]
+__all__ = ["LSTMLayer", "build_models", "run", "SECTIONS", "DTYPES"]
 
 SECTIONS = ("embedding", "recurrent", "softmax", "optimizer")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}  # what the step's matrix products run in
 
 
 class LSTMLayer(nn.Module):
@@ -53,10 +75,12 @@ class LSTMLayer(nn.Module):
         return output, h_n
 
 
-def build_models(vocab_size: int, config: ModelConfig, device) -> dict[str, QRNNLanguageModel]:
-    """``{"qrnn": model, "lstm": the same model with LSTM layers}``, both in training mode."""
-    qrnn = QRNNLanguageModel(vocab_size, config).to(device)
-    lstm = QRNNLanguageModel(vocab_size, config).to(device)
+def build_models(vocab_size: int, config, device, train: TrainConfig | None = None) -> dict[str, QRNNLanguageModel]:
+    """``{"qrnn": model, "lstm": the same model with LSTM layers}``, both in training mode;
+    ``config`` is the ``[model]`` section, ``train`` gives the softmax's mode (default: auto)."""
+    train = train or TrainConfig()
+    models = [QRNNLanguageModel(vocab_size, config, train.softmax, train.softmax_memory_mb).to(device) for _ in range(2)]
+    qrnn, lstm = models
     lstm.layers = nn.ModuleList(
         LSTMLayer(layer.input_size, layer.hidden_size) for layer in qrnn.layers
     ).to(device)
@@ -64,44 +88,50 @@ def build_models(vocab_size: int, config: ModelConfig, device) -> dict[str, QRNN
 
 
 class _Trainer:
-    """One model, its SGD optimizer, and a fixed batch of random tokens."""
+    """One model, its optimizer, and a fixed batch of random tokens."""
 
     def __init__(self, model, train: TrainConfig, tokens, targets):
         self.model, self.train, self.tokens, self.targets = model, train, tokens, targets
-        self.optimizer = torch.optim.SGD(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
+        self.optimizer = make_optimizer(train.optimizer, model, train.lr, train.weight_decay)
+        self.max_norm = train.clip if train.clip > 0 else math.inf  # as train_step: 0 disables clipping
         self.hidden = [h.detach() for h in model.init_hidden(tokens.shape[1])]
 
+    def _autocast(self):
+        return precision_context(self.tokens.device, self.train.precision)
+
     def _finish(self) -> None:
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.train.clip)
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
     def step(self) -> None:
-        """forward, loss, backward, clip, SGD step (what training runs)."""
+        """forward and loss (autocast), backward, clip, optimizer step (what training runs)."""
         self.model.reset()
-        logits, _, raw, dropped = self.model(self.tokens, self.hidden)
-        _, loss = regularized_loss(logits, self.targets, raw, dropped, self.train.alpha, self.train.beta)
+        with self._autocast():
+            nll_sum, _, raw, dropped = self.model(self.tokens, self.hidden, self.targets)
+            _, loss = regularized_loss(nll_sum, self.targets, raw, dropped, self.train.alpha, self.train.beta)
         loss.backward()
         self._finish()
 
     def timed_step(self, timer: SectionTimer) -> None:
         """The same step cut into parts, each part's forward and backward timed (mirrors
-        ``QRNNLanguageModel.forward``)."""
+        ``QRNNLanguageModel.forward`` with targets)."""
         model, config = self.model, self.model.config
         model.reset()
-        with timer("embedding"):
+        with timer("embedding"), self._autocast():
             embedded = model.drop_input(embedding_dropout(model.embedding, self.tokens, config.dropout_emb, True))
         x = embedded.detach().requires_grad_()
-        with timer("recurrent"):
+        with timer("recurrent"), self._autocast():
             layer_input = x
             for index, layer in enumerate(model.layers):
                 raw, _ = layer(layer_input, self.hidden[index])
                 layer_input = model.drop_hidden(raw) if index < len(model.layers) - 1 else raw
         raw_cut = raw.detach().requires_grad_()
         with timer("softmax"):
-            dropped = model.drop_output(raw_cut)
-            logits = model.decoder(dropped)  # [T, B, V]
-            _, loss = regularized_loss(logits, self.targets, raw_cut, dropped, self.train.alpha, self.train.beta)
+            with self._autocast():
+                dropped = model.drop_output(raw_cut)
+                nll_sum = model.nll_sum(dropped, self.targets)  # the decoder and its loss
+                _, loss = regularized_loss(nll_sum, self.targets, raw_cut, dropped, self.train.alpha, self.train.beta)
             loss.backward()
         with timer("recurrent"):
             raw.backward(raw_cut.grad)
@@ -111,45 +141,85 @@ class _Trainer:
             self._finish()
 
 
-def run(vocab_size: int = 10000, emb_size: int = 400, hidden_size: int = 1550, num_layers: int = 4,
-        bptt: int = 70, batch_size: int = 20, repeats: int = 5, warmup: int = 2, device: str = "cpu",
-        seed: int = 0) -> list[dict]:
-    """Time both models. Returns one row per model: ``model``, ``step_ms``, ``tokens_per_s``,
-    ``speedup`` (QRNN tokens/s over LSTM tokens/s, on both rows), and the share of each part in
-    ``share_<part>`` (fractions summing to 1) with the instrumented step's time ``parts_ms``."""
-    device = torch.device(device)
+def run(config: Config | None = None, vocab_size: int = 10000, repeats: int = 5, warmup: int = 2,
+        device: str = "cpu", seed: int = 0, peak_size: int | None = None) -> dict:
+    """Measure the matmul peak, then time both models (``config``: default the defaults).
+
+    Returns a report: ``shape`` (what was timed), ``dtype``, ``peak`` (``size``, ``gflops``: the
+    square product's rate), ``products`` (the step's own product shapes timed alone: ``name``,
+    ``m``, ``k``, ``n``, ``gflops``, ``peak_fraction``), ``speedup`` (QRNN tokens/s over LSTM
+    tokens/s) and ``models``: one row per model with ``model``, ``step_ms``, ``tokens_per_s``,
+    ``speedup``, ``share_<part>`` (fractions summing to 1), ``parts_ms`` (the instrumented step's
+    time), ``gflop`` (FLOPs per step / 1e9), ``gflops``, ``peak_fraction`` and ``parts``:
+    ``{part: {ms, gflop, matmul_gflop, gflops, peak_fraction}}``.
+    """
+    config = config or Config()
+    check_precision(config.train.precision)
+    device, dtype = torch.device(device), DTYPES[config.train.precision]
+    model_config = dataclasses.replace(config.model, weight_drop=0.0)
+    bptt, batch_size, train = config.data.bptt, config.data.batch_size, config.train
+    peak_size = peak_size or default_peak_size(device)
+    # First the yardstick, on the idle device, then the models.
+    peak = matmul_gflops(peak_size, peak_size, peak_size, device, dtype, repeats, warmup)
     torch.manual_seed(seed)
-    config = dataclasses.replace(ModelConfig(), emb_size=emb_size, hidden_size=hidden_size,
-                                 num_layers=num_layers, weight_drop=0.0)
-    train = TrainConfig()
     tokens = torch.randint(vocab_size, (bptt + 1, batch_size), device=device)
     inputs, targets = tokens[:-1], tokens[1:]  # [T, B] each
-    trainers = {name: _Trainer(model, train, inputs, targets)
-                for name, model in build_models(vocab_size, config, device).items()}
+    models = build_models(vocab_size, model_config, device, train)
+    products = []
+    for name, m, k, n in _step_products(models, bptt, batch_size, vocab_size):
+        rate = matmul_gflops(m, k, n, device, dtype, repeats, warmup)
+        products.append(dict(name=name, m=m, k=k, n=n, gflops=rate, peak_fraction=rate / peak))
+    trainers = {name: _Trainer(model, train, inputs, targets) for name, model in models.items()}
     medians = time_round_robin({name: t.step for name, t in trainers.items()}, repeats, warmup, device)
-    rows = []
-    for name, trainer in trainers.items():
-        per_round = {section: [] for section in SECTIONS}
-        for round_index in range(warmup + repeats):
-            timer = SectionTimer(device)
-            trainer.timed_step(timer)
-            if round_index >= warmup:
-                for section in SECTIONS:
-                    per_round[section].append(timer.totals.get(section, 0.0))
-        parts = {section: statistics.median(values) for section, values in per_round.items()}
-        total = sum(parts.values())
-        row = {"model": name, "step_ms": medians[name] * 1e3,
-               "tokens_per_s": bptt * batch_size / medians[name],
-               "speedup": medians["lstm"] / medians["qrnn"], "parts_ms": total * 1e3}
-        row.update({f"share_{section}": parts[section] / total for section in SECTIONS})
-        rows.append(row)
-    return rows
+    rows = [_row(name, trainer, medians, peak, repeats, warmup, device) for name, trainer in trainers.items()]
+    shape = dict(vocab_size=vocab_size, **dataclasses.asdict(model_config), bptt=bptt, batch_size=batch_size,
+                 optimizer=train.optimizer, softmax=train.softmax, precision=train.precision)
+    return dict(shape=shape, device=str(device), dtype=str(dtype).removeprefix("torch."),
+                peak=dict(size=peak_size, gflops=peak), products=products,
+                speedup=medians["lstm"] / medians["qrnn"], models=rows)
 
 
-def format_table(rows: list[dict]) -> str:
-    header = ["model", "step ms", "tokens/s"] + [f"{s} %" for s in SECTIONS]
-    lines = [header] + [[row["model"], f"{row['step_ms']:.1f}", f"{row['tokens_per_s']:.0f}"]
-                        + [f"{100 * row[f'share_{s}']:.1f}" for s in SECTIONS] for row in rows]
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    table = "\n".join("  ".join(cell.rjust(w) for cell, w in zip(line, widths)) for line in lines)
-    return table + f"\nQRNN/LSTM training throughput: {rows[0]['speedup']:.2f}x"
+def _row(name: str, trainer: _Trainer, medians: dict, peak: float, repeats: int, warmup: int, device) -> dict:
+    """One model's report row: throughput, time shares, FLOPs, achieved FLOP/s."""
+    per_round = {section: [] for section in SECTIONS}
+    for round_index in range(warmup + repeats):
+        timer = SectionTimer(device)
+        trainer.timed_step(timer)
+        if round_index >= warmup:
+            for section in SECTIONS:
+                per_round[section].append(timer.totals.get(section, 0.0))
+    seconds = {section: statistics.median(values) for section, values in per_round.items()}
+    total = sum(seconds.values())
+    counts = step_flops(trainer.model, trainer.targets, trainer.train.optimizer, trainer.train.weight_decay)
+    step_flop = sum(count.total for count in counts.values())
+    row = {"model": name, "step_ms": medians[name] * 1e3,
+           "tokens_per_s": trainer.targets.numel() / medians[name],
+           "speedup": medians["lstm"] / medians["qrnn"], "parts_ms": total * 1e3,
+           "gflop": step_flop / 1e9, "gflops": step_flop / medians[name] / 1e9,
+           "peak_fraction": step_flop / medians[name] / 1e9 / peak}
+    row.update({f"share_{section}": seconds[section] / total for section in SECTIONS})
+    row["parts"] = {section: {"ms": seconds[section] * 1e3, "gflop": counts[section].total / 1e9,
+                              "matmul_gflop": counts[section].matmul / 1e9,
+                              "gflops": counts[section].total / max(seconds[section], 1e-12) / 1e9,
+                              "peak_fraction": counts[section].total / max(seconds[section], 1e-12) / 1e9 / peak}
+                    for section in SECTIONS}
+    return row
+
+
+def _step_products(models: dict, bptt: int, batch_size: int, vocab_size: int) -> list[tuple[str, int, int, int]]:
+    """``(name, m, k, n)`` of the step's main forward products: the decoder's (or the adaptive
+    head's), the gates of the QRNN layer with the most FLOPs (one window block's product) and the
+    largest LSTM layer's step."""
+    tokens = bptt * batch_size
+    qrnn, lstm = models["qrnn"], models["lstm"]
+    decoder = qrnn.decoder
+    if isinstance(decoder, nn.AdaptiveLogSoftmaxWithLoss):
+        products = [("adaptive head", tokens, decoder.in_features, decoder.head_size)]
+    else:
+        products = [("decoder", tokens, decoder.in_features, vocab_size)]
+    gates = max((layer for layer in qrnn.layers if isinstance(layer, QRNNLayer)),
+                key=lambda layer: layer.window * layer.input_size * layer.hidden_size)  # the most FLOPs
+    products.append(("QRNN gates", tokens, gates.input_size, (3 if gates.output_gate else 2) * gates.hidden_size))
+    cell = max((layer.lstm for layer in lstm.layers), key=lambda cell: cell.hidden_size)
+    products.append(("LSTM step", batch_size, cell.hidden_size, 4 * cell.hidden_size))
+    return products

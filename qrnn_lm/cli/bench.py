@@ -100,33 +100,62 @@ def layer(
 
 @bench_app.command("lm")
 def lm(
-    hidden_size: Annotated[int, typer.Option(help="Hidden size of every layer but the last.")] = 1550,
-    emb_size: Annotated[int, typer.Option(help="Embedding size (also the last layer's size).")] = 400,
-    num_layers: Annotated[int, typer.Option(help="Recurrent layers.")] = 4,
-    vocab_size: Annotated[int, typer.Option(help="Vocabulary size.")] = 10000,
-    bptt: Annotated[int, typer.Option(help="Segment length.")] = 70,
-    batch_size: Annotated[int, typer.Option(help="Parallel streams.")] = 20,
+    config: Annotated[Optional[Path], typer.Option(
+        "--config", "-c", metavar="FILE",
+        help="TOML recipe whose shape to time (sizes, windows, dropouts, decoder, data.bptt, data.batch_size, "
+             "train.optimizer, train.softmax, train.precision); default: PTB's AWD-QRNN.")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option(
+        "--set", "-s", metavar="SECTION.KEY=VALUE",
+        help="Override one config value (repeatable), e.g. --set train.precision=bf16.")] = None,
+    hidden_size: Annotated[Optional[int], typer.Option(
+        help="Hidden size of every layer but the last (default: the recipe's, 1550).")] = None,
+    emb_size: Annotated[Optional[int], typer.Option(
+        help="Embedding size, also the last layer's size (default: the recipe's, 400).")] = None,
+    num_layers: Annotated[Optional[int], typer.Option(help="Recurrent layers (default: the recipe's, 4).")] = None,
+    vocab_size: Annotated[int, typer.Option(help="Vocabulary size (PTB's by default).")] = 10000,
+    bptt: Annotated[Optional[int], typer.Option(help="Segment length (default: the recipe's data.bptt, 70).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(
+        help="Parallel streams (default: the recipe's data.batch_size, 20).")] = None,
     repeats: Annotated[int, typer.Option(help="Timed steps per model (median).")] = 5,
     warmup: Annotated[int, typer.Option(help="Untimed warm-up steps per model.")] = 2,
     device: Annotated[Device, typer.Option(help="Where to run.")] = Device.auto,
+    peak_size: Annotated[Optional[int], typer.Option(
+        help="Size of the square product timed as the matmul peak (default: 2048 on CPU, 8192 on CUDA).")] = None,
+    json_file: Annotated[Optional[Path], typer.Option(
+        "--json", metavar="FILE", help="Also write the whole report (every number printed, and more) as JSON.")] = None,
 ) -> None:
-    """Training throughput (tokens/s of forward, backward and SGD step) of the QRNN language
-    model against the same model with nn.LSTM layers, at a PTB-like shape, and the share of each
-    part of a step: embedding, recurrent layers, softmax (decoder + loss), optimizer (the paper's
-    Figure 4, left). On CPU the default (hidden 1550) takes minutes: try --hidden-size 640."""
+    """Training throughput (tokens/s of forward, backward and optimizer step) of the QRNN language
+    model against the same model with nn.LSTM layers, at a recipe's shape (default PTB's), the
+    share of each part of a step: embedding, recurrent layers, softmax (decoder + loss), optimizer
+    (the paper's Figure 4, left), and the GFLOP/s each part and the step achieve against the
+    machine's matmul peak, measured first in the same run. Size options win over the recipe.
+    On CPU the default (hidden 1550) takes minutes: try --hidden-size 640."""
     from ..bench import lm as lm_bench
+    from ..bench.lm_config import bench_config
+    from ..bench.lm_report import format_report, write_json
     from ..bench.timing import machine_description
+    from ..config import UserError
 
     for value, option in ((hidden_size, "--hidden-size"), (emb_size, "--emb-size"), (num_layers, "--num-layers"),
                           (vocab_size, "--vocab-size"), (bptt, "--bptt"), (batch_size, "--batch-size"),
-                          (repeats, "--repeats")):
-        _positive(value, option)
+                          (repeats, "--repeats"), (peak_size, "--peak-size")):
+        if value is not None:
+            _positive(value, option)
     if warmup < 0:
         _fail(f"--warmup must be >= 0, got {warmup}")
-    run_device = _device(device)
-    typer.echo(machine_description(run_device))
-    rows = lm_bench.run(vocab_size, emb_size, hidden_size, num_layers, bptt, batch_size, repeats, warmup, run_device)
-    typer.echo(lm_bench.format_table(rows))
+    try:
+        resolved = bench_config(config, set_ or [], emb_size=emb_size, hidden_size=hidden_size,
+                                num_layers=num_layers, bptt=bptt, batch_size=batch_size)
+        run_device = _device(device)
+        machine = machine_description(run_device)
+        typer.echo(machine)
+        report = lm_bench.run(resolved, vocab_size, repeats, warmup, run_device, peak_size=peak_size)
+    except UserError as error:
+        _fail(str(error))
+    typer.echo(format_report(report))
+    if json_file is not None:
+        write_json(report, json_file, machine)
+        typer.echo(f"report: {json_file}")
 
 
 @bench_app.command("forget-mult")

@@ -3,7 +3,6 @@
 No timing assertions: the numbers themselves are only checked for being positive and consistent.
 """
 
-import copy
 import csv
 import sys
 
@@ -12,12 +11,10 @@ import torch
 from typer.testing import CliRunner
 
 from qrnn_lm.bench import layer as layer_bench
-from qrnn_lm.bench import lm as lm_bench
 from qrnn_lm.cli.bench import bench_app
 from qrnn_lm.bench.timing import SectionTimer, machine_description, time_round_robin
 
 runner = CliRunner()
-TINY_LM = dict(vocab_size=50, emb_size=8, hidden_size=12, num_layers=2, bptt=5, batch_size=3)
 
 
 def test_time_round_robin_interleaves_warmup_and_repeats():
@@ -108,41 +105,6 @@ def test_parse_int_list_names_the_option():
         layer_bench.parse_int_list("0", "--seq-lens")
 
 
-def test_lm_rows_have_throughput_and_shares_that_sum_to_one():
-    rows = lm_bench.run(**TINY_LM, repeats=1, warmup=0)
-    assert [row["model"] for row in rows] == ["qrnn", "lstm"]
-    for row in rows:
-        assert row["tokens_per_s"] == pytest.approx(5 * 3 / (row["step_ms"] / 1e3))
-        assert sum(row[f"share_{s}"] for s in lm_bench.SECTIONS) == pytest.approx(1.0)
-    assert rows[0]["speedup"] == pytest.approx(rows[1]["step_ms"] / rows[0]["step_ms"])
-    header = lm_bench.format_table(rows).splitlines()[0].split()
-    assert header == ["model", "step", "ms", "tokens/s", "embedding", "%", "recurrent", "%", "softmax", "%", "optimizer", "%"]
-
-
-@pytest.mark.parametrize("kind", ["qrnn", "lstm"])
-def test_the_instrumented_lm_step_updates_the_parameters_like_the_plain_step(kind):
-    """Cutting the graph at the parts' boundaries must not change what the step computes."""
-    torch.manual_seed(0)
-    config = lm_bench.dataclasses.replace(lm_bench.ModelConfig(), emb_size=8, hidden_size=12, num_layers=2, weight_drop=0.0)
-    model = lm_bench.build_models(50, config, "cpu")[kind]
-    tokens = torch.randint(50, (6, 3))
-    trainers = [lm_bench._Trainer(copy.deepcopy(model), lm_bench.TrainConfig(), tokens[:-1], tokens[1:]) for _ in range(2)]
-    torch.manual_seed(1)
-    trainers[0].step()
-    torch.manual_seed(1)
-    trainers[1].timed_step(SectionTimer())
-    before = dict(model.named_parameters())
-    for (name, plain), (_, timed) in zip(trainers[0].model.named_parameters(), trainers[1].model.named_parameters()):
-        assert not torch.equal(plain, before[name]), name  # the step changed it
-        torch.testing.assert_close(timed, plain, msg=name)
-
-
-def test_lstm_layer_has_the_qrnn_layer_interface():
-    layer = lm_bench.LSTMLayer(4, 6)
-    output, h_n = layer(torch.randn(5, 2, 4), torch.randn(2, 6))
-    assert output.shape == (5, 2, 6) and h_n.shape == (1, 2, 6)
-
-
 def test_cli_layer_writes_csv_and_says_why_there_is_no_heatmap(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     result = runner.invoke(bench_app, ["layer", "--hidden-size", "8", "--batch-sizes", "2", "--seq-lens", "3",
@@ -161,13 +123,6 @@ def test_cli_layer_empty_png_writes_no_heatmap_and_gemm_floor_adds_ceilings(tmp_
     assert result.exit_code == 0, result.output
     assert "heatmap" not in result.output and sorted(p.name for p in tmp_path.iterdir()) == ["l.csv"]
     assert "ceiling w1" in result.output and "products-only ceiling median" in result.output
-
-
-def test_cli_lm_prints_the_table():
-    options = [f"--{key.replace('_', '-')}={value}" for key, value in TINY_LM.items()]
-    result = runner.invoke(bench_app, ["lm", *options, "--repeats", "1", "--warmup", "0", "--device", "cpu"])
-    assert result.exit_code == 0, result.output
-    assert "QRNN/LSTM training throughput" in result.output
 
 
 def test_cli_forget_mult_calls_the_benchmark_module(monkeypatch):

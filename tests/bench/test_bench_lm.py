@@ -1,0 +1,250 @@
+"""``qrnn-lm bench lm``: the recipe's shape and settings, the instrumented step, the FLOP/s report
+and the command. Tiny shapes, one timed repeat, no timing assertions."""
+
+import copy
+import dataclasses
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from qrnn_lm.bench import lm as lm_bench
+from qrnn_lm.bench import lm_report
+from qrnn_lm.bench.lm_config import bench_config
+from qrnn_lm.bench.timing import SectionTimer
+from qrnn_lm.cli.bench import bench_app
+from qrnn_lm.config import Config, ConfigError, ModelConfig, TrainConfig
+from qrnn_lm.nn import QRNNLayer
+
+runner = CliRunner()
+TINY = dict(emb_size=8, hidden_size=12, num_layers=2, bptt=5, batch_size=3)
+FAST = dict(vocab_size=50, repeats=1, warmup=0, peak_size=32)
+RECIPE = """
+name = "bench-recipe"
+[data]
+bptt = 6
+batch_size = 4
+[model]
+emb_size = 16
+hidden_size = 20
+num_layers = 3
+first_window = 3
+window = 2
+zoneout = 0.1
+dropout_input = 0.25
+dropout_hidden = 0.15
+dropout_output = 0.35
+weight_drop = 0.3
+tie_weights = false
+decoder = "adaptive"
+adaptive_cutoffs = [10, 30]
+[train]
+optimizer = "adamw"
+lr = 0.001
+weight_decay = 0.01
+precision = "bf16"
+"""
+
+
+@pytest.fixture
+def recipe(tmp_path):
+    path = tmp_path / "bench.toml"
+    path.write_text(RECIPE, encoding="utf-8")
+    return path
+
+
+def test_without_a_recipe_the_bench_times_the_defaults():
+    assert bench_config() == Config()  # PTB's AWD-QRNN: what the bench timed before --config existed
+
+
+def test_the_recipe_gives_the_shape_and_the_training_settings(recipe):
+    config = bench_config(recipe)
+    assert (config.model.emb_size, config.model.hidden_size, config.model.num_layers) == (16, 20, 3)
+    assert (config.model.first_window, config.model.window, config.model.decoder) == (3, 2, "adaptive")
+    assert (config.data.bptt, config.data.batch_size) == (6, 4)
+    assert (config.train.optimizer, config.train.precision) == ("adamw", "bf16")
+
+
+def test_size_options_win_over_set_which_wins_over_the_recipe(recipe):
+    config = bench_config(recipe, ["model.emb_size=10", "train.precision=fp32", "data.bptt=9"], emb_size=12, bptt=None)
+    assert config.model.emb_size == 12  # the option, over --set and the recipe
+    assert config.data.bptt == 9  # not given as an option: --set's
+    assert config.train.precision == "fp32"  # --set over the recipe
+    assert config.model.hidden_size == 20  # the recipe's
+    options = bench_config(recipe, hidden_size=24, num_layers=2, batch_size=2)
+    assert (options.model.hidden_size, options.model.num_layers, options.data.batch_size) == (24, 2, 2)
+
+
+@pytest.mark.parametrize("sets,message", [
+    (["train.precision=fp16"], "times train.precision 'fp32' or 'bf16', got 'fp16'"),
+    (["model.colour=1"], "unknown config key 'model.colour'"),
+])
+def test_bad_settings_are_one_line_config_errors(sets, message):
+    with pytest.raises(ConfigError, match=message):
+        bench_config(None, sets)
+
+
+def test_a_missing_recipe_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist; pick one from configs/"):
+        bench_config(tmp_path / "nope.toml")
+
+
+def test_run_builds_the_recipes_models_and_optimizer(recipe, monkeypatch):
+    built = []
+
+    class Recorded(lm_bench._Trainer):
+        def __init__(self, *args):
+            super().__init__(*args)
+            built.append(self)
+
+    monkeypatch.setattr(lm_bench, "_Trainer", Recorded)
+    report = lm_bench.run(bench_config(recipe, emb_size=12), **FAST)
+    qrnn, lstm = (trainer.model for trainer in built)
+    assert [(layer.input_size, layer.hidden_size, layer.window) for layer in qrnn.layers] == [
+        (12, 20, 3), (20, 20, 2), (20, 20, 2)]  # untied: the last layer is hidden_size wide
+    assert all(layer.zoneout == 0.1 for layer in qrnn.layers)
+    assert not any(torch.nn.utils.parametrize.is_parametrized(layer.linear) for layer in qrnn.layers)  # weight drop off
+    assert [(layer.lstm.input_size, layer.lstm.hidden_size) for layer in lstm.layers] == [(12, 20), (20, 20), (20, 20)]
+    assert (qrnn.drop_input.p, qrnn.drop_hidden.p, qrnn.drop_output.p) == (0.25, 0.15, 0.35)
+    assert isinstance(qrnn.decoder, torch.nn.AdaptiveLogSoftmaxWithLoss) and qrnn.decoder.cutoffs == [10, 30, 50]
+    assert all(isinstance(trainer.optimizer, torch.optim.AdamW) for trainer in built)
+    assert built[0].optimizer.param_groups[0]["weight_decay"] == 0.01
+    assert tuple(built[0].tokens.shape) == (6, 4)
+    assert report["shape"]["emb_size"] == 12 and report["shape"]["weight_drop"] == 0.0
+    assert report["dtype"] == "bfloat16"
+
+
+@pytest.mark.parametrize("step", ["step", "timed_step"])
+def test_bf16_runs_the_step_under_autocast(step):
+    train = TrainConfig(precision="bf16")
+    config = dataclasses.replace(ModelConfig(), emb_size=8, hidden_size=12, num_layers=2, weight_drop=0.0)
+    model = lm_bench.build_models(50, config, "cpu", train)["qrnn"]
+    seen = []
+    model.layers[0].register_forward_hook(lambda module, args, output: seen.append(output[0].dtype))
+    tokens = torch.randint(50, (6, 3))
+    trainer = lm_bench._Trainer(model, train, tokens[:-1], tokens[1:])
+    getattr(trainer, step)(*([SectionTimer()] if step == "timed_step" else []))
+    assert seen == [torch.bfloat16]
+    assert model.embedding.weight.dtype == torch.float32  # autocast: the weights stay float32
+
+
+def test_bf16_measures_the_peak_in_bf16(monkeypatch):
+    dtypes = []
+    real = lm_bench.matmul_gflops
+    monkeypatch.setattr(lm_bench, "matmul_gflops", lambda *args: dtypes.append(args[4]) or real(*args))
+    config = bench_config(None, ["train.precision=bf16"], **TINY)
+    lm_bench.run(config, **FAST)
+    assert dtypes and set(dtypes) == {torch.bfloat16}  # the peak and the step's product shapes
+
+
+SETTINGS = {
+    "sgd, full softmax": dict(),
+    "adam, adaptive, bf16": dict(optimizer="adam", precision="bf16", decoder="adaptive"),
+    "adamw, chunked": dict(optimizer="adamw", softmax="chunked"),
+}
+
+
+@pytest.mark.parametrize("setting", list(SETTINGS))
+@pytest.mark.parametrize("kind", ["qrnn", "lstm"])
+def test_the_instrumented_step_updates_the_parameters_like_the_plain_step(kind, setting):
+    """Cutting the graph at the parts' boundaries must not change what the step computes."""
+    options = dict(SETTINGS[setting])
+    decoder = options.pop("decoder", "softmax")
+    torch.manual_seed(0)
+    config = dataclasses.replace(ModelConfig(), emb_size=8, hidden_size=16, num_layers=2, weight_drop=0.0,
+                                 decoder=decoder, adaptive_cutoffs=[10, 30], tie_weights=decoder == "softmax")
+    train = TrainConfig(lr=0.5, **options)
+    model = lm_bench.build_models(50, config, "cpu", train)[kind]
+    tokens = torch.randint(50, (6, 3))
+    trainers = [lm_bench._Trainer(copy.deepcopy(model), train, tokens[:-1], tokens[1:]) for _ in range(2)]
+    torch.manual_seed(1)
+    trainers[0].step()
+    torch.manual_seed(1)
+    trainers[1].timed_step(SectionTimer())
+    before = dict(model.named_parameters())
+    for (name, plain), (_, timed) in zip(trainers[0].model.named_parameters(), trainers[1].model.named_parameters()):
+        assert not torch.equal(plain, before[name]), name  # the step changed it
+        torch.testing.assert_close(timed, plain, msg=name)
+
+
+def test_lstm_layer_has_the_qrnn_layer_interface():
+    layer = lm_bench.LSTMLayer(4, 6)
+    output, h_n = layer(torch.randn(5, 2, 4), torch.randn(2, 6))
+    assert output.shape == (5, 2, 6) and h_n.shape == (1, 2, 6)
+
+
+@pytest.fixture(scope="module")
+def report():
+    return lm_bench.run(bench_config(None, **TINY), **FAST)
+
+
+def test_report_rows_have_throughput_shares_and_consistent_flop_rates(report):
+    rows, peak = report["models"], report["peak"]["gflops"]
+    assert [row["model"] for row in rows] == ["qrnn", "lstm"]
+    assert report["peak"]["size"] == 32 and peak > 0
+    for row in rows:
+        assert row["tokens_per_s"] == pytest.approx(5 * 3 / (row["step_ms"] / 1e3))
+        assert sum(row[f"share_{s}"] for s in lm_bench.SECTIONS) == pytest.approx(1.0)
+        assert row["gflop"] == pytest.approx(sum(part["gflop"] for part in row["parts"].values()))
+        assert row["gflops"] == pytest.approx(row["gflop"] / (row["step_ms"] / 1e3))
+        assert row["peak_fraction"] == pytest.approx(row["gflops"] / peak)
+        for part in row["parts"].values():
+            assert part["gflops"] == pytest.approx(part["gflop"] / (part["ms"] / 1e3))
+            assert part["peak_fraction"] == pytest.approx(part["gflops"] / peak)
+        assert row["parts"]["embedding"]["gflop"] == 0 and row["parts"]["recurrent"]["gflop"] > 0
+    assert rows[0]["parts"]["softmax"]["matmul_gflop"] == pytest.approx(3 * 2 * 15 * 8 * 50 / 1e9)
+    assert report["speedup"] == pytest.approx(rows[1]["step_ms"] / rows[0]["step_ms"])
+    assert [(p["name"], p["m"], p["k"], p["n"]) for p in report["products"]] == [
+        ("decoder", 15, 8, 50), ("QRNN gates", 15, 8, 36), ("LSTM step", 3, 12, 48)]
+    assert all(p["gflops"] > 0 for p in report["products"])
+
+
+def test_text_report_has_the_peak_the_new_columns_and_the_parts(report):
+    text = lm_report.format_report(report)
+    lines = text.splitlines()
+    assert lines[0].startswith("shape: vocab 50, emb 8, hidden 12, 2 layers (QRNN windows 2, 1), bptt 5, batch 3")
+    assert lines[1].startswith("matmul peak (32 x 32 x 32, float32): ")
+    assert "at the step's decoder shape [15 x 8] x [8 x 50]" in text
+    header = lm_report.format_table(report["models"]).splitlines()[0].split()
+    assert header == ["model", "step", "ms", "tokens/s", "embedding", "%", "recurrent", "%", "softmax", "%",
+                      "optimizer", "%", "GFLOP/step", "GFLOP/s", "%", "of", "peak"]
+    parts = lm_report.format_parts(report["models"]).splitlines()
+    assert parts[0].split() == ["model", "part", "ms", "GFLOP", "GFLOP/s", "%", "of", "peak"]
+    assert len(parts) == 1 + 2 * 4 and parts[1].split()[:2] == ["qrnn", "embedding"]
+    assert parts[1].split()[-2:] == ["-", "-"]  # no FLOPs counted: no rate
+    assert lines[-1] == f"QRNN/LSTM training throughput: {report['speedup']:.2f}x"
+
+
+def test_cli_lm_prints_the_flop_report_and_writes_json(tmp_path):
+    options = [f"--{key.replace('_', '-')}={value}" for key, value in {**TINY, "vocab_size": 50}.items()]
+    result = runner.invoke(bench_app, ["lm", *options, "--repeats", "1", "--warmup", "0", "--device", "cpu",
+                                       "--peak-size", "32", "--json", str(tmp_path / "out" / "lm.json")])
+    assert result.exit_code == 0, result.output
+    for text in ("matmul peak (32 x 32 x 32, float32)", "GFLOP/s", "% of peak", "recurrent", "QRNN/LSTM training throughput"):
+        assert text in result.output
+    saved = json.loads((tmp_path / "out" / "lm.json").read_text())
+    assert saved["machine"].startswith("CPU ") and saved["peak"]["gflops"] > 0
+    assert {"gflop", "gflops", "peak_fraction", "parts"} <= set(saved["models"][0])
+
+
+def test_cli_lm_takes_the_recipe_and_options_win(recipe):
+    result = runner.invoke(bench_app, ["lm", "--config", str(recipe), "--hidden-size", "24", "--vocab-size", "60",
+                                       "--set", "train.precision=fp32", "--repeats", "1", "--warmup", "0",
+                                       "--device", "cpu", "--peak-size", "32"])
+    assert result.exit_code == 0, result.output
+    assert ("shape: vocab 60, emb 16, hidden 24, 3 layers (QRNN windows 3, 2, 2), bptt 6, batch 4, "
+            "adaptive decoder (cutoffs [10, 30]), adamw, fp32") in result.output
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--config", "nope.toml"], "error: config file nope.toml does not exist; pick one from configs/"),
+    (["--set", "train.precision=fp16"], "error: qrnn-lm bench lm times train.precision 'fp32' or 'bf16'"),
+    (["--set", "model.decoder=adaptive"], "error: model.adaptive_cutoffs [2800, 20000, 76000] must all be below"),
+    (["--peak-size", "0"], "error: --peak-size must be >= 1, got 0"),
+])
+def test_cli_lm_user_errors_are_one_line(args, message):
+    result = runner.invoke(bench_app, ["lm", *args, "--device", "cpu", *[f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]])
+    assert result.exit_code == 1, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert len([line for line in result.output.splitlines() if line.startswith("error:")]) == 1
