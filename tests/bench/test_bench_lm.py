@@ -44,6 +44,7 @@ optimizer = "adamw"
 lr = 0.001
 weight_decay = 0.01
 precision = "bf16"
+softmax = "chunked"
 """
 
 
@@ -108,6 +109,7 @@ def test_run_builds_the_recipes_models_and_optimizer(recipe, monkeypatch):
     assert [(layer.lstm.input_size, layer.lstm.hidden_size) for layer in lstm.layers] == [(12, 20), (20, 20), (20, 20)]
     assert (qrnn.drop_input.p, qrnn.drop_hidden.p, qrnn.drop_output.p) == (0.25, 0.15, 0.35)
     assert isinstance(qrnn.decoder, torch.nn.AdaptiveLogSoftmaxWithLoss) and qrnn.decoder.cutoffs == [10, 30, 50]
+    assert qrnn.softmax == lstm.softmax == "chunked"  # train.softmax reaches the models
     assert all(isinstance(trainer.optimizer, torch.optim.AdamW) for trainer in built)
     assert built[0].optimizer.param_groups[0]["weight_decay"] == 0.01
     assert tuple(built[0].tokens.shape) == (6, 4)
