@@ -1,7 +1,7 @@
 """LM training throughput, QRNN against LSTM layers: ``qrnn-lm bench lm`` (see
 ``qrnn_lm/bench/lm.py``), for a checkout without the installed command.
 
-Usage: python scripts/bench_lm.py [--hidden-size 1550] [--repeats N]; --help lists every option.
+Usage: python scripts/bench_lm.py [--config FILE] [--hidden-size 1550] [--repeats N]; --help lists every option.
 """
 
 import sys
