@@ -40,14 +40,14 @@ import statistics
 import torch
 from torch import nn
 
-from ..config import Config, TrainConfig
+from ..config import Config, ModelConfig, TrainConfig
 from ..models import QRNNLanguageModel, embedding_dropout
 from ..nn import QRNNLayer
 from ..training.optimizer import make_optimizer
 from ..training.precision import precision_context
 from ..training.step import regularized_loss
 from .lm_config import check_precision
-from .model_flops import step_flops
+from .model_flops import find_lstm, step_flops
 from .peak import default_peak_size, matmul_gflops
 from .timing import SectionTimer, time_round_robin
 
@@ -75,7 +75,7 @@ class LSTMLayer(nn.Module):
         return output, h_n
 
 
-def build_models(vocab_size: int, config, device, train: TrainConfig | None = None) -> dict[str, QRNNLanguageModel]:
+def build_models(vocab_size: int, config: ModelConfig, device, train: TrainConfig | None = None) -> dict[str, QRNNLanguageModel]:
     """``{"qrnn": model, "lstm": the same model with LSTM layers}``, both in training mode;
     ``config`` is the ``[model]`` section, ``train`` gives the softmax's mode (default: auto)."""
     train = train or TrainConfig()
@@ -191,19 +191,21 @@ def _row(name: str, trainer: _Trainer, medians: dict, peak: float, repeats: int,
     seconds = {section: statistics.median(values) for section, values in per_round.items()}
     total = sum(seconds.values())
     counts = step_flops(trainer.model, trainer.targets, trainer.train.optimizer, trainer.train.weight_decay)
-    step_flop = sum(count.total for count in counts.values())
     row = {"model": name, "step_ms": medians[name] * 1e3,
            "tokens_per_s": trainer.targets.numel() / medians[name],
            "speedup": medians["lstm"] / medians["qrnn"], "parts_ms": total * 1e3,
-           "gflop": step_flop / 1e9, "gflops": step_flop / medians[name] / 1e9,
-           "peak_fraction": step_flop / medians[name] / 1e9 / peak}
+           **_rates(sum(count.total for count in counts.values()), medians[name], peak)}
     row.update({f"share_{section}": seconds[section] / total for section in SECTIONS})
-    row["parts"] = {section: {"ms": seconds[section] * 1e3, "gflop": counts[section].total / 1e9,
-                              "matmul_gflop": counts[section].matmul / 1e9,
-                              "gflops": counts[section].total / max(seconds[section], 1e-12) / 1e9,
-                              "peak_fraction": counts[section].total / max(seconds[section], 1e-12) / 1e9 / peak}
+    row["parts"] = {section: {"ms": seconds[section] * 1e3, "matmul_gflop": counts[section].matmul / 1e9,
+                              **_rates(counts[section].total, seconds[section], peak)}
                     for section in SECTIONS}
     return row
+
+
+def _rates(flop: int, seconds: float, peak: float) -> dict:
+    """``gflop``, ``gflops`` (achieved in ``seconds``) and ``peak_fraction`` (of ``peak`` GFLOP/s)."""
+    gflops = flop / max(seconds, 1e-12) / 1e9
+    return {"gflop": flop / 1e9, "gflops": gflops, "peak_fraction": gflops / peak}
 
 
 def _step_products(models: dict, bptt: int, batch_size: int, vocab_size: int) -> list[tuple[str, int, int, int]]:
@@ -220,6 +222,6 @@ def _step_products(models: dict, bptt: int, batch_size: int, vocab_size: int) ->
     gates = max((layer for layer in qrnn.layers if isinstance(layer, QRNNLayer)),
                 key=lambda layer: layer.window * layer.input_size * layer.hidden_size)  # the most FLOPs
     products.append(("QRNN gates", tokens, gates.input_size, (3 if gates.output_gate else 2) * gates.hidden_size))
-    cell = max((layer.lstm for layer in lstm.layers), key=lambda cell: cell.hidden_size)
+    cell = max((find_lstm(layer) for layer in lstm.layers), key=lambda cell: cell.hidden_size)
     products.append(("LSTM step", batch_size, cell.hidden_size, 4 * cell.hidden_size))
     return products

@@ -12,7 +12,7 @@ from torch import nn
 from ..nn import QRNNLayer
 from . import flops
 
-__all__ = ["step_flops"]
+__all__ = ["step_flops", "find_lstm"]
 
 
 def step_flops(model: nn.Module, targets: torch.Tensor, optimizer: str, weight_decay: float) -> dict[str, flops.Flops]:
@@ -35,11 +35,18 @@ def _layer_flops(layer: nn.Module, seq_len: int, batch_size: int) -> flops.Flops
     if isinstance(layer, QRNNLayer):
         return flops.qrnn_layer(seq_len, batch_size, layer.input_size, layer.hidden_size, layer.window,
                                 layer.output_gate)
+    lstm = find_lstm(layer)
+    return flops.lstm_layer(seq_len, batch_size, lstm.input_size, lstm.hidden_size)
+
+
+def find_lstm(layer: nn.Module) -> nn.LSTM:
+    """The one-layer, one-direction ``nn.LSTM`` that is ``layer`` or inside it (a wrapper);
+    ValueError for anything else."""
     lstm = next((module for module in layer.modules() if isinstance(module, nn.LSTM)), None)
     if lstm is None or lstm.num_layers != 1 or lstm.bidirectional or lstm.proj_size:
         raise ValueError(f"cannot count the FLOPs of a {type(layer).__name__} layer: a QRNNLayer or a "
                          "one-layer, one-direction nn.LSTM (inside a wrapper) is expected")
-    return flops.lstm_layer(seq_len, batch_size, lstm.input_size, lstm.hidden_size)
+    return lstm
 
 
 def _decoder_flops(decoder: nn.Module, targets: torch.Tensor) -> flops.Flops:
