@@ -137,6 +137,7 @@ def train(
     ] = False,
     max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="Stop after N optimizer steps (= --set train.max_steps=N).")] = None,
     epochs: Annotated[Optional[int], typer.Option("--epochs", help="Train for N epochs (= --set train.epochs=N).")] = None,
+    max_minutes: Annotated[Optional[float], typer.Option("--max-minutes", metavar="M", help="Stop after M minutes of training and validation, counted across resumes (= --set train.max_minutes=M).")] = None,
     data_dir: DataDirOption = None,
     progress: ProgressOption = True,
     nproc: Annotated[
@@ -162,6 +163,8 @@ def train(
         overrides.append(f"train.max_steps={max_steps}")
     if epochs is not None:
         overrides.append(f"train.epochs={epochs}")
+    if max_minutes is not None:
+        overrides.append(f"train.max_minutes={max_minutes!r}")
     if data is None and config is None and resume is None:
         raise _error_exit("say what to train on: --data ptb|wikitext-2|wikitext-103|PATH, or --config FILE, or --resume DIR")
     _check_data(data)
