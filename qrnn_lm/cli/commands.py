@@ -1,4 +1,4 @@
-"""The ``qrnn-lm`` command line: ``train``, ``eval``, ``generate`` and ``bench``.
+"""The ``qrnn-lm`` command line: ``train``, ``eval``, ``generate``, ``export``, ``plot`` and ``bench``.
 
 A thin typer app: each command parses and checks its options, then calls one library function
 (``training.train``, ``inference.evaluate.evaluate_checkpoint``, ``inference.generate.generate``). torch and the engine are
@@ -25,6 +25,7 @@ import typer
 from ..config import UserError
 from .bench import bench_app
 from .export import export_command
+from .plot import plot_command
 from .recipes import resolve_train_config
 from .train import EXIT_INTERRUPTED, argv_without_nproc, run_training
 
@@ -346,6 +347,7 @@ def _stream_sample(path, prompt, tokens, temperature, top_k, top_p, seed, device
 
 app.add_typer(bench_app, name="bench")  # torch loads inside its commands too
 app.command("export")(export_command)  # qrnn_lm.cli.export; torch loads inside it
+app.command("plot")(plot_command)  # qrnn_lm.cli.plot; matplotlib loads inside it
 
 
 def main() -> None:
