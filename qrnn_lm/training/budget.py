@@ -54,13 +54,15 @@ class Budget:
         self.origin = self.clock() - self.base
 
     def elapsed(self) -> float:
-        """Seconds of the run so far, on this rank's clock (for logs and checkpoints)."""
-        return self.clock() - self.origin
+        """Seconds of the run so far (for logs and checkpoints): this rank's clock, and never less
+        than the ranks agreed at the last tick, so a checkpoint resumes at least where the last
+        stop decision was taken."""
+        return max(self.clock() - self.origin, self.seconds)
 
     def tick(self) -> None:
         """Read the clock for the step in progress (every rank agrees on the largest reading when
         the run has ``max_minutes``: one tiny all-reduce)."""
-        seconds = self.elapsed()
+        seconds = self.clock() - self.origin
         if self.train.max_minutes and distributed.get_world_size() > 1:
             seconds = distributed.all_reduce_max([seconds])[0]
         self.seconds = seconds
