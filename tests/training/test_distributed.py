@@ -26,6 +26,7 @@ from qrnn_lm.training import distributed
 from qrnn_lm.models.checkpoint import load_checkpoint
 from qrnn_lm.config import UserError, load_config
 from qrnn_lm.training import train
+from qrnn_lm.training.metrics_csv import read_rows
 from qrnn_lm.training.stream import make_stream
 
 REPO = Path(__file__).resolve().parents[2]
@@ -236,6 +237,10 @@ def test_a_time_budget_stops_every_rank_at_the_same_step_with_the_same_schedule(
     assert {report["results"]["status"] for report in timed} == {"max_minutes"}
     assert timed[0]["progress"] == timed[1]["progress"] == pytest.approx([9 * k / 60 for k in range(1, 7)] + [1.0])
     assert load_checkpoint(tmp / "timed" / "last.pt")["history"]["elapsed_s"] >= 60.0  # resumes as stopped
+    assert [report["csv_paths"] for report in timed] == [[str(tmp / "timed" / "metrics.csv")], [None]]
+    text = (tmp / "timed" / "metrics.csv").read_text()  # rank 0 alone writes it: every step once
+    assert text.count("step,") == 1 and [row["step"] for row in read_rows(tmp / "timed" / "metrics.csv")
+                                        if row["train_loss"]] == [str(k) for k in range(1, 8)]
 
 
 def test_a_rank_that_dies_stops_every_rank_without_a_hang(corpus, tmp_path):
