@@ -118,7 +118,7 @@ class Schedule:
         """The scheduled rate of the last step (before the segment-length rescaling): what is logged."""
         return self.state.lr * self.multiplier
 
-    def step(self, length_ratio: float, progress: float = 0.0) -> None:
+    def step(self, length_ratio: float, progress: float) -> None:
         """The optimiser step at ``state.lr * multiplier(progress) * length_ratio`` (the segment's
         length over bptt); ``progress``: the budget's fraction used once this step is done."""
         train = self.train
