@@ -33,15 +33,16 @@ def read_rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(file))
 
 
-def _kept_lines(path: Path, resume_step: int) -> list[str]:
-    """The data lines of ``path`` up to ``resume_step`` ([] when the file is not ours)."""
-    lines = path.read_text(encoding="utf-8").splitlines()
+def _kept_lines(text: str, resume_step: int) -> list[str]:
+    """The complete data lines of a metrics.csv's ``text`` up to ``resume_step`` ([] when the
+    file is not ours). A line cut short by a kill mid-write has too few cells and goes too."""
+    lines = text.splitlines()
     if not lines or lines[0] != HEADER:
         return []
     kept = []
     for line in lines[1:]:
         step = line.split(",", 1)[0]
-        if step.isdigit() and int(step) <= resume_step:
+        if line.count(",") == len(COLUMNS) - 1 and step.isdigit() and int(step) <= resume_step:
             kept.append(line)
     return kept
 
@@ -59,10 +60,12 @@ class MetricsCsv:
         self._file = None
         if path is None:
             return
-        kept = _kept_lines(path, resume_step) if resume_step is not None and path.is_file() else []
-        temp = path.with_name(f".{path.name}.tmp")
-        temp.write_text("\n".join([HEADER, *kept]) + "\n", encoding="utf-8")
-        os.replace(temp, path)  # a kill leaves the old file or the new one, never half of one
+        text = path.read_text(encoding="utf-8") if resume_step is not None and path.is_file() else ""
+        content = "\n".join([HEADER, *_kept_lines(text, resume_step)]) + "\n" if text else HEADER + "\n"
+        if content != text:  # fresh, or rows to drop: rewrite (atomically: never half of the old rows)
+            temp = path.with_name(f".{path.name}.new")
+            temp.write_text(content, encoding="utf-8")
+            os.replace(temp, path)
         self._file = path.open("a", newline="", encoding="utf-8")
 
     def row(self, state: RunState, wall_s: float, lr: float, *, train_loss: float | None = None,

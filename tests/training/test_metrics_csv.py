@@ -98,3 +98,15 @@ def test_a_resumed_run_continues_the_file_and_its_wall_clock(corpus, tmp_path, t
     resumed_first = float(rows[len(before)]["wall_s"])
     assert resumed_first >= float(before[-1]["wall_s"])
     assert resumed_first == 3.0 * 8  # the 8th step of the run, 3 s each: the clock went on from step 7
+
+
+def test_a_row_cut_short_by_a_kill_is_dropped_on_resume(tmp_path):
+    path = tmp_path / "metrics.csv"
+    path.write_text(f"{HEADER}\n5,1,200,1.000,2.5,,5\n6,1,24")  # killed in the middle of writing step 6
+    csv = MetricsCsv(path, resume_step=6)
+    csv.row(RunState(step=7), 2.0, 5.0, train_loss=2.0)
+    csv.close()
+    assert [row["step"] for row in read_rows(path)] == ["5", "7"]
+    unchanged = path.read_text()
+    MetricsCsv(path, resume_step=7).close()  # nothing to drop: the file is left as it is
+    assert path.read_text() == unchanged and sorted(p.name for p in tmp_path.iterdir()) == ["metrics.csv"]
