@@ -73,9 +73,10 @@ class TrainConfig:
     clip: float = 0.25  # gradient-norm clipping threshold; 0 disables
     epochs: int = 550  # passes over the training data
     max_steps: int = 0  # stop after this many optimizer steps; 0 means no limit
-    # stop when this many minutes of training and validation have passed (counted across resumes);
-    # 0 = no limit. The stop is as max_steps': validate, save, test best.pt, results.json (status
-    # "max_minutes"). A time-limited run is not bit-reproducible: its schedule reads the clock.
+    # stop when this many minutes of training and validation have passed (counted across resumes,
+    # checked after each step); 0 = no limit. It stops as max_steps does: save last.pt, test
+    # best.pt, results.json (status "max_minutes"). A time-limited run is not bit-reproducible:
+    # where it stops, and its lr_schedule, depend on the clock.
     max_minutes: float = 0.0
     alpha: float = 2.0  # activation regularisation (AR) on the last layer's dropped output
     beta: float = 1.0  # temporal activation regularisation (TAR) on the last layer's raw output
