@@ -73,11 +73,25 @@ class TrainConfig:
     clip: float = 0.25  # gradient-norm clipping threshold; 0 disables
     epochs: int = 550  # passes over the training data
     max_steps: int = 0  # stop after this many optimizer steps; 0 means no limit
+    # stop when this many minutes of training and validation have passed (counted across resumes,
+    # checked after each step); 0 = no limit. It stops as max_steps does: save last.pt, test
+    # best.pt, results.json (status "max_minutes"). A time-limited run is not bit-reproducible:
+    # where it stops, and its lr_schedule, depend on the clock.
+    max_minutes: float = 0.0
     alpha: float = 2.0  # activation regularisation (AR) on the last layer's dropped output
     beta: float = 1.0  # temporal activation regularisation (TAR) on the last layer's raw output
     asgd: bool = True  # with SGD: switch to averaged SGD when validation stops improving
     nonmono: int = 5  # NT-ASGD's non-monotone interval, in validations
     lr_decay_epochs: list[int] = field(default_factory=list)  # divide the lr by 10 at these epochs
+    # A per-step multiplier of the lr, a function of the fraction of the run's budget used (the
+    # largest of steps / max_steps, the position in epochs / epochs and minutes / max_minutes, over
+    # the whole run, across resumes), so that it reaches its end at the step where the first limit
+    # stops the run. It multiplies the lr after lr_decay_epochs and NT-ASGD (and, for SGD, the
+    # segment-length rescaling); changing a limit on resume reshapes the rest of the schedule.
+    # "constant": 1 (after the warm-up); "cosine" / "linear": decay from lr to lr * lr_floor.
+    lr_schedule: str = "constant"
+    warmup: float = 0.0  # linear warm-up from 0 to lr over this fraction of the budget, in [0, 1]
+    lr_floor: float = 0.0  # where the cosine / linear decay ends, as a fraction of lr, in [0, 1]
     seed: int = 141  # seeds parameters, dropout masks and BPTT lengths
     log_interval: int = 200  # steps between console / TensorBoard log points
     # Periodic last.pt inside an epoch, at the exact position (a hard kill loses at most this much):
@@ -185,6 +199,15 @@ def validate(config: Config) -> None:
         (config.train.lr > 0, "train.lr must be > 0"),
         (config.train.epochs >= 1, "train.epochs must be >= 1"),
         (config.train.max_steps >= 0, "train.max_steps must be >= 0 (0 means no limit)"),
+        (config.train.max_minutes >= 0, "train.max_minutes must be >= 0 (0 means no limit)"),
+        (config.train.lr_schedule in ("constant", "cosine", "linear"),
+         f"train.lr_schedule must be 'constant', 'cosine' or 'linear', got {config.train.lr_schedule!r}"),
+        (0.0 <= config.train.warmup <= 1.0,
+         f"train.warmup is a fraction of the run's budget: it must be in [0, 1], got {config.train.warmup}"),
+        (0.0 <= config.train.lr_floor <= 1.0,
+         f"train.lr_floor is a fraction of train.lr: it must be in [0, 1], got {config.train.lr_floor}"),
+        (config.train.lr_floor == 0.0 or config.train.lr_schedule != "constant",
+         "train.lr_floor is where a decay ends: set train.lr_schedule to 'cosine' or 'linear', or drop lr_floor"),
         (config.train.nonmono >= 1, "train.nonmono must be >= 1"),
         (config.train.log_interval >= 1, "train.log_interval must be >= 1"),
         (config.train.checkpoint_every_steps >= 0, "train.checkpoint_every_steps must be >= 0 (0 = off)"),

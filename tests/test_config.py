@@ -94,3 +94,26 @@ def test_softmax_precision_and_compile_defaults_are_conservative():
     assert (config.model.decoder, config.train.softmax, config.train.precision, config.train.compile) == (
         "softmax", "auto", "fp32", False)
     assert config.model.adaptive_cutoffs == [2800, 20000, 76000]  # awd-lstm-lm's WikiText-103 split
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.lr_schedule=step", "train.lr_schedule must be 'constant', 'cosine' or 'linear'"),
+    ("train.warmup=1.5", r"train.warmup .* \[0, 1\]"),
+    ("train.warmup=-0.1", r"train.warmup .* \[0, 1\]"),
+    ("train.lr_floor=2", r"train.lr_floor .* \[0, 1\]"),
+    ("train.lr_floor=0.1", "set train.lr_schedule to 'cosine' or 'linear'"),  # a constant has no floor
+    ("train.max_minutes=-1", "train.max_minutes must be >= 0"),
+    ("train.max_minutes=true", "must be float"),
+])
+def test_schedule_and_time_budget_keys_are_checked(override, message):
+    with pytest.raises(ConfigError, match=message) as info:
+        load_config(None, [override])
+    assert "\n" not in str(info.value)
+
+
+def test_schedule_and_time_budget_defaults_change_nothing():
+    train = load_config(None).train
+    assert (train.lr_schedule, train.warmup, train.lr_floor, train.max_minutes) == ("constant", 0.0, 0.0, 0.0)
+    cosine = load_config(None, ["train.lr_schedule=cosine", "train.warmup=0.05", "train.lr_floor=0.1",
+                                "train.max_minutes=30"]).train
+    assert (cosine.lr_schedule, cosine.warmup, cosine.lr_floor, cosine.max_minutes) == ("cosine", 0.05, 0.1, 30.0)

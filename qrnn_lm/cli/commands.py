@@ -1,4 +1,4 @@
-"""The ``qrnn-lm`` command line: ``train``, ``eval``, ``generate`` and ``bench``.
+"""The ``qrnn-lm`` command line: ``train``, ``eval``, ``generate``, ``export``, ``plot`` and ``bench``.
 
 A thin typer app: each command parses and checks its options, then calls one library function
 (``training.train``, ``inference.evaluate.evaluate_checkpoint``, ``inference.generate.generate``). torch and the engine are
@@ -25,6 +25,7 @@ import typer
 from ..config import UserError
 from .bench import bench_app
 from .export import export_command
+from .plot import plot_command
 from .recipes import resolve_train_config
 from .train import EXIT_INTERRUPTED, argv_without_nproc, run_training
 
@@ -137,6 +138,7 @@ def train(
     ] = False,
     max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="Stop after N optimizer steps (= --set train.max_steps=N).")] = None,
     epochs: Annotated[Optional[int], typer.Option("--epochs", help="Train for N epochs (= --set train.epochs=N).")] = None,
+    max_minutes: Annotated[Optional[float], typer.Option("--max-minutes", metavar="M", help="Stop after M minutes of training and validation, counted across resumes (= --set train.max_minutes=M).")] = None,
     data_dir: DataDirOption = None,
     progress: ProgressOption = True,
     nproc: Annotated[
@@ -162,6 +164,8 @@ def train(
         overrides.append(f"train.max_steps={max_steps}")
     if epochs is not None:
         overrides.append(f"train.epochs={epochs}")
+    if max_minutes is not None:
+        overrides.append(f"train.max_minutes={max_minutes!r}")
     if data is None and config is None and resume is None:
         raise _error_exit("say what to train on: --data ptb|wikitext-2|wikitext-103|PATH, or --config FILE, or --resume DIR")
     _check_data(data)
@@ -343,6 +347,7 @@ def _stream_sample(path, prompt, tokens, temperature, top_k, top_p, seed, device
 
 app.add_typer(bench_app, name="bench")  # torch loads inside its commands too
 app.command("export")(export_command)  # qrnn_lm.cli.export; torch loads inside it
+app.command("plot")(plot_command)  # qrnn_lm.cli.plot; matplotlib loads inside it
 
 
 def main() -> None:

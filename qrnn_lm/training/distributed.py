@@ -7,7 +7,8 @@ A leaf module: it imports nothing of qrnn_lm, so the trainer, the CLI and tests 
   device per local rank), gloo for the CPU. Without those variables it is a no-op: one process.
 * :func:`get_rank`, :func:`get_world_size`, :func:`is_main` answer for the current process
   (0 and 1 when not distributed), so callers never branch on "is there a process group".
-* Collectives that are no-ops in one process: :func:`all_reduce_sum`, :func:`all_gather_floats`,
+* Collectives that are no-ops in one process: :func:`all_reduce_sum`, :func:`all_reduce_max`,
+  :func:`all_gather_floats`,
   :func:`gather_objects`,
   :func:`broadcast_object`, :func:`broadcast_tensors`, :func:`barrier`.
 * :func:`wrap_ddp` wraps a model in DistributedDataParallel when there are several ranks.
@@ -39,6 +40,7 @@ __all__ = [
     "is_main",
     "barrier",
     "all_reduce_sum",
+    "all_reduce_max",
     "all_gather_floats",
     "gather_objects",
     "broadcast_object",
@@ -159,6 +161,16 @@ def all_reduce_sum(values: Sequence[float]) -> list[float]:
         return [float(v) for v in values]
     tensor = torch.tensor([float(v) for v in values], dtype=torch.float64, device=_collective_device())
     dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor.tolist()
+
+
+def all_reduce_max(values: Sequence[float]) -> list[float]:
+    """Element-wise maximum over all ranks of a few numbers (in float64); the values themselves in
+    one process. Used for the wall-clock budget: every rank acts on the slowest rank's clock."""
+    if not _active():
+        return [float(v) for v in values]
+    tensor = torch.tensor([float(v) for v in values], dtype=torch.float64, device=_collective_device())
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
     return tensor.tolist()
 
 

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..config import TrainConfig
+from .lr_schedule import lr_multiplier
 from .state import RunState
 
 __all__ = ["make_optimizer", "switch_to_asgd", "should_switch_to_asgd", "averaged_weights", "OPTIMIZERS", "Schedule"]
@@ -75,7 +76,9 @@ def averaged_weights(model: nn.Module, optimizer: torch.optim.Optimizer) -> Iter
 class Schedule:
     """A run's optimiser and learning rate, as awd-lstm-lm schedules them.
 
-    * every step's learning rate is the base rate times ``segment length / bptt``;
+    * every step's learning rate is the base rate times the schedule's multiplier at the budget's
+      progress (``train.lr_schedule``, :func:`~.lr_schedule.lr_multiplier`; 1 by default) times
+      ``segment length / bptt``;
     * after each validation, NT-ASGD may replace SGD by averaged SGD (``train.asgd``, ``nonmono``);
     * after the epochs in ``train.lr_decay_epochs`` the base rate is divided by 10.
 
@@ -94,6 +97,7 @@ class Schedule:
     def __init__(self, model: nn.Module, train: TrainConfig, state: RunState,
                  saved: tuple[dict[str, Any], TrainConfig] | None = None):
         self.model, self.train, self.state = model, train, state
+        self.multiplier = 1.0  # the schedule's factor at the last step
         fresh = saved is None or train.optimizer != saved[1].optimizer
         if saved is not None and train.lr != saved[1].lr:
             state.lr = train.lr
@@ -109,9 +113,17 @@ class Schedule:
         for group in self.optimizer.param_groups:
             group[key] = value
 
-    def step(self, length_ratio: float) -> None:
-        """The optimiser step at ``state.lr * length_ratio`` (the segment's length over bptt)."""
-        self._set("lr", self.state.lr * length_ratio)
+    @property
+    def lr(self) -> float:
+        """The scheduled rate of the last step (before the segment-length rescaling): what is logged."""
+        return self.state.lr * self.multiplier
+
+    def step(self, length_ratio: float, progress: float) -> None:
+        """The optimiser step at ``state.lr * multiplier(progress) * length_ratio`` (the segment's
+        length over bptt); ``progress``: the budget's fraction used once this step is done."""
+        train = self.train
+        self.multiplier = lr_multiplier(progress, train.lr_schedule, train.warmup, train.lr_floor)
+        self._set("lr", self.state.lr * self.multiplier * length_ratio)
         self.optimizer.step()
         self._set("lr", self.state.lr)
 

@@ -35,12 +35,16 @@ class RunState:
     best_val_loss: float = math.inf  # best validation loss so far (the one in best.pt)
     lr: float = 0.0  # base learning rate (after lr_decay_epochs), before the length rescaling
     optimizer: str = "sgd"  # "sgd", "asgd" (after the NT-ASGD switch), "adam" or "adamw"
+    # wall-clock seconds of training and validation since the run began, across resumes (what
+    # train.max_minutes and metrics.csv's wall_s count); set when a checkpoint's state is taken
+    elapsed: float = 0.0
 
     def counters(self) -> dict[str, int]:
         return {"epoch": self.epoch, "position": self.position, "step": self.step, "tokens": self.tokens}
 
     def history(self) -> dict[str, Any]:
-        return {"val_losses": list(self.val_losses), "best_val_loss": self.best_val_loss, "lr": self.lr}
+        return {"val_losses": list(self.val_losses), "best_val_loss": self.best_val_loss, "lr": self.lr,
+                "elapsed_s": self.elapsed}
 
     @classmethod
     def from_payload(cls, payload: dict[str, Any]) -> RunState:
@@ -54,6 +58,7 @@ class RunState:
             best_val_loss=float(history["best_val_loss"]),
             lr=float(history["lr"]),
             optimizer=str(payload["optimizer"]["name"]),
+            elapsed=float(history.get("elapsed_s", 0.0)),  # absent from checkpoints before max_minutes
         )
 
     def copy(self) -> RunState:

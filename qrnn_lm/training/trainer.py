@@ -11,14 +11,17 @@ evaluated on test and ``results.json`` written.
 A :class:`Trainer` is built once from the config and holds one component per job, each with its
 own distributed details: the training stream (:mod:`.stream`), the optimiser and its schedule
 (:mod:`.optimizer`), validation and test (:mod:`.evaluator`), the checkpointer
-(:mod:`.checkpointer`), the metrics logger and meter (:mod:`.metrics`) and the console
+(:mod:`.checkpointer`), the budget (:mod:`.budget`), the metrics logger and meter (:mod:`.metrics`),
+``metrics.csv`` (:mod:`.metrics_csv`) and the console
 (:mod:`.console`). Its loop below reads top to bottom: ``run`` -> epochs -> steps -> end of epoch
 -> finish.
 
 Stopping and resuming (details: docs/application.md):
-* ``train.max_steps`` and ``train.epochs`` count from the start of the run, across resumes; a run
-  stopped by ``max_steps`` mid-epoch saves the exact position and still tests ``best.pt`` (when no
-  epoch has finished, the current weights are validated once and saved as ``best.pt``).
+* ``train.max_steps``, ``train.max_minutes`` and ``train.epochs`` count from the start of the run,
+  across resumes (:mod:`.budget`); a run stopped by ``max_steps`` or ``max_minutes`` mid-epoch
+  saves the exact position and still tests ``best.pt`` (when no epoch has finished, the current
+  weights are validated once and saved as ``best.pt``). The budget's progress drives the
+  per-step learning-rate schedule (:mod:`.lr_schedule`).
 * Ctrl-C, SIGTERM and SIGHUP save ``last.pt`` at the exact position and raise
   :class:`~qrnn_lm.training.interrupts.Interrupted` (the CLI prints the resume command).
   ``last.pt`` is also written every ``train.checkpoint_every_steps`` / ``_minutes``.
@@ -44,12 +47,14 @@ from ..inference.evaluate import resolve_device
 from ..models import QRNNLanguageModel, WeightDrop
 from ..models.checkpoint import clean_state_dict
 from . import distributed
+from .budget import Budget
 from .checkpointer import Checkpointer, check_same_data, read_resume_point, restore_rng_states
 from .console import Console
 from .evaluator import Evaluator
 from .finetune import compare, converged, load_init, read_finetune, start_finetune
 from .interrupts import Interrupted, StopSignals, sigint_deferred
 from .metrics import Meter, make_logger
+from .metrics_csv import MetricsCsv
 from .optimizer import Schedule
 from .precision import make_scaler
 from .results import ppl, run_results, write_results
@@ -100,6 +105,7 @@ def train(
             return trainer.run()
         finally:
             trainer.logger.close()
+            trainer.csv.close()
 
 
 class Trainer:
@@ -143,6 +149,7 @@ class Trainer:
             self.schedule = Schedule(self.model, config.train, self.state, (resumed.payload, resumed.config.train))
             restore_rng_states(resumed.payload, self.stream.generator, self.shared.generator, seed)
             self.stream.restore(self.model, resumed.payload["stream"], device)
+        self.budget = Budget(config.train, self.stream.limit, self.state.elapsed)
         self.evaluator = Evaluator(self.corpus, config.data, device)
         self.scaler = make_scaler(config.train.precision, device)  # fp16 only; not checkpointed
         # torch.compile'd for training only: validation, test and checkpoints use the eager model.
@@ -156,6 +163,7 @@ class Trainer:
         if main:
             (out_dir / "config.toml").write_text(to_toml(config), encoding="utf-8")
         self.logger = make_logger(out_dir / "tb" if main else None)
+        self.csv = MetricsCsv(out_dir / "metrics.csv" if main else None, None if resumed is None else self.state.step)
         if resumed is not None:
             self.console.echo(f"resuming {resume}: epoch {self.state.epoch}, step {self.state.step}")
         self.finetune = read_finetune(out_dir) if resumed is not None else None  # a finetune run's start
@@ -165,18 +173,20 @@ class Trainer:
     # -- the loop, top to bottom -------------------------------------------------------------------
 
     def run(self) -> dict[str, Any]:
-        """Train until ``train.epochs`` or ``train.max_steps``, then test ``best.pt``."""
+        """Train until ``train.epochs``, ``max_steps`` or ``max_minutes``, then test ``best.pt``."""
         started = time.perf_counter()
+        self.budget.start()
         with self.signals:  # the final test too: a signal there ends the run, last.pt is complete
             status = self._train()
             return self._finish(status, time.perf_counter() - started)
 
     def _train(self) -> str:
-        """Epochs until ``train.epochs`` or ``train.max_steps``; returns "completed" or "max_steps"."""
+        """Epochs until a limit; returns "completed", "max_steps", "max_minutes" or "converged"."""
         while self.state.epoch <= self.config.train.epochs:
             try:
-                if not self._epoch():
-                    return "max_steps"
+                stop = self._epoch()
+                if stop is not None:
+                    return stop
                 self._end_of_epoch()
                 if self.finetune is not None and converged(self.state.val_losses, self.config.train.nonmono):
                     self.console.echo("finetune converged (validation worse than the best but the last "
@@ -188,23 +198,25 @@ class Trainer:
                 raise
         return "completed"
 
-    def _epoch(self) -> bool:
-        """The rest of the current epoch's steps; False when ``train.max_steps`` stopped it."""
-        state, max_steps = self.state, self.config.train.max_steps
+    def _epoch(self) -> str | None:
+        """The rest of the current epoch's steps; the limit that stopped it ("max_steps",
+        "max_minutes"), or None when the epoch is complete."""
+        state = self.state
         if state.position == 0:
             self.stream.start_epoch(self.model)
         bar = self.console.epoch_bar(state.epoch, self.config.train.epochs, state.position, self.stream.limit,
                                      self.config.data.batch_size)
         try:
             while state.position < self.stream.limit:
-                if max_steps and state.step >= max_steps:
-                    return False
+                stop = self.budget.stop_reason(state.step)
+                if stop is not None:
+                    return stop
                 self._step(bar)
                 self._after_step()
         finally:
             if bar is not None:
                 bar.close()
-        return True
+        return None
 
     def _step(self, bar) -> None:
         state = self.state
@@ -215,9 +227,11 @@ class Trainer:
         result = train_step(self.ddp, self.schedule.optimizer, inputs, targets, self.stream.hidden,
                             self.config.train, where, self.scaler)
         seq_len, tokens = inputs.size(0), targets.numel() * self.world_size  # every rank's tokens
+        self.budget.tick()  # the clock for this step's schedule and the stop after it
+        progress = self.budget.progress(state.step + 1, state.epoch, state.position + seq_len)
         with sigint_deferred():
             # awd-lstm-lm rescales the learning rate by the segment's length for every optimiser.
-            self.schedule.step(seq_len / self.config.data.bptt)
+            self.schedule.step(seq_len / self.config.data.bptt, progress)
             self.stream.hidden = result.hidden
             state.position += seq_len
             state.step += 1
@@ -227,8 +241,9 @@ class Trainer:
         if bar is not None:
             bar.update(seq_len)
         if state.step % self.config.train.log_interval == 0:
-            metrics = self.meter.flush(state.lr)
+            metrics = self.meter.flush(self.schedule.lr)
             self.logger.log(metrics, state.step)
+            self.csv.row(state, self.budget.elapsed(), metrics["lr"], train_loss=metrics["train/loss"])
             if bar is not None:
                 bar.set_postfix(loss=f"{metrics['train/loss']:.3f}", ppl=f"{metrics['train/ppl']:.1f}",
                                 tok_s=f"{metrics['tokens_per_s']:.0f}")
@@ -259,7 +274,7 @@ class Trainer:
     def _end_of_epoch(self) -> None:
         state = self.state
         val_loss = self.validate()
-        self.logger.log({"val/loss": val_loss, "val/ppl": ppl(val_loss)}, state.step)
+        self._log_validation(val_loss)
         self.console.echo(f"epoch {state.epoch:3d} | step {state.step} | valid loss {val_loss:.3f} | "
                           f"valid ppl {ppl(val_loss):.2f}" + (" | averaged" if state.optimizer == "asgd" else ""))
         with sigint_deferred():
@@ -275,12 +290,13 @@ class Trainer:
 
     def _finish(self, status: str, seconds: float) -> dict[str, Any]:
         state, config = self.state, self.config
-        if status == "max_steps":
+        if status in ("max_steps", "max_minutes"):
             self._save("last")
             if not self.checkpointer.has_best():
                 # No epoch finished yet: validate once so there is a best.pt to test, eval and sample.
                 val_loss = self.validate()
-                self.console.echo(f"stopped at step {state.step} (max_steps): valid ppl {ppl(val_loss):.2f}")
+                self._log_validation(val_loss)
+                self.console.echo(f"stopped at step {state.step} ({status}): valid ppl {ppl(val_loss):.2f}")
                 best_state = state.copy()
                 best_state.best_val_loss = val_loss
                 with self.schedule.averaged():
@@ -307,7 +323,13 @@ class Trainer:
         with self.schedule.averaged():
             return self.evaluator.valid_loss(self.model)
 
+    def _log_validation(self, val_loss: float) -> None:
+        state = self.state
+        self.logger.log({"val/loss": val_loss, "val/ppl": ppl(val_loss)}, state.step)
+        self.csv.row(state, self.budget.elapsed(), self.schedule.lr, valid_ppl=ppl(val_loss))
+
     def _snapshot(self, state: RunState) -> Snapshot:
+        state.elapsed = self.budget.elapsed()  # at least every row logged before: wall_s continues on resume
         rng = capture_rng(self.stream.generator, self.shared.generator)
         return Snapshot(state, rng, self.stream.capture(self.model))
 

@@ -95,6 +95,34 @@ def run_train(rank, overrides, out, resume=None, nan_at=0, skew=False):
             train_step_module.regularized_loss = real_loss
 
 
+def timed(rank, overrides, out):
+    """max_minutes on fake clocks that run at different speeds on the two ranks (6 and 9 s a
+    step): the steps done, each step's budget progress and the metrics.csv path, as this rank saw them."""
+    import qrnn_lm.training.budget as budget_module
+    import qrnn_lm.training.optimizer as optimizer_module
+    real_step, real_schedule_step, real_clock = train_module.train_step, optimizer_module.Schedule.step, budget_module.wall_clock
+    real_csv = train_module.MetricsCsv
+    calls, progress, csv_paths = [], [], []
+    def step(*args):
+        calls.append(1)
+        return real_step(*args)
+    def schedule_step(self, ratio, at):
+        progress.append(at)
+        return real_schedule_step(self, ratio, at)
+    def metrics_csv(path, *args):
+        csv_paths.append(None if path is None else str(path))
+        return real_csv(path, *args)
+    train_module.train_step, optimizer_module.Schedule.step = step, schedule_step
+    train_module.MetricsCsv = metrics_csv
+    budget_module.wall_clock = lambda: (6.0 + 3.0 * rank) * len(calls)
+    try:
+        results = train_module.train(load_config(TINY, overrides), Path(out), device="cpu", progress=False)
+        return {"results": results, "progress": progress, "csv_paths": csv_paths}
+    finally:
+        train_module.train_step, optimizer_module.Schedule.step = real_step, real_schedule_step
+        train_module.MetricsCsv, budget_module.wall_clock = real_csv, real_clock
+
+
 def stop_one_rank(rank, overrides, out, at):
     """Rank 1 alone gets SIGTERM, in the middle of its step ``at``: which step each rank stopped at."""
     import signal

@@ -26,6 +26,7 @@ from qrnn_lm.training import distributed
 from qrnn_lm.models.checkpoint import load_checkpoint
 from qrnn_lm.config import UserError, load_config
 from qrnn_lm.training import train
+from qrnn_lm.training.metrics_csv import read_rows
 from qrnn_lm.training.stream import make_stream
 
 REPO = Path(__file__).resolve().parents[2]
@@ -125,6 +126,9 @@ def two_ranks(corpus, tmp_path_factory):
          "args": {"overrides": config_overrides(corpus), "out": str(tmp / "skew"), "skew": True}},
         {"name": "nan", "kind": "run_train",
          "args": {"overrides": config_overrides(corpus), "out": str(tmp / "nan"), "nan_at": 4}},
+        {"name": "timed", "kind": "timed",
+         "args": {"overrides": config_overrides(corpus, "train.max_minutes=1", 'train.lr_schedule="cosine"'),
+                  "out": str(tmp / "timed")}},
         {"name": "stop_one_rank", "kind": "stop_one_rank",
          "args": {"overrides": config_overrides(corpus), "out": str(tmp / "stop-one-rank"), "at": 4}},
     ]
@@ -223,6 +227,20 @@ def test_a_stop_signal_on_one_rank_stops_every_rank_at_the_same_step(two_ranks):
     stops = [rank["stop_one_rank"] for rank in ranks]
     assert stops == [{"stopped_after": 4, "signum": 15}] * 2  # rank 0 was never signalled itself
     assert load_checkpoint(tmp / "stop-one-rank" / "last.pt")["counters"]["step"] == 4  # rank 0 saved
+
+
+def test_a_time_budget_stops_every_rank_at_the_same_step_with_the_same_schedule(two_ranks):
+    tmp, _, ranks = two_ranks
+    timed = [rank["timed"] for rank in ranks]
+    # Rank 1's clock says 9 s a step, rank 0's 6 s: both go by the slower one, 60 s after step 7.
+    assert [report["results"]["steps"] for report in timed] == [7, 7]
+    assert {report["results"]["status"] for report in timed} == {"max_minutes"}
+    assert timed[0]["progress"] == timed[1]["progress"] == pytest.approx([9 * k / 60 for k in range(1, 7)] + [1.0])
+    assert load_checkpoint(tmp / "timed" / "last.pt")["history"]["elapsed_s"] >= 60.0  # resumes as stopped
+    assert [report["csv_paths"] for report in timed] == [[str(tmp / "timed" / "metrics.csv")], [None]]
+    text = (tmp / "timed" / "metrics.csv").read_text()  # rank 0 alone writes it: every step once
+    assert text.count("step,") == 1 and [row["step"] for row in read_rows(tmp / "timed" / "metrics.csv")
+                                        if row["train_loss"]] == [str(k) for k in range(1, 8)]
 
 
 def test_a_rank_that_dies_stops_every_rank_without_a_hang(corpus, tmp_path):

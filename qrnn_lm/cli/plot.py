@@ -1,0 +1,137 @@
+"""``qrnn-lm plot``: the validation perplexity of one or more runs against wall-clock minutes and
+against training tokens, one line per run, from each run folder's ``metrics.csv`` and
+``config.toml``.
+
+A reader of run folders: standard library only, and matplotlib (the optional ``plot`` extra),
+imported inside the command. It does not import torch, so it starts at once.
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ..config import UserError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+INSTALL = "pip install 'qrnn-lm[plot]'"
+
+
+@dataclass
+class Curve:
+    """One run's validation points: its label, wall-clock minutes, tokens seen, perplexities."""
+
+    label: str
+    minutes: list[float]
+    tokens: list[int]
+    ppl: list[float]
+
+
+def run_label(folder: Path) -> str:
+    """``"<name> (<model type>)"`` from the run's ``config.toml`` (the raw TOML: ``model.rnn``
+    defaults to "qrnn"; without the file, the folder's name)."""
+    path = folder / "config.toml"
+    if not path.is_file():
+        return f"{folder.name} (qrnn)"
+    try:
+        values = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
+        raise UserError(f"{path} is not valid TOML ({error}); pass run folders written by qrnn-lm train") from None
+    model = values.get("model", {})
+    rnn = model.get("rnn", "qrnn") if isinstance(model, dict) else "qrnn"
+    return f"{values.get('name', folder.name)} ({rnn})"
+
+
+def read_curve(folder: Path) -> Curve:
+    """The validation rows of ``folder/metrics.csv`` (UserError naming the folder when it has none)."""
+    if not folder.is_dir():
+        raise UserError(f"{folder} is not a run folder; pass folders written by qrnn-lm train (e.g. runs/ptb-small)")
+    path = folder / "metrics.csv"
+    if not path.is_file():
+        raise UserError(f"{folder} holds no metrics.csv: plot needs a run trained by a qrnn-lm that writes it "
+                        "(train or resume it once)")
+    curve = Curve(run_label(folder), [], [], [])
+    with path.open(newline="", encoding="utf-8") as file:
+        for row in csv.DictReader(file):
+            if not row.get("valid_ppl"):
+                continue  # a training row
+            try:
+                minutes, tokens, ppl = float(row["wall_s"]) / 60, int(row["tokens"]), float(row["valid_ppl"])
+            except (TypeError, ValueError):
+                raise UserError(f"{path} has a damaged row ({row}); delete that line and plot again") from None
+            curve.minutes.append(minutes)
+            curve.tokens.append(tokens)
+            curve.ppl.append(ppl)
+    if not curve.ppl:
+        raise UserError(f"{folder}/metrics.csv has no validation rows yet: plot it after its first validation "
+                        "(the end of an epoch)")
+    return curve
+
+
+def _figure_class() -> Any:
+    """matplotlib's Figure (no pyplot: no GUI backend, no global state), or a one-line UserError."""
+    try:
+        import matplotlib  # noqa: F401 - first: a missing package fails here, even with submodules cached
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise UserError(f"qrnn-lm plot draws with matplotlib, which is not installed: {INSTALL}") from None
+    return Figure
+
+
+def plot_curves(curves: list[Curve], out: Path) -> Any:
+    """Draw ``curves`` into ``out`` (format from its suffix: .png, .pdf, .svg); returns the Figure."""
+    from matplotlib.ticker import LogFormatter
+
+    figure = _figure_class()(figsize=(11, 4.5), layout="constrained")
+    by_time, by_tokens = figure.subplots(1, 2, sharey=True)
+    for curve in curves:
+        by_time.plot(curve.minutes, curve.ppl, marker="o", markersize=3, label=curve.label)
+        by_tokens.plot(curve.tokens, curve.ppl, marker="o", markersize=3, label=curve.label)
+    for axes, xlabel in ((by_time, "wall-clock minutes"), (by_tokens, "training tokens seen")):
+        axes.set_xlabel(xlabel)
+        axes.set_yscale("log")
+        for ticks in (axes.yaxis.set_major_formatter, axes.yaxis.set_minor_formatter):
+            ticks(LogFormatter(labelOnlyBase=False))  # plain numbers (180, 250), not 1.8 x 10^2
+        axes.grid(True, which="both", alpha=0.3)
+    by_time.set_ylabel("validation perplexity")
+    by_tokens.legend()
+    try:
+        figure.savefig(out, dpi=120)
+    except ValueError as error:  # an unknown format
+        raise UserError(f"cannot write {out}: {error}; use a .png, .pdf or .svg file") from None
+    except OSError as error:
+        raise UserError(f"cannot write {out}: {error.strerror or error}") from None
+    return figure
+
+
+def plot_command(
+    runs: Annotated[list[Path], typer.Argument(metavar="RUN...", help="Run folders (each with metrics.csv).")],
+    out: Annotated[Path, typer.Option("--out", "-o", metavar="FILE", help="The image to write (.png, .pdf, .svg).")],
+):
+    """Plot validation perplexity against wall-clock minutes (left) and tokens seen (right), one line per run.
+
+    Needs matplotlib (pip install 'qrnn-lm[plot]'). Example:
+    qrnn-lm plot runs/ptb-small runs/ptb-small-lstm --out ptb.png
+    """
+    try:
+        _figure_class()  # before reading anything: say at once what to install
+        curves = [read_curve(folder) for folder in runs]
+        labels = [curve.label for curve in curves]
+        for curve, folder in zip(curves, runs):
+            if labels.count(curve.label) > 1:  # two runs of one recipe: tell them apart
+                curve.label = f"{curve.label} {folder}"
+        plot_curves(curves, out)
+    except UserError as error:
+        message = " ".join(part.strip() for part in str(error).splitlines() if part.strip())
+        typer.echo(f"error: {message}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"wrote {out} ({len(curves)} run{'s' if len(curves) != 1 else ''})")

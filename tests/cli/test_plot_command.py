@@ -1,0 +1,93 @@
+"""``qrnn-lm plot``: one PNG, two panels, one labelled line per run (name and model type), and
+one-line errors for a missing matplotlib, a folder without metrics.csv or without validations."""
+
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from qrnn_lm.cli import plot as plot_module
+from qrnn_lm.cli.commands import app
+from qrnn_lm.cli.plot import plot_curves, read_curve
+
+runner = CliRunner()
+PNG = b"\x89PNG\r\n\x1a\n"
+HEADER = "step,epoch,tokens,wall_s,train_loss,valid_ppl,lr\n"
+
+
+def write_run(folder: Path, config: str, rows: str) -> Path:
+    folder.mkdir()
+    (folder / "config.toml").write_text(config)
+    (folder / "metrics.csv").write_text(HEADER + rows)
+    return folder
+
+
+@pytest.fixture
+def runs(tmp_path):
+    qrnn = write_run(tmp_path / "qrnn-run", 'name = "ptb-small"\n[model]\nhidden_size = 8\n',
+                     "10,1,400,30.000,5.1,,30\n17,1,624,60.000,,250.5,30\n34,2,1248,120.000,,180.25,30\n")
+    lstm = write_run(tmp_path / "lstm-run", 'name = "ptb-small-lstm"\n[model]\nrnn = "lstm"\n',
+                     "17,1,700,90.000,,300,30\n")
+    return qrnn, lstm
+
+
+def assert_one_line_error(result, *fragments):
+    assert result.exit_code == 1, (result.exit_code, result.output, result.exception)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.output and result.stdout == ""
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_plot_writes_one_png_with_a_line_per_run(runs, tmp_path):
+    out = tmp_path / "curves.png"
+    result = runner.invoke(app, ["plot", *map(str, runs), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert out.read_bytes().startswith(PNG) and f"wrote {out} (2 runs)" in result.stdout
+
+
+def test_the_panels_plot_perplexity_against_minutes_and_tokens_labelled_by_name_and_model(runs, tmp_path):
+    figure = plot_curves([read_curve(folder) for folder in runs], tmp_path / "curves.png")
+    by_time, by_tokens = figure.axes
+    for axes in (by_time, by_tokens):
+        assert axes.get_legend_handles_labels()[1] == ["ptb-small (qrnn)", "ptb-small-lstm (lstm)"]
+        assert axes.get_yscale() == "log"
+    assert "minutes" in by_time.get_xlabel() and "tokens" in by_tokens.get_xlabel()
+    assert "perplexity" in by_time.get_ylabel()
+    qrnn_time, qrnn_tokens = by_time.lines[0], by_tokens.lines[0]
+    assert list(qrnn_time.get_xdata()) == [1.0, 2.0] and list(qrnn_time.get_ydata()) == [250.5, 180.25]
+    assert list(qrnn_tokens.get_xdata()) == [624, 1248]  # validation rows only
+    assert by_time.lines[1].get_xdata()[0] == 1.5
+
+
+def test_two_runs_of_one_recipe_are_told_apart(runs, tmp_path, monkeypatch):
+    other = write_run(tmp_path / "again", 'name = "ptb-small"\n', "17,1,624,30.000,,240,30\n")
+    seen, real = [], plot_module.plot_curves
+    monkeypatch.setattr(plot_module, "plot_curves", lambda curves, out: seen.append(curves) or real(curves, out))
+    result = runner.invoke(app, ["plot", str(runs[0]), str(other), "-o", str(tmp_path / "x.png")])
+    assert result.exit_code == 0, result.output
+    assert [curve.label for curve in seen[0]] == [f"ptb-small (qrnn) {runs[0]}", f"ptb-small (qrnn) {other}"]
+
+
+def test_without_matplotlib_plot_says_what_to_install(runs, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    result = runner.invoke(app, ["plot", str(runs[0]), "--out", str(tmp_path / "x.png")])
+    assert_one_line_error(result, "matplotlib", "pip install 'qrnn-lm[plot]'")
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_runs_without_validations_are_one_line_errors_naming_the_folder(runs, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = runner.invoke(app, ["plot", str(runs[0]), str(empty), "--out", str(tmp_path / "x.png")])
+    assert_one_line_error(result, str(empty), "no metrics.csv")
+    young = write_run(tmp_path / "young", 'name = "young"\n', "10,1,400,30.000,5.1,,30\n")
+    result = runner.invoke(app, ["plot", str(young), "--out", str(tmp_path / "x.png")])
+    assert_one_line_error(result, str(young), "no validation rows")
+    result = runner.invoke(app, ["plot", str(tmp_path / "missing"), "--out", str(tmp_path / "x.png")])
+    assert_one_line_error(result, str(tmp_path / "missing"), "not a run folder")
+    result = runner.invoke(app, ["plot", str(runs[0]), "--out", str(tmp_path / "x.unknown")])
+    assert_one_line_error(result, "x.unknown", ".png")
+    assert not (tmp_path / "x.png").exists()
