@@ -102,7 +102,9 @@ class TrainConfig:
     # (chunked when one batch's float32 logits would exceed softmax_memory_mb). Same values either way.
     softmax: str = "auto"
     softmax_memory_mb: int = 1024  # the "auto" threshold, in MiB of float32 logits
-    # "fp32", "bf16" (autocast; also on CPU) or "fp16" (autocast with a gradient scaler; CUDA only)
+    # "fp32", "bf16" (autocast; also on CPU), "fp16" (autocast with a gradient scaler; CUDA only) or
+    # "auto": bf16 where the device has native bfloat16 products (a recent GPU; a CPU with
+    # AVX512-BF16/AMX such as AMD Zen 4/5), else fp32 (emulated bf16 is slower than fp32).
     precision: str = "fp32"
     compile: bool = False  # torch.compile the model for training
 
@@ -220,8 +222,8 @@ def validate(config: Config) -> None:
         (config.train.softmax in ("auto", "full", "chunked"),
          f"train.softmax must be 'auto', 'full' or 'chunked', got {config.train.softmax!r}"),
         (config.train.softmax_memory_mb >= 0, "train.softmax_memory_mb must be >= 0"),
-        (config.train.precision in ("fp32", "bf16", "fp16"),
-         f"train.precision must be 'fp32', 'bf16' or 'fp16', got {config.train.precision!r}"),
+        (config.train.precision in ("fp32", "bf16", "fp16", "auto"),
+         f"train.precision must be 'fp32', 'bf16', 'fp16' or 'auto', got {config.train.precision!r}"),
     ]
     for name in ("zoneout", "dropout_emb", "dropout_input", "dropout_hidden", "dropout_output", "weight_drop"):
         value = getattr(config.model, name)

@@ -44,7 +44,7 @@ from ..config import Config, ModelConfig, TrainConfig
 from ..models import QRNNLanguageModel, embedding_dropout
 from ..nn import QRNNLayer
 from ..training.optimizer import make_optimizer
-from ..training.precision import precision_context
+from ..training.precision import precision_context, resolve_precision
 from ..training.step import regularized_loss
 from .lm_config import check_precision
 from .model_flops import find_lstm, step_flops
@@ -154,8 +154,11 @@ def run(config: Config | None = None, vocab_size: int = 10000, repeats: int = 5,
     ``{part: {ms, gflop, matmul_gflop, gflops, peak_fraction}}``.
     """
     config = config or Config()
+    device = torch.device(device)
+    config = dataclasses.replace(config, train=dataclasses.replace(
+        config.train, precision=resolve_precision(config.train.precision, device)))
     check_precision(config.train.precision)
-    device, dtype = torch.device(device), DTYPES[config.train.precision]
+    dtype = DTYPES[config.train.precision]
     model_config = dataclasses.replace(config.model, weight_drop=0.0)
     bptt, batch_size, train = config.data.bptt, config.data.batch_size, config.train
     peak_size = peak_size or default_peak_size(device)

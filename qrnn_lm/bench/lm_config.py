@@ -37,12 +37,14 @@ def bench_config(config_file: str | Path | None = None, sets: list[str] = (), **
         raise TypeError(f"unknown size options {sorted(unknown)}; expected some of {sorted(OPTION_KEYS)}")
     overrides = list(sets) + [f"{OPTION_KEYS[name]}={value}" for name, value in options.items() if value is not None]
     config = load_config(config_file, overrides)
-    check_precision(config.train.precision)
+    if config.train.precision != "auto":  # "auto" is resolved for the device when the bench runs
+        check_precision(config.train.precision)
     return config
 
 
 def check_precision(precision: str) -> None:
-    """ConfigError unless the bench can time ``precision`` (fp32 or bf16)."""
+    """ConfigError unless the bench can time ``precision`` (fp32 or bf16; "auto" is resolved for
+    the device before this check)."""
     if precision not in PRECISIONS:
         raise ConfigError(f"qrnn-lm bench lm times train.precision 'fp32' or 'bf16', got {precision!r}; "
                           "use --set train.precision=bf16")

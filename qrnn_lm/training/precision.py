@@ -5,6 +5,9 @@
   fp32's exponent range). Works on CPU and CUDA.
 * ``"fp16"``: autocast with float16 and a :class:`torch.amp.GradScaler` against gradient
   underflow; CUDA only (the CPU's float16 matrix products are slow or missing).
+* ``"auto"``: ``"bf16"`` where the device computes bfloat16 products natively (a CUDA GPU that
+  supports it; a CPU with AVX512-BF16 or AMX-BF16, e.g. AMD Zen 4/5, Intel Sapphire Rapids), else
+  ``"fp32"``: on a CPU without those instructions bfloat16 is emulated and slower than float32.
 
 The weights, optimiser state, checkpoints and evaluation stay float32: autocast only changes the
 dtype the operations compute in, so a run can be resumed or evaluated at any precision.
@@ -13,14 +16,37 @@ dtype the operations compute in, so a run can be resumed or evaluated at any pre
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 
 import torch
 
 from ..config import UserError
 
-__all__ = ["precision_context", "make_scaler", "check_precision"]
+__all__ = ["precision_context", "make_scaler", "check_precision", "resolve_precision", "cpu_has_native_bf16"]
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def cpu_has_native_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
+    """Whether the CPU's flags (Linux's ``/proc/cpuinfo``) list bfloat16 dot-product instructions;
+    False where the file does not exist (other systems: the safe choice is float32)."""
+    try:
+        flags = Path(cpuinfo).read_text(encoding="utf-8", errors="replace").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``train.precision`` as it will run on ``device``: ``"auto"`` becomes ``"bf16"`` or ``"fp32"``
+    (see the module docstring), the others stay as they are."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    if device.type == "cpu":
+        return "bf16" if cpu_has_native_bf16() else "fp32"
+    return "fp32"
 
 
 def check_precision(precision: str, device: torch.device) -> None:

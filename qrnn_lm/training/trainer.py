@@ -36,6 +36,7 @@ rank stops, or checkpoints, at the same step, and rank 0 saves.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -56,7 +57,7 @@ from .interrupts import Interrupted, StopSignals, sigint_deferred
 from .metrics import Meter, make_logger
 from .metrics_csv import MetricsCsv
 from .optimizer import Schedule
-from .precision import make_scaler
+from .precision import make_scaler, resolve_precision
 from .results import ppl, run_results, write_results
 from .state import RunState, SharedMasks, Snapshot, capture_rng
 from .step import TrainingError, train_step
@@ -151,7 +152,12 @@ class Trainer:
             self.stream.restore(self.model, resumed.payload["stream"], device)
         self.budget = Budget(config.train, self.stream.limit, self.state.elapsed)
         self.evaluator = Evaluator(self.corpus, config.data, device)
-        self.scaler = make_scaler(config.train.precision, device)  # fp16 only; not checkpointed
+        # "auto" decided once for this device; config.toml keeps what the user asked for.
+        self.step_config = dataclasses.replace(
+            config.train, precision=resolve_precision(config.train.precision, device))
+        if config.train.precision == "auto":
+            self.console.echo(f"precision auto: {self.step_config.precision} on {device.type}")
+        self.scaler = make_scaler(self.step_config.precision, device)  # fp16 only; not checkpointed
         # torch.compile'd for training only: validation, test and checkpoints use the eager model.
         trained = torch.compile(self.model) if config.train.compile else self.model
         self.ddp = distributed.wrap_ddp(trained, device)  # what training calls
@@ -225,7 +231,7 @@ class Trainer:
         inputs, targets = self.stream.next_segment(state.position)  # [L, B / ranks]
         where = f"at epoch {state.epoch}, step {state.step + 1}"
         result = train_step(self.ddp, self.schedule.optimizer, inputs, targets, self.stream.hidden,
-                            self.config.train, where, self.scaler)
+                            self.step_config, where, self.scaler)
         seq_len, tokens = inputs.size(0), targets.numel() * self.world_size  # every rank's tokens
         self.budget.tick()  # the clock for this step's schedule and the stop after it
         progress = self.budget.progress(state.step + 1, state.epoch, state.position + seq_len)

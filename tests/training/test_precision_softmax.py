@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import qrnn_lm.training.metrics as metrics_module
+import qrnn_lm.training.precision as precision_module
 from qrnn_lm.config import UserError
 from qrnn_lm.inference.evaluate import evaluate_checkpoint
 from qrnn_lm.inference.generate import generate
@@ -70,6 +71,27 @@ def test_bf16_trains_on_the_cpu_and_keeps_float32_checkpoints(corpus, tmp_path, 
     # eval is unchanged (float32): the checkpoint evaluates to the run's own test loss.
     evaluated = evaluate_checkpoint(tmp_path / "bf16" / "best.pt", split="test", data=corpus, progress=False)
     assert evaluated["loss"] == pytest.approx(results["test_loss"], rel=1e-6)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_trains_in_bf16_only_where_the_cpu_has_it(corpus, tmp_path, monkeypatch, native):
+    monkeypatch.setattr(precision_module, "cpu_has_native_bf16", lambda: native)
+    expected, _ = run_losses(corpus, tmp_path / "explicit", f"train.precision={'bf16' if native else 'fp32'}",
+                             monkeypatch=monkeypatch)
+    auto, _ = run_losses(corpus, tmp_path / "auto", "train.precision=auto", monkeypatch=monkeypatch)
+    assert auto == expected
+    assert 'precision = "auto"' in (tmp_path / "auto" / "config.toml").read_text()  # what the user asked for
+
+
+def test_cpu_bf16_detection_reads_the_cpu_flags(tmp_path):
+    zen4 = tmp_path / "zen4"
+    zen4.write_text("processor : 0\nflags : fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni\n")
+    zen3 = tmp_path / "zen3"
+    zen3.write_text("processor : 0\nflags : fpu sse2 avx2 fma\n")
+    assert precision_module.cpu_has_native_bf16(zen4)
+    assert not precision_module.cpu_has_native_bf16(zen3)
+    assert not precision_module.cpu_has_native_bf16(tmp_path / "missing")
+    assert precision_module.resolve_precision("fp32", torch.device("cpu")) == "fp32"
 
 
 def test_fp16_on_the_cpu_is_a_user_error(corpus, tmp_path):
