@@ -61,7 +61,7 @@ from .precision import make_scaler, resolve_precision
 from .results import ppl, run_results, write_results
 from .state import RunState, SharedMasks, Snapshot, capture_rng
 from .step import TrainingError, train_step
-from .stream import TrainingStream, load_corpus
+from .stream import TrainingStream, load_corpus, restore_stream
 
 __all__ = ["train", "Trainer", "TrainingError"]
 
@@ -297,16 +297,9 @@ class Trainer:
     def _finish(self, status: str, seconds: float) -> dict[str, Any]:
         state, config = self.state, self.config
         if status in ("max_steps", "max_minutes"):
-            self._save("last")
-            if not self.checkpointer.has_best():
-                # No epoch finished yet: validate once so there is a best.pt to test, eval and sample.
-                val_loss = self.validate()
-                self._log_validation(val_loss)
-                self.console.echo(f"stopped at step {state.step} ({status}): valid ppl {ppl(val_loss):.2f}")
-                best_state = state.copy()
-                best_state.best_val_loss = val_loss
-                with self.schedule.averaged():
-                    self._save("best", self._snapshot(best_state))
+            if state.position > 0 or not self.checkpointer.has_best():
+                self._validate_at_stop(status)
+            self._save("last")  # after the validation: with the best_val_loss a resumed run compares with
         model, best_val = self.checkpointer.load_best(self.device)
         test_loss, test_tokens = self.evaluator.test_loss(model, progress=self.console.progress)
         results = run_results(config, state, status, best_val, test_loss, test_tokens, self.out_dir, seconds)
@@ -321,6 +314,22 @@ class Trainer:
         self.console.echo(f"test loss {test_loss:.3f} | test ppl {ppl(test_loss):.2f} (best.pt, batch size "
                           f"{config.data.test_batch_size})")
         return results
+
+    def _validate_at_stop(self, status: str) -> None:
+        """A limit cut the epoch: validate the steps since the last validation (a schedule's last,
+        lowest-rate steps are usually its best) and keep them as best.pt when they are better, or
+        when no epoch finished and there is no best.pt yet to test, eval and sample."""
+        state = self.state
+        with sigint_deferred():  # a few seconds; last.pt is written right after
+            carried = self.stream.capture(self.model)
+            val_loss = self.validate()
+            restore_stream(self.model, carried, self.device)  # evaluation reset the layers' saved inputs
+            self._log_validation(val_loss)
+            self.console.echo(f"stopped at step {state.step} ({status}): valid ppl {ppl(val_loss):.2f}")
+            if val_loss < state.best_val_loss or not self.checkpointer.has_best():
+                state.best_val_loss = val_loss
+                with self.schedule.averaged():
+                    self._save("best")
 
     # -- the pieces the loop calls -----------------------------------------------------------------
 

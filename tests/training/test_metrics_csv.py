@@ -1,6 +1,7 @@
 """metrics.csv: its exact columns, one row per log interval and per validation, flushed at once,
 and a resumed run that continues the file (one header, no step twice, wall_s going on)."""
 
+import math
 from pathlib import Path
 
 import pytest
@@ -8,6 +9,7 @@ import pytest
 import qrnn_lm.training.budget as budget_module
 import qrnn_lm.training.trainer as train_module
 from qrnn_lm.config import load_config
+from qrnn_lm.models.checkpoint import load_checkpoint
 from qrnn_lm.training import train
 from qrnn_lm.training.metrics_csv import COLUMNS, MetricsCsv, read_rows
 from qrnn_lm.training.state import RunState
@@ -110,3 +112,20 @@ def test_a_row_cut_short_by_a_kill_is_dropped_on_resume(tmp_path):
     unchanged = path.read_text()
     MetricsCsv(path, resume_step=7).close()  # nothing to drop: the file is left as it is
     assert path.read_text() == unchanged and sorted(p.name for p in tmp_path.iterdir()) == ["metrics.csv"]
+
+
+@pytest.mark.parametrize("losses, best_step", [((3.0, 2.0), 30), ((2.0, 3.0), 17)])
+def test_a_limit_inside_an_epoch_validates_the_steps_since_the_last_validation(corpus, tmp_path, monkeypatch,
+                                                                                losses, best_step):
+    """tiny has 17 steps an epoch: a stop at step 30 validates epoch 2's first 13 steps too, and keeps
+    them as best.pt when they are better (a schedule's last steps are usually its best)."""
+    given = iter(losses)
+    monkeypatch.setattr(train_module.Trainer, "validate", lambda self: next(given))
+    results = run(corpus, tmp_path / "run", "train.epochs=3", "train.max_steps=30")
+    valid_rows = [row for row in read_rows(tmp_path / "run" / "metrics.csv") if row["valid_ppl"]]
+    assert [row["step"] for row in valid_rows] == ["17", "30"]
+    assert results["best_val_ppl"] == pytest.approx(math.exp(min(losses)))
+    best = load_checkpoint(tmp_path / "run" / "best.pt")
+    last = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert best["counters"]["step"] == best_step
+    assert last["history"]["best_val_loss"] == min(losses)  # what a resumed run compares with
