@@ -85,7 +85,8 @@ def lstm_scan(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh):
 
     ``x [T, B, I]``, ``h0, c0 [B, H]``; weights as ``nn.LSTM``'s layer 0. Returns ``(output
     [T, B, H], h_n [B, H], c_n [B, H])``. The input projection of all steps is one matrix product.
-    Inference only (export runs under ``torch.no_grad``).
+    For export only (under ``torch.no_grad``, as export runs it): called eagerly, torch's scan
+    compiles itself with dynamo, which in torch 2.14 breaks a later ONNX export of a scan.
     """
     from torch._higher_order_ops.scan import scan
 
