@@ -44,17 +44,23 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
+    # the recurrent layers: "qrnn" (AWD-QRNN) or "lstm" (AWD-LSTM as salesforce/awd-lstm-lm builds it:
+    # one single-layer nn.LSTM per layer, weight drop on its hidden-to-hidden weights; see docs/lstm.md).
+    # Every other key means the same for both, except first_window, window and zoneout: QRNN only.
+    rnn: str = "qrnn"
     emb_size: int = 400  # embedding size; also the last layer's hidden size when weights are tied
-    hidden_size: int = 1550  # hidden size of every QRNN layer but the last
-    num_layers: int = 4  # QRNN layers
-    first_window: int = 2  # convolution window of the first layer (sees x_t and x_{t-1})
-    window: int = 1  # convolution window of the other layers
-    zoneout: float = 0.0  # probability of keeping a unit's previous state (on the forget gate)
+    hidden_size: int = 1550  # hidden size of every recurrent layer but the last
+    num_layers: int = 4  # recurrent layers
+    first_window: int = 2  # QRNN only: convolution window of the first layer (sees x_t and x_{t-1})
+    window: int = 1  # QRNN only: convolution window of the other layers
+    zoneout: float = 0.0  # QRNN only: probability of keeping a unit's previous state (on the forget gate)
     dropout_emb: float = 0.1  # drops whole words from the embedding matrix (awd "dropoute")
     dropout_input: float = 0.4  # locked dropout on the embedded input (awd "dropouti")
-    dropout_hidden: float = 0.3  # locked dropout between QRNN layers (awd "dropouth")
+    dropout_hidden: float = 0.3  # locked dropout between recurrent layers (awd "dropouth")
     dropout_output: float = 0.4  # locked dropout on the last layer's output (awd "dropout")
-    weight_drop: float = 0.1  # DropConnect on the QRNN gate weights (awd "wdrop")
+    # DropConnect (awd "wdrop") on the QRNN gate weights, or on each LSTM's hidden-to-hidden weights
+    # weight_hh_l0 (as awd-lstm-lm's WeightDrop); a fresh mask per segment, in training only.
+    weight_drop: float = 0.1
     tie_weights: bool = True  # share the embedding matrix with the decoder
     # "softmax": a linear decoder (tied when tie_weights) and the exact full softmax, computed whole
     # or in chunks (see train.softmax); "adaptive": torch.nn.AdaptiveLogSoftmaxWithLoss (its own,
@@ -185,8 +191,28 @@ def config_to_dict(config: Config) -> dict:
     return dataclasses.asdict(config)
 
 
+RNNS = ("qrnn", "lstm")  # the values of model.rnn
+QRNN_ONLY_KEYS = ("first_window", "window", "zoneout")  # [model] keys an LSTM model has no use for
+
+
+def check_rnn(model: ModelConfig) -> None:
+    """model.rnn is known, and an LSTM model sets no QRNN-only key away from its default (it
+    would silently mean nothing)."""
+    if model.rnn not in RNNS:
+        raise ConfigError(f"model.rnn must be one of {', '.join(repr(name) for name in RNNS)}, got {model.rnn!r}")
+    if model.rnn == "qrnn":
+        return
+    defaults = ModelConfig()
+    for key in QRNN_ONLY_KEYS:
+        value = getattr(model, key)
+        if value != getattr(defaults, key):
+            raise ConfigError(f"model.{key} = {value!r} is a QRNN setting that model.rnn = \"{model.rnn}\" has no use for; "
+                              f"remove it (or --set model.{key}={getattr(defaults, key)!r}), or use model.rnn=\"qrnn\"")
+
+
 def validate(config: Config) -> None:
     """Range checks that types alone do not catch."""
+    check_rnn(config.model)
     checks = [
         (config.data.batch_size >= 1, "data.batch_size must be >= 1"),
         (config.data.eval_batch_size >= 1, "data.eval_batch_size must be >= 1"),

@@ -18,7 +18,7 @@ import torch
 
 from qrnn_lm.bench.timing import machine_description, synchronize
 from qrnn_lm.config import load_config
-from qrnn_lm.models import QRNNLanguageModel
+from qrnn_lm.models import LanguageModel
 from qrnn_lm.training.precision import make_scaler
 from qrnn_lm.training.step import train_step
 
@@ -27,7 +27,7 @@ VOCAB = 10_000  # PTB's
 
 def tokens_per_second(config, device, precision, compiled, steps, warmup) -> float:
     torch.manual_seed(0)
-    model = QRNNLanguageModel(VOCAB, config.model, config.train.softmax, config.train.softmax_memory_mb).to(device)
+    model = LanguageModel(VOCAB, config.model, config.train.softmax, config.train.softmax_memory_mb).to(device)
     trained = torch.compile(model) if compiled else model
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
     train = dataclasses.replace(config.train, precision=precision)

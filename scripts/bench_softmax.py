@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from qrnn_lm.bench.timing import machine_description, synchronize, time_round_robin
 from qrnn_lm.config import load_config
-from qrnn_lm.models import QRNNLanguageModel
+from qrnn_lm.models import LanguageModel
 from qrnn_lm.models.softmax import chunked_cross_entropy
 
 WT103_VOCAB, WT103_EMB, AWD_CUTOFFS = 267_735, 400, [2800, 20000, 76000]
@@ -59,7 +59,7 @@ def ratio(args) -> None:
     print(f"decoder loss + backward, {n} tokens x {vocab} words, emb {emb} (median s; ratio to full)")
     _print_ratios(time_round_robin(candidates, args.repeats, 3))
 
-    model = QRNNLanguageModel(vocab, config.model)
+    model = LanguageModel(vocab, config.model)
     inputs = torch.randint(0, vocab, (bptt, batch))
     step_targets = torch.randint(0, vocab, (bptt, batch))
 

@@ -74,6 +74,29 @@ def test_file_errors_are_user_errors(tmp_path):
         load_config(bad)
 
 
+def test_model_rnn_defaults_to_qrnn_and_takes_lstm():
+    assert load_config(None).model.rnn == "qrnn"
+    assert config_from_dict({"model": {}}).model.rnn == "qrnn"  # an old checkpoint's config, without the key
+    config = load_config(None, ["model.rnn=lstm"])
+    assert config.model.rnn == "lstm"
+    assert load_config(None, ['model.rnn="lstm"', "model.first_window=2", "model.window=1", "model.zoneout=0"]) == config
+
+
+def test_a_bad_model_rnn_names_the_valid_ones():
+    with pytest.raises(ConfigError, match=r"model.rnn must be one of 'qrnn', 'lstm', got 'gru'") as info:
+        load_config(None, ["model.rnn=gru"])
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("override", ["model.window=2", "model.first_window=1", "model.zoneout=0.1"])
+def test_qrnn_only_keys_away_from_their_default_are_errors_for_an_lstm(override):
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=rf"{key} = .* is a QRNN setting .*remove it .*model.rnn=\"qrnn\"") as info:
+        load_config(None, ["model.rnn=lstm", override])
+    assert "\n" not in str(info.value)
+    load_config(None, ["model.rnn=qrnn", override])  # a QRNN takes it
+
+
 @pytest.mark.parametrize("override, message", [
     ("model.decoder=split", "model.decoder"),
     ("model.adaptive_cutoffs=[20, 10]", "adaptive_cutoffs"),

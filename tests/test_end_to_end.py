@@ -134,6 +134,42 @@ def test_generate_needs_no_data_and_is_reproducible_by_seed(run, tmp_path):
     assert first.stderr == ""
 
 
+@pytest.fixture(scope="module")
+def lstm_run(tmp_path_factory):
+    """tiny.toml with AWD-LSTM layers (its zoneout, a QRNN setting, back to 0) for STEPS steps."""
+    root = tmp_path_factory.mktemp("e2e-lstm")
+    corpus = write_corpus(root / "corpus")
+    out = root / "run"
+    result = invoke("train", "--data", corpus, "--config", TINY, "--out", out, "--set", 'model.rnn="lstm"',
+                    "--set", "model.zoneout=0", "--max-steps", STEPS, "--device", "cpu", "--no-progress")
+    assert result.exit_code == 0, (result.output, result.exception)
+    return out, corpus
+
+
+def test_an_lstm_run_evals_and_generates_from_its_checkpoint_alone(lstm_run, tmp_path):
+    out, corpus = lstm_run
+    assert load_config(out / "config.toml").model.rnn == "lstm"
+    results = json.loads((out / "results.json").read_text())
+    result = invoke("eval", out / "best.pt", "--split", "test", "--device", "cpu", "--no-progress")
+    assert result.exit_code == 0, (result.output, result.exception)
+    loss, _, tokens = _parse_eval(result.stdout)
+    assert loss == pytest.approx(results["test_loss"], abs=1e-4) and tokens == results["test_tokens"]
+    hidden = tmp_path / "moved"
+    shutil.move(corpus, hidden)  # generation reads the checkpoint only
+    try:
+        first, again = (invoke("generate", out, "--prompt", "the cat", "--tokens", 12, "--seed", 3) for _ in range(2))
+    finally:
+        shutil.move(hidden, corpus)
+    assert first.exit_code == 0, (first.output, first.exception)
+    assert first.stdout == again.stdout and first.stdout.startswith("the cat")
+    assert set(first.stdout.split()) <= set(WORDS)
+
+
+def test_an_lstm_with_a_qrnn_setting_is_one_error_line(tmp_path):
+    result = invoke("train", "--data", tmp_path, "--config", TINY, "--set", "model.rnn=lstm", "--device", "cpu")
+    assert_one_line_error(result, "model.zoneout = 0.1 is a QRNN setting", 'model.rnn="qrnn"')
+
+
 def test_generate_streams_each_token_as_it_is_sampled(run, monkeypatch):
     """After each token the sampler yields, that token is already flushed to stdout."""
     import sys

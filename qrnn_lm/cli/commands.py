@@ -153,6 +153,7 @@ def train(
     """Train a QRNN language model; checkpoints, TensorBoard logs and results.json go to the run folder.
 
     Example: qrnn-lm train --data ptb --config configs/ptb-small.toml
+    (add --set model.rnn=lstm for the same recipe with AWD-LSTM layers)
     """
     if nproc > 1:
         from ..training.distributed import launch_local

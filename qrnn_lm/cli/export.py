@@ -24,7 +24,8 @@ def export_command(
     """Export a trained language model for inference without the training code; print its inputs and outputs.
 
     One call runs one segment: tokens [steps, batch] and one hidden state per layer in, logits and
-    the new hidden states out (feed them back for the next segment). Example:
+    the new hidden states out (feed them back for the next segment; an LSTM model's hold h and c
+    side by side). Example:
     qrnn-lm export runs/ptb-small/best.pt --format onnx --out ptb.onnx
     """
     checkpoint = checkpoint / "best.pt" if checkpoint.is_dir() else checkpoint

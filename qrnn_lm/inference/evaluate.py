@@ -50,7 +50,7 @@ def evaluate(model: torch.nn.Module, source: torch.Tensor, bptt: int, *, progres
     """Mean per-token loss (nats) of ``model`` over every target of ``source``.
 
     Args:
-        model: a :class:`~qrnn_lm.models.QRNNLanguageModel` (put in eval mode and reset here).
+        model: a :class:`~qrnn_lm.models.LanguageModel` (put in eval mode and reset here).
         source: ``[N, B]`` batchified token ids on the model's device; ``(N - 1) * B`` targets.
         bptt: segment length (does not change the result beyond float rounding: the state is
             carried across segments).

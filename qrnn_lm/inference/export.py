@@ -13,6 +13,11 @@ What is exported is inference: the model in eval mode, whole sequences (no ``len
 PackedSequence), and for the language model one segment from given hidden states. The inputs a
 window > 1 saves between calls (``save_prev_x``) are not carried: every call starts the window
 on zeros, as after ``model.reset()``.
+
+An LSTM language model (``model.rnn = "lstm"``) exports to both formats: while exporting, each
+LSTM layer runs its recurrence as the same scan (``qrnn_lm.models.lstm_layer.lstm_scan``; ONNX
+``Scan``), since ``nn.LSTM``'s traced form would fix the sequence length. Its hidden inputs and
+outputs are ``[B, 2H]``: h and c side by side.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import torch
 from torch import nn
 
 from ..config import UserError
-from ..models.language_model import QRNNLanguageModel
+from ..models.language_model import LanguageModel
 
 __all__ = ["ExportError", "FORMATS", "LanguageModelForExport", "export_program", "export_onnx",
            "forget_mult_as_scan", "save_export"]
@@ -57,13 +62,14 @@ def forget_mult_as_scan(f, x, h0, lengths, reverse, backend):
 
 
 class LanguageModelForExport(nn.Module):
-    """A trained :class:`QRNNLanguageModel` with a flat, exportable signature.
+    """A trained :class:`~qrnn_lm.models.LanguageModel` (QRNN or LSTM) with a flat, exportable signature.
 
-    ``forward(tokens [T, B] long, hidden_0 [B, H_0], ..., hidden_{L-1}) -> (logits [T, B, V],
-    hidden_out_0 [B, H_0], ...)``: one segment, as the model's own forward in eval mode.
+    ``forward(tokens [T, B] long, hidden_0 [B, S_0], ..., hidden_{L-1}) -> (logits [T, B, V],
+    hidden_out_0 [B, S_0], ...)``: one segment, as the model's own forward in eval mode (``S_l``:
+    layer l's state size, :meth:`~qrnn_lm.models.LanguageModel.state_sizes`).
     """
 
-    def __init__(self, model: QRNNLanguageModel):
+    def __init__(self, model: LanguageModel):
         super().__init__()
         self.model = model
 
@@ -204,7 +210,7 @@ def export_checkpoint(checkpoint, out, fmt: str) -> list[tuple[str, str, list]]:
         tokens_dims = proto.graph.input[0].type.tensor_type.shape.dim
         _name_dims(proto, {tokens_dims[0].dim_param: "steps", tokens_dims[1].dim_param: "batch"})
         onnx.save(proto, str(out))
-    sizes = model.layer_sizes()
+    sizes = model.state_sizes()  # what each hidden input and output holds (h and c for an LSTM layer)
     signature = [("input", "tokens", ["steps", "batch"])]
     signature += [("input", f"hidden_{index}", ["batch", size]) for index, size in enumerate(sizes)]
     signature += [("output", "logits", ["steps", "batch", len(vocab)])]

@@ -2,7 +2,7 @@
 
 The model is any object with ``reset()`` and
 ``forward(tokens [T, B] long, hidden) -> (logits [T, B, V], new_hidden, ...)``
-(:class:`qrnn_lm.models.QRNNLanguageModel`). Generation runs batch size 1: the prompt is fed in one
+(:class:`qrnn_lm.models.LanguageModel`). Generation runs batch size 1: the prompt is fed in one
 forward call, then each sampled token is fed back with the hidden state carried along, exactly as
 in training's stateful BPTT.
 

@@ -1,7 +1,8 @@
-"""The language models (embedding -> recurrent stack -> tied decoder), their dropouts, and the
+"""The language models (embedding -> QRNN or LSTM stack -> tied decoder), their dropouts, and the
 checkpoint file that stores a trained one."""
 
 from .dropout import LockedDropout, WeightDrop, embedding_dropout
-from .language_model import QRNNLanguageModel
+from .language_model import LanguageModel, QRNNLanguageModel
+from .lstm_layer import LSTMLayer
 
-__all__ = ["QRNNLanguageModel", "LockedDropout", "WeightDrop", "embedding_dropout"]
+__all__ = ["LanguageModel", "QRNNLanguageModel", "LSTMLayer", "LockedDropout", "WeightDrop", "embedding_dropout"]

@@ -40,7 +40,7 @@ import torch
 
 from ..config import Config, ConfigError, UserError, config_from_dict
 from ..data import Vocab
-from .language_model import QRNNLanguageModel
+from .language_model import LanguageModel
 
 __all__ = [
     "FORMAT_VERSION",
@@ -202,14 +202,14 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 
 def model_from_checkpoint(
     payload: dict[str, Any], device: str | torch.device = "cpu"
-) -> tuple[QRNNLanguageModel, Vocab, Config]:
+) -> tuple[LanguageModel, Vocab, Config]:
     """Rebuild the model from a loaded payload: ``(model in eval mode on device, Vocab, Config)``."""
     try:
         config = config_from_dict(payload["config"])
     except ConfigError as error:
         raise CheckpointError(f"checkpoint config is invalid for this qrnn-lm: {error}") from None
     vocab = Vocab.from_list(payload["vocab"])
-    model = QRNNLanguageModel(len(vocab), config.model, config.train.softmax, config.train.softmax_memory_mb)
+    model = LanguageModel(len(vocab), config.model, config.train.softmax, config.train.softmax_memory_mb)
     try:
         model.load_state_dict(clean_state_dict(payload["model"]))
     except RuntimeError as error:

@@ -1,19 +1,25 @@
-"""The AWD-QRNN language model: embedding -> QRNN stack -> decoder tied to the embedding.
+"""The AWD language model: embedding -> recurrent stack (QRNN or LSTM) -> decoder tied to the
+embedding; ``model.rnn`` picks the layers: AWD-QRNN or AWD-LSTM.
 
 Regularisation follows salesforce/awd-lstm-lm ("Regularizing and Optimizing LSTM Language
-Models", Merity et al. 2017) with its QRNN setup:
+Models", Merity et al. 2017), the same for both layer types:
 
 * embedding dropout drops whole words (rows of the embedding matrix) for a whole segment;
 * locked (variational) dropout: one mask per sequence, shared over time, on the embedded input,
   between layers and on the last layer's output;
-* weight drop (DropConnect) on each QRNN layer's gate weights ``layer.linear.weight``, done with a
-  ``torch.nn.utils.parametrize`` parametrization: a fresh mask per forward call in training, the
-  plain weight in evaluation, and the gradient flows to the raw weight;
-* zoneout inside the QRNN layers; AR and TAR terms are computed by the trainer from the last
-  layer's outputs that ``forward`` returns.
+* weight drop (DropConnect) with a ``torch.nn.utils.parametrize`` parametrization: on each QRNN
+  layer's gate weights ``layer.linear.weight``, or on each LSTM's hidden-to-hidden weights
+  ``layer.lstm.weight_hh_l0`` (awd-lstm-lm's WeightDrop); a fresh mask per forward call in
+  training, the plain weight in evaluation, and the gradient flows to the raw weight;
+* zoneout inside the QRNN layers (QRNN only); AR and TAR terms are computed by the trainer from
+  the last layer's outputs that ``forward`` returns.
+
+Each layer carries one state tensor ``[B, S_l]`` from segment to segment: ``S_l = H_l`` for a QRNN
+layer, ``S_l = 2 * H_l`` (h and c side by side) for an LSTM layer (:mod:`.lstm_layer`).
 
 Shapes: T = time steps (segment length), B = batch (parallel streams), E = embedding size,
-V = vocabulary size. Everything is time-major, ``[T, B, ...]``.
+V = vocabulary size, H_l / S_l = layer l's output / state size. Everything is time-major,
+``[T, B, ...]``.
 """
 
 from __future__ import annotations
@@ -23,21 +29,23 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ..config import ConfigError, ModelConfig
+from ..config import ConfigError, ModelConfig, check_rnn
 from ..nn import QRNNLayer
 from ..nn.stream import StreamState, stream_layer
 from .dropout import LockedDropout, WeightDrop, embedding_dropout
+from .lstm_layer import LSTMLayer
 from .softmax import chunked_cross_entropy, logits_bytes
 
-__all__ = ["QRNNLanguageModel"]
+__all__ = ["LanguageModel", "QRNNLanguageModel"]
 
 
-class QRNNLanguageModel(nn.Module):
-    """Word-level language model with a QRNN stack and AWD regularisation.
+class LanguageModel(nn.Module):
+    """Word-level language model with a QRNN or LSTM stack and AWD regularisation.
 
     Args:
         vocab_size: number of words ``V``.
-        config: the ``[model]`` section (sizes, windows, dropouts, weight drop, tying, decoder).
+        config: the ``[model]`` section (layer type, sizes, windows, dropouts, weight drop, tying,
+            decoder).
         softmax: how the softmax decoder's loss is computed when ``forward`` gets targets:
             ``"full"``, ``"chunked"`` or ``"auto"`` (chunked above ``softmax_memory_mb`` MiB of
             logits); the ``[train]`` keys of the same names. A plain attribute, not a weight.
@@ -49,6 +57,7 @@ class QRNNLanguageModel(nn.Module):
         super().__init__()
         if vocab_size < 1:
             raise ValueError(f"vocab_size must be >= 1, got {vocab_size}")
+        check_rnn(config)  # a known layer type, no QRNN-only key set for an LSTM (also without a Config)
         self.vocab_size = vocab_size
         self.config = config
         # With tied weights the decoder reads the embedding matrix, so the last layer must
@@ -60,21 +69,7 @@ class QRNNLanguageModel(nn.Module):
         self.drop_input = LockedDropout(config.dropout_input)
         self.drop_hidden = LockedDropout(config.dropout_hidden)
         self.drop_output = LockedDropout(config.dropout_output)
-        layers = []
-        for index in range(config.num_layers):
-            layer = QRNNLayer(
-                input_size=config.emb_size if index == 0 else config.hidden_size,
-                hidden_size=last_size if index == config.num_layers - 1 else config.hidden_size,
-                # Every layer keeps its last input so a window > 1 sees the previous segment.
-                save_prev_x=True,
-                zoneout=config.zoneout,
-                window=config.first_window if index == 0 else config.window,
-                output_gate=True,
-            )
-            if config.weight_drop > 0:
-                parametrize.register_parametrization(layer.linear, "weight", WeightDrop(config.weight_drop))
-            layers.append(layer)
-        self.layers = nn.ModuleList(layers)
+        self.layers = nn.ModuleList(_make_layer(config, index, last_size) for index in range(config.num_layers))
         self.softmax, self.softmax_memory_mb = softmax, softmax_memory_mb
         if config.decoder == "adaptive":
             if config.adaptive_cutoffs[-1] >= vocab_size:
@@ -103,17 +98,22 @@ class QRNNLanguageModel(nn.Module):
             nn.init.uniform_(self.decoder.weight, -0.1, 0.1)
 
     def layer_sizes(self) -> list[int]:
-        """Hidden size of each layer, bottom to top."""
+        """Output (hidden) size ``H_l`` of each layer, bottom to top."""
         return [layer.hidden_size for layer in self.layers]
 
+    def state_sizes(self) -> list[int]:
+        """Size ``S_l`` of each layer's carried state, bottom to top: ``H_l`` for a QRNN layer,
+        ``2 * H_l`` for an LSTM layer (h and c)."""
+        return [layer.state_size if isinstance(layer, LSTMLayer) else layer.hidden_size for layer in self.layers]
+
     def init_hidden(self, batch_size: int) -> list[torch.Tensor]:
-        """Zero hidden states: one ``[B, H_l]`` tensor per layer, on the model's device and dtype."""
+        """Zero hidden states: one ``[B, S_l]`` tensor per layer, on the model's device and dtype."""
         weight = self.embedding.weight
-        return [weight.new_zeros(batch_size, size) for size in self.layer_sizes()]
+        return [weight.new_zeros(batch_size, size) for size in self.state_sizes()]
 
     def reset(self) -> None:
-        """Forget the inputs saved for the convolution windows (``save_prev_x``): call it at the
-        start of each epoch, of each evaluation and of generation."""
+        """Forget the inputs saved for the convolution windows (``save_prev_x``; nothing for LSTM
+        layers): call it at the start of each epoch, of each evaluation and of generation."""
         for layer in self.layers:
             layer.reset()
 
@@ -125,7 +125,7 @@ class QRNNLanguageModel(nn.Module):
 
         Args:
             tokens: ``[T, B]`` token ids (long).
-            hidden: the previous segment's ``new_hidden`` (a list of ``[B, H_l]``), or None for zeros.
+            hidden: the previous segment's ``new_hidden`` (a list of ``[B, S_l]``), or None for zeros.
             targets: ``[T, B]`` next-token ids, or None. Given, the first result is the summed loss
                 instead of the logits, computed without all the logits where ``softmax`` says so.
             last_only: without targets, decode only the last position: logits ``[1, B, V]``
@@ -135,7 +135,6 @@ class QRNNLanguageModel(nn.Module):
             ``(logits [T, B, V], new_hidden, raw_output [T, B, E], dropped_output [T, B, E])``, or
             with ``targets`` ``(nll_sum, ...)``: the float32 scalar sum of ``-log p(target)`` over the
             ``T * B`` targets. With the adaptive decoder ``logits`` are its exact log-probabilities.
-            ``raw_output``/``dropped_output`` are the last layer's output before/after the output
             ``raw_output``/``dropped_output`` are the last layer's output before/after the output
             dropout (TAR uses the first, AR the second; E is the last layer's size). ``new_hidden``
             is still attached to the graph: detach it before the next segment.
@@ -151,8 +150,8 @@ class QRNNLanguageModel(nn.Module):
         new_hidden = []
         raw_output = x
         for index, layer in enumerate(self.layers):
-            raw_output, last_state = layer(x, hidden[index])  # [T, B, H_l], [1, B, H_l]
-            new_hidden.append(last_state[0])  # [B, H_l]
+            raw_output, last_state = layer(x, hidden[index])  # [T, B, H_l], [1, B, S_l]
+            new_hidden.append(last_state[0])  # [B, S_l]
             x = self.drop_hidden(raw_output) if index < len(self.layers) - 1 else raw_output
         dropped_output = self.drop_output(raw_output)  # [T, B, E]
         if targets is None:
@@ -194,9 +193,10 @@ class QRNNLanguageModel(nn.Module):
         Returns:
             ``(logits [T, B, V], state)``: in eval mode, feeding a sequence chunk by chunk (one
             token at a time included) gives the logits of one ``forward`` on it after ``reset()``.
-            ``state.hidden`` is a list of ``[B, H_l]`` (``forward``'s ``new_hidden``) and
-            ``state.inputs`` each layer's last ``window - 1`` inputs; the layers' ``save_prev_x``
-            buffers are not touched, so one model serves any number of streams.
+            ``state.hidden`` is a list of ``[B, S_l]`` (``forward``'s ``new_hidden``) and
+            ``state.inputs`` each QRNN layer's last ``window - 1`` inputs (None for an LSTM layer);
+            the layers' ``save_prev_x`` buffers are not touched, so one model serves any number of
+            streams.
         """
         if tokens.dim() != 2:
             raise ValueError(f"tokens must have shape [T, B], got {tuple(tokens.shape)}")
@@ -208,9 +208,36 @@ class QRNNLanguageModel(nn.Module):
         x = self.drop_input(x)
         new_hidden, kept = [], []
         for index, layer in enumerate(self.layers):
-            output, last_state, prev = stream_layer(layer, x, hidden[index], inputs[index])  # [T, B, H_l]
-            new_hidden.append(last_state[0])  # [B, H_l]
+            if isinstance(layer, LSTMLayer):  # all it carries is its state
+                (output, last_state), prev = layer(x, hidden[index]), None  # [T, B, H_l], [1, B, S_l]
+            else:
+                output, last_state, prev = stream_layer(layer, x, hidden[index], inputs[index])  # [T, B, H_l]
+            new_hidden.append(last_state[0])  # [B, S_l]
             kept.append(prev)
             x = self.drop_hidden(output) if index < len(self.layers) - 1 else output
         logits = self.decode(self.drop_output(x))  # [T, B, V]
         return logits, StreamState(new_hidden, tuple(kept))
+
+
+QRNNLanguageModel = LanguageModel  # the name before LSTM layers existed: old imports keep working
+
+
+def _make_layer(config: ModelConfig, index: int, last_size: int) -> nn.Module:
+    """Layer ``index`` of the stack, of type ``config.rnn``: input ``emb_size`` for the first,
+    ``hidden_size`` for the others; output ``hidden_size``, ``last_size`` for the last one."""
+    input_size = config.emb_size if index == 0 else config.hidden_size
+    hidden_size = last_size if index == config.num_layers - 1 else config.hidden_size
+    if config.rnn == "lstm":
+        return LSTMLayer(input_size, hidden_size, weight_drop=config.weight_drop)
+    layer = QRNNLayer(
+        input_size=input_size,
+        hidden_size=hidden_size,
+        # Every layer keeps its last input so a window > 1 sees the previous segment.
+        save_prev_x=True,
+        zoneout=config.zoneout,
+        window=config.first_window if index == 0 else config.window,
+        output_gate=True,
+    )
+    if config.weight_drop > 0:
+        parametrize.register_parametrization(layer.linear, "weight", WeightDrop(config.weight_drop))
+    return layer

@@ -27,7 +27,7 @@ import torch
 
 from ..config import Config, ConfigError, UserError, config_from_dict, config_to_dict
 from ..data import Corpus
-from ..models import QRNNLanguageModel
+from ..models import LanguageModel
 from ..models.checkpoint import CheckpointError, clean_state_dict, load_checkpoint, model_from_checkpoint, save_checkpoint
 from . import distributed
 from .state import Snapshot, restore_rng
@@ -217,7 +217,7 @@ class Checkpointer:
         """Whether rank 0's folder holds ``best.pt`` (the same answer on every rank)."""
         return distributed.broadcast_object((self.out_dir / "best.pt").exists())
 
-    def load_best(self, device: torch.device) -> tuple[QRNNLanguageModel, float]:
+    def load_best(self, device: torch.device) -> tuple[LanguageModel, float]:
         """The model of ``best.pt`` in eval mode and its validation loss: read by rank 0, its
         weights broadcast to the other ranks."""
         model, best_val = None, None
@@ -227,7 +227,7 @@ class Checkpointer:
             best_val = float(best["history"]["best_val_loss"])
         if distributed.get_world_size() > 1:
             if model is None:
-                model = QRNNLanguageModel(len(self.corpus.vocab), self.config.model).to(device).eval()
+                model = LanguageModel(len(self.corpus.vocab), self.config.model).to(device).eval()
             distributed.broadcast_tensors(list(model.state_dict().values()))
             best_val = distributed.broadcast_object(best_val)
         return model, best_val

@@ -220,8 +220,9 @@ def wrap_ddp(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
 
     For the language models: they have no buffers (the saved inputs ``prevX`` and the hidden
     state are plain per-rank tensors, each rank carrying its own streams), so nothing is broadcast at each forward; every
-    parameter is used at every step (weight drop's ``parametrizations.weight.original`` included,
-    so its gradient is all-reduced like any other); the tied embedding/decoder weight is one
+    parameter is used at every step (weight drop's ``parametrizations.weight.original``, or an LSTM
+    layer's ``parametrizations.weight_hh_l0.original``, included, so its gradient is all-reduced
+    like any other); the tied embedding/decoder weight is one
     Parameter, so one gradient.
     """
     if get_world_size() == 1:

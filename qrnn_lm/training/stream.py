@@ -4,12 +4,13 @@ the state carried from one segment to the next.
 A :class:`TrainingStream` owns this rank's columns of the ``[N, batch_size]`` training streams, the
 generator that draws the segment lengths (awd's variable BPTT; the same on every rank) and the
 carried state: the hidden state (detached) and, inside the model's QRNN layers, each layer's saved
-inputs ``prevX``. Its distributed details: :func:`make_stream` gives each rank its contiguous
+inputs ``prevX`` (an LSTM layer has none: its h and c are all in the hidden state). Its distributed details: :func:`make_stream` gives each rank its contiguous
 block of stream columns, and a checkpoint stores the carried state of the *global* batch
 (gathered from the ranks, :func:`concat_streams`), from which any number of ranks take their
 columns back (:func:`stream_columns`).
 
-Shapes: N = time steps of a stream, B = streams, H = hidden size, I = a layer's input size.
+Shapes: N = time steps of a stream, B = streams, S = a layer's state size (its hidden size for a
+QRNN layer, twice it for an LSTM layer: h and c), I = a layer's input size.
 """
 
 from __future__ import annotations
@@ -97,7 +98,7 @@ class TrainingStream:
         self.tokens = make_stream(ids, data.batch_size, device, distributed.get_rank(),
                                   distributed.get_world_size(), even="data.batch_size")  # [N, B / ranks]
         self.generator = torch.Generator().manual_seed(seed)  # BPTT lengths only
-        self.hidden: list[torch.Tensor] | None = None  # [B / ranks, H] per layer, detached
+        self.hidden: list[torch.Tensor] | None = None  # [B / ranks, S] per layer, detached
 
     @property
     def limit(self) -> int:
@@ -125,9 +126,9 @@ class TrainingStream:
 
 
 def capture_stream(model: nn.Module, hidden: list[torch.Tensor] | None) -> dict[str, Any]:
-    """The state carried from one segment to the next: hidden ``[B, H]`` per layer and each layer's
-    saved inputs ``prevX`` (``[window - 1, B, I]`` or None). References, not copies: the model
-    replaces these tensors rather than writing into them."""
+    """The state carried from one segment to the next: hidden ``[B, S]`` per layer and each layer's
+    saved inputs ``prevX`` (``[window - 1, B, I]``, or None: nothing saved yet, or an LSTM layer).
+    References, not copies: the model replaces these tensors rather than writing into them."""
     return {
         "hidden": None if hidden is None else [h.detach() for h in hidden],
         "prev_x": [getattr(layer, "prevX", None) for layer in model.layers],
@@ -137,7 +138,10 @@ def capture_stream(model: nn.Module, hidden: list[torch.Tensor] | None) -> dict[
 def restore_stream(model: nn.Module, stream: dict[str, Any], device: torch.device) -> list[torch.Tensor] | None:
     """Put the saved inputs back into the layers; return the hidden state (on ``device``)."""
     for layer, prev in zip(model.layers, stream["prev_x"]):
-        layer.prevX = None if prev is None else prev.to(device)
+        if hasattr(layer, "save_prev_x"):  # a QRNN layer; an LSTM layer keeps no inputs (no stray attribute)
+            layer.prevX = None if prev is None else prev.to(device)
+        elif prev is not None:
+            raise ValueError(f"saved inputs {tuple(prev.shape)} for a {type(layer).__name__}, which keeps none")
     hidden = stream["hidden"]
     return None if hidden is None else [h.to(device) for h in hidden]
 
@@ -154,7 +158,7 @@ def stream_to_cpu(stream: dict[str, Any]) -> dict[str, Any]:
 
 
 def stream_columns(stream: dict[str, Any], start: int, stop: int) -> dict[str, Any]:
-    """The carried state of streams ``start:stop`` (hidden ``[B, H]`` rows, prev_x ``[w-1, B, I]``
+    """The carried state of streams ``start:stop`` (hidden ``[B, S]`` rows, prev_x ``[w-1, B, I]``
     columns) of a stream state saved for the global batch."""
     return {
         "hidden": None if stream["hidden"] is None else [h[start:stop] for h in stream["hidden"]],

@@ -1,4 +1,5 @@
-"""The continuous cache pointer: lambda 0 is plain eval, repetition helps, a hand-computed mixture."""
+"""The continuous cache pointer: lambda 0 is plain eval, repetition helps (QRNN and LSTM models), a
+hand-computed mixture."""
 
 import math
 
@@ -9,31 +10,34 @@ from qrnn_lm.config import ModelConfig, UserError
 from qrnn_lm.data import batchify
 from qrnn_lm.inference.cache import CacheParams, Collected, cache_log_probs, collect, mixed_loss, search
 from qrnn_lm.inference.evaluate import evaluate
-from qrnn_lm.models import QRNNLanguageModel
+from qrnn_lm.models import LanguageModel
 
 VOCAB = 23
 THETA = 10.0
+RNNS = ["qrnn", "lstm"]
 
 
-def context_model():
+def context_model(rnn="qrnn"):
     """An untrained model whose final states depend enough on the recent words for a dot product
-    to find the same context again: wider, one layer seeing two words, a larger embedding."""
+    to find the same context again: wider, one layer (a QRNN one seeing two words), a larger embedding."""
     torch.manual_seed(3)
-    model = QRNNLanguageModel(VOCAB, ModelConfig(emb_size=64, hidden_size=64, num_layers=1, first_window=2))
+    model = LanguageModel(VOCAB, ModelConfig(rnn=rnn, emb_size=64, hidden_size=64, num_layers=1, first_window=2))
     with torch.no_grad():
         model.embedding.weight.mul_(10)
     return model
 
 
-def make_model(seed=0):
+def make_model(seed=0, rnn="qrnn"):
     torch.manual_seed(seed)
-    config = ModelConfig(emb_size=8, hidden_size=10, num_layers=2, zoneout=0.2, weight_drop=0.3)
-    return QRNNLanguageModel(VOCAB, config)
+    config = ModelConfig(rnn=rnn, emb_size=8, hidden_size=10, num_layers=2, zoneout=0.2 if rnn == "qrnn" else 0.0,
+                         weight_drop=0.3)
+    return LanguageModel(VOCAB, config)
 
 
+@pytest.mark.parametrize("rnn", RNNS)
 @pytest.mark.parametrize("bptt", [7, 50])
-def test_lambda_zero_equals_plain_eval_exactly(bptt):
-    model = make_model()
+def test_lambda_zero_equals_plain_eval_exactly(bptt, rnn):
+    model = make_model(rnn=rnn)
     source = batchify(torch.randint(0, VOCAB, (301,), generator=torch.Generator().manual_seed(1)), 1)
     collected = collect(model, source, bptt)
     log_p_cache = cache_log_probs(collected, window=20, thetas=[1.0])[0]
@@ -43,10 +47,11 @@ def test_lambda_zero_equals_plain_eval_exactly(bptt):
     assert mixed_loss(collected, log_p_cache, 1e-12) == pytest.approx(plain, rel=1e-6)
 
 
-def test_the_cache_lowers_perplexity_on_long_range_repetition():
+@pytest.mark.parametrize("rnn", RNNS)
+def test_the_cache_lowers_perplexity_on_long_range_repetition(rnn):
     # A random 60-word "paragraph" said three times: an untrained model cannot predict it, the
     # cache (window 200 > 60) points at the earlier occurrences of the same context.
-    model = context_model()
+    model = context_model(rnn)
     block = torch.randint(0, VOCAB, (60,), generator=torch.Generator().manual_seed(2))
     source = batchify(torch.cat([block, block, block]), 1)
     collected = collect(model, source, 10)

@@ -11,7 +11,7 @@ from qrnn_lm.models.checkpoint import save_checkpoint
 from qrnn_lm.config import Config, DataConfig, ModelConfig, UserError, config_to_dict
 from qrnn_lm.data import Corpus, batchify
 from qrnn_lm.inference.evaluate import evaluate, evaluate_checkpoint, resolve_device
-from qrnn_lm.models import QRNNLanguageModel
+from qrnn_lm.models import LanguageModel, LSTMLayer
 
 VOCAB = 23
 
@@ -19,7 +19,7 @@ VOCAB = 23
 def make_model(seed=0):
     torch.manual_seed(seed)
     config = ModelConfig(emb_size=8, hidden_size=10, num_layers=2, zoneout=0.2, weight_drop=0.3)
-    return QRNNLanguageModel(VOCAB, config)
+    return LanguageModel(VOCAB, config)
 
 
 def direct_mean_loss(model, source):
@@ -85,23 +85,30 @@ def write_corpus(folder, seed=0):
     return folder
 
 
-def write_checkpoint(tmp_path):
-    """A small untrained model saved as ``tmp_path/best.pt`` for the corpus of :func:`write_corpus`:
-    ``(path, corpus, model)``."""
+def write_checkpoint(tmp_path, rnn="qrnn"):
+    """A small untrained model (``rnn`` layers) saved as ``tmp_path/best.pt`` for the corpus of
+    :func:`write_corpus`: ``(path, corpus, model)``."""
     folder = write_corpus(tmp_path / "corpus")
     corpus = Corpus.load(folder, cache=False)
     torch.manual_seed(0)
     config = Config(name="e", data=DataConfig(dataset=str(folder), bptt=5),
-                    model=ModelConfig(emb_size=6, hidden_size=8, num_layers=2))
-    model = QRNNLanguageModel(len(corpus.vocab), config.model)
+                    model=ModelConfig(rnn=rnn, emb_size=6, hidden_size=8, num_layers=2))
+    model = LanguageModel(len(corpus.vocab), config.model)
     payload = {"config": config_to_dict(config), "vocab": corpus.vocab.to_list(), "model": model.state_dict()}
     path = save_checkpoint(tmp_path / "best.pt", payload)
     return path, corpus, model
 
 
-def test_evaluate_checkpoint_on_its_dataset(tmp_path):
-    path, corpus, model = write_checkpoint(tmp_path)
+@pytest.mark.parametrize("rnn", ["qrnn", "lstm"])
+def test_evaluate_checkpoint_on_its_dataset(tmp_path, rnn, monkeypatch):
+    import qrnn_lm.inference.evaluate as evaluate_module
+
+    path, corpus, model = write_checkpoint(tmp_path, rnn)
+    real_evaluate, evaluated = evaluate_module.evaluate, []
+    monkeypatch.setattr(evaluate_module, "evaluate", lambda m, *a, **k: (evaluated.append(m), real_evaluate(m, *a, **k))[1])
     result = evaluate_checkpoint(path, split="valid", device="cpu", progress=False)
+    # rebuilt from the checkpoint alone, with its own layer type
+    assert any(isinstance(layer, LSTMLayer) for layer in evaluated[0].layers) == (rnn == "lstm")
     assert result["tokens"] == corpus.valid.numel() - 1 and result["split"] == "valid"
     assert result["loss"] == pytest.approx(evaluate(model, batchify(corpus.valid, 1), 5), rel=1e-6)
     assert result["ppl"] == pytest.approx(math.exp(result["loss"]))
@@ -115,7 +122,7 @@ def _checkpoint_with_vocab(tmp_path, folder, tokens):
     torch.manual_seed(0)
     config = Config(name="e", data=DataConfig(dataset=str(folder), bptt=5),
                     model=ModelConfig(emb_size=6, hidden_size=8, num_layers=2))
-    model = QRNNLanguageModel(len(tokens), config.model)
+    model = LanguageModel(len(tokens), config.model)
     payload = {"config": config_to_dict(config), "vocab": tokens, "model": model.state_dict()}
     return save_checkpoint(tmp_path / "other.pt", payload)
 

@@ -1,5 +1,6 @@
 """Export: torch.export programs and ONNX files (run in onnxruntime) give the eager outputs for
-several sequence lengths and batch sizes; TorchScript is refused with one clear line."""
+several sequence lengths and batch sizes, for QRNN and LSTM language models; TorchScript is
+refused with one clear line."""
 
 import pytest
 import torch
@@ -14,7 +15,7 @@ from qrnn_lm.inference.export import (
     forget_mult_as_scan,
 )
 from qrnn_lm.models.checkpoint import save_checkpoint
-from qrnn_lm.models.language_model import QRNNLanguageModel
+from qrnn_lm.models.language_model import LanguageModel
 from qrnn_lm.nn.jit import TorchScriptUnsupported
 
 ort = pytest.importorskip("onnxruntime", reason="pip install 'qrnn-lm[export]'")
@@ -30,10 +31,13 @@ def _qrnn(**kwargs):
     return QRNN(5, 6, num_layers=2, window=2, **kwargs).eval()
 
 
-def _language_model():
+RNNS = ["qrnn", "lstm"]
+
+
+def _language_model(rnn="qrnn"):
     torch.manual_seed(0)
-    config = ModelConfig(emb_size=6, hidden_size=8, num_layers=2, first_window=2, window=1, weight_drop=0.2)
-    model = QRNNLanguageModel(len(WORDS), config).eval()
+    config = ModelConfig(rnn=rnn, emb_size=6, hidden_size=8, num_layers=2, first_window=2, window=1, weight_drop=0.2)
+    model = LanguageModel(len(WORDS), config).eval()
     with torch.no_grad():
         model.decoder.bias.normal_()
     return model
@@ -41,7 +45,7 @@ def _language_model():
 
 def _lm_inputs(model, steps, batch):
     tokens = torch.randint(0, len(WORDS), (steps, batch))
-    return (tokens, *(torch.randn(batch, size) for size in model.layer_sizes()))
+    return (tokens, *(torch.randn(batch, size) for size in model.state_sizes()))  # an LSTM's: h and c
 
 
 def _eager(module, inputs):
@@ -72,13 +76,14 @@ def test_torch_export_of_qrnn_has_a_dynamic_length_and_batch(batch_first):
             torch.testing.assert_close(got, expected)
 
 
-def test_torch_export_of_the_language_model_keeps_its_modes_and_state():
-    model = _language_model()
+@pytest.mark.parametrize("rnn", RNNS)
+def test_torch_export_of_the_language_model_keeps_its_modes_and_state(rnn):
+    model = _language_model(rnn)
     model.layers[0].train()  # a mix of modes, which export must put back as it found them
     wrapper = LanguageModelForExport(model)
     program = export_program(wrapper, wrapper.example_inputs())
     assert model.layers[0].training and not model.decoder.training
-    assert all(layer.save_prev_x for layer in model.layers)
+    assert all(layer.save_prev_x for layer in model.layers) if rnn == "qrnn" else not hasattr(model.layers[0], "save_prev_x")
     model.eval()
     for steps, batch in SHAPES:
         inputs = _lm_inputs(model, steps, batch)
@@ -115,19 +120,23 @@ def test_onnx_qrnn_uses_a_standard_scan_and_matches_eager(tmp_path):
             torch.testing.assert_close(torch.from_numpy(got), expected, rtol=1e-5, atol=1e-5)
 
 
-def _checkpoint(tmp_path):
-    model = _language_model()
+def _checkpoint(tmp_path, rnn="qrnn"):
+    model = _language_model(rnn)
     config = Config(name="unit", model=model.config)
     payload = {"config": config_to_dict(config), "vocab": WORDS, "model": model.state_dict()}
     return model, save_checkpoint(tmp_path / "best.pt", payload)
 
 
-def test_onnx_of_a_checkpoint_matches_eager_with_named_dims(tmp_path):
-    model, path = _checkpoint(tmp_path)
+@pytest.mark.parametrize("rnn", RNNS)
+def test_onnx_of_a_checkpoint_matches_eager_with_named_dims(tmp_path, rnn):
+    model, path = _checkpoint(tmp_path, rnn)
     out = tmp_path / "lm.onnx"
     signature = export_checkpoint(path, out, "onnx")
     names = [name for kind, name, _ in signature if kind == "input"]
     assert names == ["tokens", "hidden_0", "hidden_1"]
+    hidden_shapes = [shape for kind, name, shape in signature if name.startswith("hidden")]
+    states = [8, 6] if rnn == "qrnn" else [16, 12]  # an LSTM layer's state: h and c
+    assert hidden_shapes == [["batch", size] for size in states * 2]
     proto = onnx.load(str(out))
     assert [value.name for value in proto.graph.input] == names
     assert [dim.dim_param for dim in proto.graph.input[0].type.tensor_type.shape.dim] == ["steps", "batch"]
@@ -139,8 +148,9 @@ def test_onnx_of_a_checkpoint_matches_eager_with_named_dims(tmp_path):
             torch.testing.assert_close(torch.from_numpy(got), expected, rtol=1e-5, atol=1e-5)
 
 
-def test_pt2_of_a_checkpoint_loads_and_runs(tmp_path):
-    model, path = _checkpoint(tmp_path)
+@pytest.mark.parametrize("rnn", RNNS)
+def test_pt2_of_a_checkpoint_loads_and_runs(tmp_path, rnn):
+    model, path = _checkpoint(tmp_path, rnn)
     out = tmp_path / "lm.pt2"
     export_checkpoint(path, out, "pt2")
     program = torch.export.load(str(out))

@@ -80,6 +80,27 @@ def test_prompt_is_fed_once_then_one_token_at_a_time_carrying_the_hidden_state(v
     assert [None if h is None else int(h) for _, h in model.calls] == [None, 3, 4]
 
 
+@pytest.mark.parametrize("rnn", ["qrnn", "lstm"])
+def test_a_real_model_samples_from_the_logits_of_the_whole_text_so_far(vocab, rnn):
+    """The state carried from call to call (h and c for an LSTM) stands for all the text so far."""
+    from qrnn_lm.config import ModelConfig
+    from qrnn_lm.models import LanguageModel
+
+    torch.manual_seed(0)
+    model = LanguageModel(len(vocab), ModelConfig(rnn=rnn, emb_size=8, hidden_size=12, num_layers=2)).eval()
+    seen = []  # the last position's logits of each call generation makes
+    hook = model.register_forward_hook(lambda module, args, output: seen.append(output[0][-1, 0].detach()))
+    words = list(generate(model, vocab, "the cat", num_tokens=6, seed=0))
+    hook.remove()
+    ids = [vocab.stoi[word] for word in ["the", "cat", *words]]
+    assert len(seen) == 6
+    for step, logits in enumerate(seen):
+        model.reset()
+        with torch.no_grad():
+            whole = model(torch.tensor(ids[: 2 + step]).view(-1, 1))[0]  # [T, 1, V]: the text from zeros
+        torch.testing.assert_close(logits, whole[-1, 0])
+
+
 def test_generation_is_lazy(vocab):
     model = FakeModel(len(vocab))
     stream = generate(model, vocab, "the", num_tokens=1000, seed=0)

@@ -17,33 +17,45 @@ from qrnn_lm.models.checkpoint import (
     save_checkpoint,
 )
 from qrnn_lm.config import Config, ModelConfig, UserError, config_to_dict
-from qrnn_lm.models import QRNNLanguageModel
+from qrnn_lm.models import LanguageModel, LSTMLayer
+from qrnn_lm.nn import QRNNLayer
 
 WORDS = ["<eos>", "<unk>", "the", "cat", "sat", "on", "mat", "dog"]
 
 
-def make_payload(seed=0):
+def make_payload(seed=0, rnn="qrnn"):
     torch.manual_seed(seed)
-    config = Config(name="unit", model=ModelConfig(emb_size=6, hidden_size=10, num_layers=2, weight_drop=0.2))
-    model = QRNNLanguageModel(len(WORDS), config.model)
+    config = Config(name="unit", model=ModelConfig(rnn=rnn, emb_size=6, hidden_size=10, num_layers=2, weight_drop=0.2))
+    model = LanguageModel(len(WORDS), config.model)
     with torch.no_grad():
         model.decoder.bias.normal_()  # not all-zero, so a lost bias would show
     return model, {"config": config_to_dict(config), "vocab": list(WORDS), "model": model.state_dict()}
 
 
-def test_round_trip_gives_identical_logits(tmp_path):
-    model, payload = make_payload()
+@pytest.mark.parametrize("rnn", ["qrnn", "lstm"])
+def test_round_trip_gives_identical_logits(tmp_path, rnn):
+    model, payload = make_payload(rnn=rnn)
     path = save_checkpoint(tmp_path / "a.pt", payload)
     loaded = load_checkpoint(path)
     assert loaded["format_version"] == FORMAT_VERSION
+    assert loaded["config"]["model"]["rnn"] == rnn  # the layer type travels in the stored config
     restored, vocab, config = model_from_checkpoint(loaded)
-    assert vocab.to_list() == WORDS and config.model.hidden_size == 10
+    assert vocab.to_list() == WORDS and config.model.hidden_size == 10 and config.model.rnn == rnn
+    assert all(type(layer) is (LSTMLayer if rnn == "lstm" else QRNNLayer) for layer in restored.layers)
     assert not restored.training
     assert restored.decoder.weight is restored.embedding.weight  # still tied after loading
     ids = torch.tensor([[2, 3], [4, 5], [6, 7], [0, 1]])
     model.eval()
     with torch.no_grad():
         assert torch.equal(model(ids)[0], restored(ids)[0])
+
+
+def test_a_checkpoint_from_before_model_rnn_loads_as_a_qrnn(tmp_path):
+    model, payload = make_payload()
+    del payload["config"]["model"]["rnn"]  # written before the key existed
+    restored, _, config = model_from_checkpoint(load_checkpoint(save_checkpoint(tmp_path / "old.pt", payload)))
+    assert config.model.rnn == "qrnn" and all(type(layer) is QRNNLayer for layer in restored.layers)
+    assert torch.equal(restored.decoder.bias, model.decoder.bias)
 
 
 def test_wrapper_prefixes_are_stripped(tmp_path):

@@ -8,9 +8,10 @@ import torch
 import torch.nn.functional as F
 
 from qrnn_lm.config import ConfigError, ModelConfig, UserError
-from qrnn_lm.models import QRNNLanguageModel
+from qrnn_lm.models import LanguageModel
 
 VOCAB = 41
+RNNS = ["qrnn", "lstm"]  # the decoders sit on either stack
 
 
 def config(**changes) -> ModelConfig:
@@ -33,9 +34,10 @@ def loss_and_grads(model, inputs, targets):
     return nll.detach(), {name: p.grad.clone() for name, p in model.named_parameters()}
 
 
-def test_full_and_chunked_give_the_logits_cross_entropy_and_the_same_gradients():
+@pytest.mark.parametrize("rnn", RNNS)
+def test_full_and_chunked_give_the_logits_cross_entropy_and_the_same_gradients(rnn):
     torch.manual_seed(0)
-    model = QRNNLanguageModel(VOCAB, config(), softmax="full")
+    model = LanguageModel(VOCAB, config(rnn=rnn), softmax="full")
     inputs, targets = batch()
     model.reset()
     logits = model(inputs)[0]
@@ -51,7 +53,7 @@ def test_full_and_chunked_give_the_logits_cross_entropy_and_the_same_gradients()
 
 
 def test_chunked_never_runs_the_decoder_on_all_tokens():
-    model = QRNNLanguageModel(VOCAB, config(), softmax="chunked")
+    model = LanguageModel(VOCAB, config(), softmax="chunked")
     calls = []
     model.decoder.register_forward_hook(lambda *args: calls.append(1))
     inputs, targets = batch()
@@ -63,7 +65,7 @@ def test_chunked_never_runs_the_decoder_on_all_tokens():
 
 
 def test_auto_chunks_only_above_the_memory_threshold():
-    model = QRNNLanguageModel(VOCAB, config(), softmax="auto", softmax_memory_mb=1)
+    model = LanguageModel(VOCAB, config(), softmax="auto", softmax_memory_mb=1)
     # 1 MiB of float32 logits is 2**18 / VOCAB tokens.
     limit = 2**18 // VOCAB
     assert not model.uses_chunks(limit)
@@ -74,9 +76,10 @@ def test_auto_chunks_only_above_the_memory_threshold():
     assert model.uses_chunks(1)
 
 
-def test_adaptive_log_probabilities_are_normalised_and_match_its_loss():
+@pytest.mark.parametrize("rnn", RNNS)
+def test_adaptive_log_probabilities_are_normalised_and_match_its_loss(rnn):
     torch.manual_seed(0)
-    model = QRNNLanguageModel(VOCAB, config(emb_size=16, decoder="adaptive", adaptive_cutoffs=[5, 20]))
+    model = LanguageModel(VOCAB, config(rnn=rnn, emb_size=16, decoder="adaptive", adaptive_cutoffs=[5, 20]))
     assert isinstance(model.decoder, torch.nn.AdaptiveLogSoftmaxWithLoss)
     model.eval()
     inputs, targets = batch()
@@ -93,19 +96,20 @@ def test_adaptive_log_probabilities_are_normalised_and_match_its_loss():
 
 def test_adaptive_cutoffs_beyond_the_vocabulary_are_a_user_error():
     with pytest.raises(ConfigError, match="adaptive_cutoffs") as info:
-        QRNNLanguageModel(VOCAB, config(decoder="adaptive", adaptive_cutoffs=[5, 41]))
+        LanguageModel(VOCAB, config(decoder="adaptive", adaptive_cutoffs=[5, 41]))
     with pytest.raises(ConfigError, match="no features"):
-        QRNNLanguageModel(VOCAB, config(decoder="adaptive", adaptive_cutoffs=[5, 10, 20]))  # 8 // 64
+        LanguageModel(VOCAB, config(decoder="adaptive", adaptive_cutoffs=[5, 10, 20]))  # 8 // 64
     assert isinstance(info.value, UserError) and "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize("rnn", RNNS)
 @pytest.mark.parametrize("decoder", ["softmax", "adaptive"])
-def test_generation_decodes_only_the_last_position_of_a_long_prompt(decoder):
+def test_generation_decodes_only_the_last_position_of_a_long_prompt(decoder, rnn):
     from qrnn_lm.data import Vocab
     from qrnn_lm.inference.generate import generate
 
     torch.manual_seed(0)
-    model = QRNNLanguageModel(VOCAB, config(emb_size=16, decoder=decoder, adaptive_cutoffs=[5, 20]))
+    model = LanguageModel(VOCAB, config(rnn=rnn, emb_size=16, decoder=decoder, adaptive_cutoffs=[5, 20]))
     rows = []
     model.decoder.register_forward_pre_hook(lambda module, args: rows.append(args[0].reshape(-1, 16).size(0)))
     if decoder == "adaptive":  # log_prob, not forward, is what decode calls

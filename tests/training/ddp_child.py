@@ -41,18 +41,18 @@ def qrnn_grads(rank):
             for name, p in qrnn.named_parameters()}
 
 
-def weight_drop_grads(rank, p):
-    """The language model with weight drop p (shared masks) in DDP vs the whole batch."""
+def weight_drop_grads(rank, p, rnn="qrnn"):
+    """The language model (QRNN or LSTM layers) with weight drop p (shared masks) in DDP vs the whole batch."""
     from qrnn_lm.config import ModelConfig
-    from qrnn_lm.models import QRNNLanguageModel, WeightDrop
+    from qrnn_lm.models import LanguageModel, WeightDrop
     from qrnn_lm.training.state import SharedMasks
     from qrnn_lm.training.step import regularized_loss
-    config = ModelConfig(emb_size=6, hidden_size=8, num_layers=2, dropout_emb=0, dropout_input=0,
+    config = ModelConfig(rnn=rnn, emb_size=6, hidden_size=8, num_layers=2, dropout_emb=0, dropout_input=0,
                          dropout_hidden=0, dropout_output=0, zoneout=0, weight_drop=p)
 
     def build():
         torch.manual_seed(0)
-        model = QRNNLanguageModel(11, config)
+        model = LanguageModel(11, config)
         SharedMasks([m for m in model.modules() if isinstance(m, WeightDrop)], torch.device("cpu"), seed=5)
         return model
 

@@ -9,7 +9,8 @@ The equality runs switch off the per-stream dropouts (embedding, locked, zoneout
 come from each rank's own random stream by design, so they cannot match one process's masks.
 Weight drop stays on: its masks come from the shared generator, the same on every rank and in one
 process, so the runs match with it. ``save_prev_x`` (first layer window 2) and variable BPTT
-lengths are on.
+lengths are on. The weight-drop gradients and the whole-run equality are checked for the LSTM model
+too (its weight drop on ``weight_hh_l0``, its carried h and c).
 """
 
 import json
@@ -39,7 +40,7 @@ EXACT = ["model.dropout_emb=0", "model.dropout_input=0", "model.dropout_hidden=0
          "train.epochs=2", "train.log_interval=1"]
 STOP = 6  # steps of the interrupted runs (the first epoch has about 15)
 RTOL, ATOL = 1e-5, 1e-6
-
+LSTM = ['model.rnn="lstm"']  # EXACT's QRNN keys (zoneout 0, first_window 2) are the defaults an LSTM accepts
 
 
 
@@ -104,7 +105,10 @@ def two_ranks(corpus, tmp_path_factory):
     jobs = [
         {"name": "qrnn", "kind": "qrnn_grads", "args": {}},
         {"name": "weight_drop", "kind": "weight_drop_grads", "args": {"p": 0.5}},
+        {"name": "weight_drop_lstm", "kind": "weight_drop_grads", "args": {"p": 0.5, "rnn": "lstm"}},
         {"name": "full", "kind": "run_train", "args": {"overrides": config_overrides(corpus), "out": str(tmp / "full")}},
+        {"name": "full_lstm", "kind": "run_train",
+         "args": {"overrides": config_overrides(corpus, *LSTM), "out": str(tmp / "full-lstm")}},
         {"name": "stopped", "kind": "run_train",
          "args": {"overrides": config_overrides(corpus, f"train.max_steps={STOP}"), "out": str(tmp / "stopped")}},
         {"name": "resumed", "kind": "run_train",
@@ -151,24 +155,40 @@ def test_ddp_on_the_plain_qrnn_module_gives_the_whole_batch_gradients(two_ranks)
         assert_grads_match(report["qrnn"])
 
 
-def test_weight_drop_masks_are_shared_so_ddp_gradients_of_the_original_weight_match(two_ranks):
+@pytest.mark.parametrize("job, weight", [("weight_drop", "layers.0.linear.parametrizations.weight.original"),
+                                         ("weight_drop_lstm", "layers.0.lstm.parametrizations.weight_hh_l0.original")])
+def test_weight_drop_masks_are_shared_so_ddp_gradients_of_the_original_weight_match(two_ranks, job, weight):
     _, _, ranks = two_ranks
     for report in ranks:
-        grads = report["weight_drop"]
-        assert any("parametrizations.weight.original" in name for name in grads)
+        grads = report[job]
+        assert weight in grads
         assert_grads_match(grads)
 
 
-def test_two_ranks_train_the_same_model_as_one_process(two_ranks):
+@pytest.fixture(scope="module")
+def lstm_reference(corpus, tmp_path_factory):
+    """The LSTM model trained by one process with the whole batch: (folder, results, losses)."""
+    out = tmp_path_factory.mktemp("ddp-lstm") / "single"
+    with pytest.MonkeyPatch.context() as patch:
+        return (out, *single(corpus, out, *LSTM, monkeypatch=patch))
+
+
+@pytest.mark.parametrize("rnn", ["qrnn", "lstm"])
+def test_two_ranks_train_the_same_model_as_one_process(two_ranks, rnn, request):
     tmp, (results, losses), ranks = two_ranks
+    name, reference = "full", tmp / "single"
+    if rnn == "lstm":
+        name, (reference, results, losses) = "full_lstm", request.getfixturevalue("lstm_reference")
+        assert load_checkpoint(tmp / "full-lstm" / "last.pt")["config"]["model"]["rnn"] == "lstm"
     for report in ranks:  # every rank sees the global loss of every step
-        assert report["full"]["losses"] == pytest.approx(losses, rel=RTOL)
-        assert report["full"]["results"]["steps"] == results["steps"] == len(losses)
-        assert report["full"]["results"]["test_loss"] == pytest.approx(results["test_loss"], rel=RTOL)
-        assert report["full"]["results"]["best_val_loss"] == pytest.approx(results["best_val_loss"], rel=RTOL)
-        assert report["full"]["results"]["test_tokens"] == results["test_tokens"]
-    assert_same_run(tmp / "full" / "last.pt", tmp / "single" / "last.pt")
-    assert json.loads((tmp / "full" / "results.json").read_text())["steps"] == results["steps"]
+        assert report[name]["losses"] == pytest.approx(losses, rel=RTOL)
+        assert report[name]["results"]["steps"] == results["steps"] == len(losses)
+        assert report[name]["results"]["test_loss"] == pytest.approx(results["test_loss"], rel=RTOL)
+        assert report[name]["results"]["best_val_loss"] == pytest.approx(results["best_val_loss"], rel=RTOL)
+        assert report[name]["results"]["test_tokens"] == results["test_tokens"]
+    folder = tmp / ("full" if rnn == "qrnn" else "full-lstm")
+    assert_same_run(folder / "last.pt", reference / "last.pt")
+    assert json.loads((folder / "results.json").read_text())["steps"] == results["steps"]
 
 
 def test_two_ranks_with_the_chunked_softmax_train_as_one_process_with_the_full_one(two_ranks):

@@ -1,5 +1,6 @@
-"""Training must learn: each optimizer fits a small deterministic corpus far below its unigram
-perplexity within a few hundred steps (tiny model, CPU, seconds).
+"""Training must learn: each optimizer, and each model type (QRNN, LSTM), fits a small
+deterministic corpus far below its unigram perplexity within a few hundred steps (tiny model, CPU,
+seconds).
 
 Every other training test compares two runs of the same code, so a learning rate of 0 or zeroed
 gradients would pass them; these tests fail then. The corpus is one 8-word sentence repeated, so
@@ -36,13 +37,17 @@ def unigram_ppl(folder: Path) -> float:
     return math.exp(-sum(c * math.log(c / len(tokens)) for c in counts.values()) / len(tokens))
 
 
-@pytest.mark.parametrize("optimizer", [
-    ['train.optimizer="sgd"', "train.lr=5.0"],  # NT-ASGD as configs/tiny.toml
-    ['train.optimizer="adam"', "train.lr=0.01"],
-    ['train.optimizer="adamw"', "train.lr=0.01", "train.weight_decay=0.01"],
-])
-def test_training_fits_a_deterministic_corpus_far_below_unigram(cycle_corpus, tmp_path, optimizer):
-    config = load_config(TINY, [f'data.dataset="{cycle_corpus}"', "train.epochs=5", *optimizer])
+SGD = ['train.optimizer="sgd"', "train.lr=5.0"]  # NT-ASGD as configs/tiny.toml
+ADAM = ['train.optimizer="adam"', "train.lr=0.01"]
+ADAMW = ['train.optimizer="adamw"', "train.lr=0.01", "train.weight_decay=0.01"]
+LSTM = ['model.rnn="lstm"', "model.zoneout=0"]  # tiny.toml's zoneout is a QRNN setting
+
+
+@pytest.mark.parametrize("rnn, optimizer", [
+    ([], SGD), ([], ADAM), ([], ADAMW), (LSTM, SGD), (LSTM, ADAM),
+], ids=["qrnn-sgd", "qrnn-adam", "qrnn-adamw", "lstm-sgd", "lstm-adam"])
+def test_training_fits_a_deterministic_corpus_far_below_unigram(cycle_corpus, tmp_path, rnn, optimizer):
+    config = load_config(TINY, [f'data.dataset="{cycle_corpus}"', "train.epochs=5", *rnn, *optimizer])
     results = train(config, tmp_path / "run", device="cpu", progress=False)
     unigram = unigram_ppl(cycle_corpus)
     assert unigram > 6  # the bar below is meaningful

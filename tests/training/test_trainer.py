@@ -1,7 +1,8 @@
 """The training engine on configs/tiny.toml and a tiny generated corpus (CPU, seconds).
 
 The central property: a run interrupted (by max_steps, or by Ctrl-C in the middle of a step) and
-resumed ends with exactly the parameters and optimiser state of an uninterrupted run.
+resumed ends with exactly the parameters and optimiser state of an uninterrupted run, for the QRNN
+and the LSTM model.
 """
 
 import json
@@ -22,6 +23,16 @@ from qrnn_lm.training.interrupts import sigint_deferred
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "configs" / "tiny.toml"
+
+
+# The model types; tiny.toml's zoneout is a QRNN setting, so the LSTM runs set it back to 0.
+RNNS = {"qrnn": [], "lstm": ['model.rnn="lstm"', "model.zoneout=0"]}
+
+
+@pytest.fixture(scope="module", params=sorted(RNNS))
+def rnn(request):
+    """The overrides of one model type (the tests using it run for each)."""
+    return RNNS[request.param]
 
 
 def tiny(corpus, *overrides):
@@ -53,21 +64,21 @@ def assert_same_state(a: Path, b: Path):
 
 
 @pytest.fixture(scope="module")
-def reference(corpus, tmp_path_factory):
+def reference(corpus, rnn, tmp_path_factory):
     """An uninterrupted two-epoch run, with NT-ASGD forced to switch after the first epoch."""
     out = tmp_path_factory.mktemp("reference")
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(optimizer_module, "should_switch_to_asgd", lambda *args: True)
-        results = run(tiny(corpus), out)
+        results = run(tiny(corpus, *rnn), out)
     return out, results
 
 
-def test_a_run_writes_checkpoints_config_logs_and_results(reference, corpus):
+def test_a_run_writes_checkpoints_config_logs_and_results(reference, corpus, rnn):
     out, results = reference
     for name in ("last.pt", "best.pt", "config.toml", "results.json"):
         assert (out / name).is_file(), name
     assert any((out / "tb").iterdir())
-    assert load_config(out / "config.toml") == tiny(corpus)
+    assert load_config(out / "config.toml") == tiny(corpus, *rnn)
     saved = json.loads((out / "results.json").read_text())
     assert saved == results and results["status"] == "completed" and results["epochs_completed"] == 2
     assert results["optimizer"] == "asgd"
@@ -77,27 +88,32 @@ def test_a_run_writes_checkpoints_config_logs_and_results(reference, corpus):
     assert "ax" in next(iter(last["optimizer"]["state"]["state"].values()))  # ASGD's averages saved
     assert len(last["history"]["val_losses"]) == 2
     assert set(last["data"]["checksums"]) == {"train.txt", "valid.txt", "test.txt"}
+    rnn_name = tiny(corpus, *rnn).model.rnn
+    assert last["config"]["model"]["rnn"] == load_checkpoint(out / "best.pt")["config"]["model"]["rnn"] == rnn_name
 
 
-def test_max_steps_then_resume_equals_an_uninterrupted_run(reference, corpus, tmp_path, monkeypatch):
+def test_max_steps_then_resume_equals_an_uninterrupted_run(reference, corpus, rnn, tmp_path, monkeypatch):
     monkeypatch.setattr(optimizer_module, "should_switch_to_asgd", lambda *args: True)
     reference_out, reference_results = reference
     steps_per_epoch = reference_results["steps"] // 2
     stop = steps_per_epoch // 2 + 1  # in the middle of the first epoch
     out = tmp_path / "run"
-    first = run(tiny(corpus, f"train.max_steps={stop}"), out)
+    first = run(tiny(corpus, *rnn, f"train.max_steps={stop}"), out)
     assert first["status"] == "max_steps" and first["steps"] == stop
     stopped = load_checkpoint(out / "last.pt")
     assert stopped["counters"]["step"] == stop and 0 < stopped["counters"]["position"]
+    # mid-epoch: the carried state is saved, h and c for an LSTM (tiny: hidden 24, emb 16, batch 4)
+    sizes = [24, 16] if tiny(corpus, *rnn).model.rnn == "qrnn" else [48, 32]
+    assert [tuple(h.shape) for h in stopped["stream"]["hidden"]] == [(4, size) for size in sizes]
     assert (out / "best.pt").is_file()  # validated once so that there is something to test
     # max_steps counts from the start of the run: 0 lifts the limit.
-    resumed = run(tiny(corpus, "train.max_steps=0"), out, resume=out)
+    resumed = run(tiny(corpus, *rnn, "train.max_steps=0"), out, resume=out)
     assert resumed["steps"] == reference_results["steps"]
     assert_same_state(out / "last.pt", reference_out / "last.pt")
     assert resumed["test_loss"] == reference_results["test_loss"]
 
 
-def test_ctrl_c_mid_step_saves_a_checkpoint_that_resumes_exactly(reference, corpus, tmp_path, monkeypatch):
+def test_ctrl_c_mid_step_saves_a_checkpoint_that_resumes_exactly(reference, corpus, rnn, tmp_path, monkeypatch):
     monkeypatch.setattr(optimizer_module, "should_switch_to_asgd", lambda *args: True)
     reference_out, reference_results = reference
     interrupt_at = reference_results["steps"] // 2 + 3  # in the second epoch, with ASGD active
@@ -114,12 +130,12 @@ def test_ctrl_c_mid_step_saves_a_checkpoint_that_resumes_exactly(reference, corp
     monkeypatch.setattr(train_module, "train_step", step_then_ctrl_c)
     out = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
-        run(tiny(corpus), out)
+        run(tiny(corpus, *rnn), out)
     saved = load_checkpoint(out / "last.pt")
     assert saved["counters"]["step"] == interrupt_at - 1 and saved["optimizer"]["name"] == "asgd"
     assert not (out / "results.json").exists()
     monkeypatch.setattr(train_module, "train_step", real_step)
-    resumed = run(tiny(corpus), out, resume=out / "last.pt")
+    resumed = run(tiny(corpus, *rnn), out, resume=out / "last.pt")
     assert_same_state(out / "last.pt", reference_out / "last.pt")
     assert resumed["test_loss"] == reference_results["test_loss"]
 
