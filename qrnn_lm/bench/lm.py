@@ -5,12 +5,12 @@ Shape letters: T = BPTT length, B = batch size, E = embedding size, V = vocabula
 
 The shape and the training settings come from a :class:`qrnn_lm.config.Config` (a recipe, see
 ``lm_config.py``; the defaults are PTB's AWD-QRNN). Both models are
-:class:`qrnn_lm.models.QRNNLanguageModel` with the recipe's sizes, windows, embedding, dropouts,
-zoneout, decoder and loss (cross-entropy + AR/TAR); in the LSTM model every QRNN layer is replaced
-by an ``nn.LSTM`` layer of the same input and hidden size. Weight drop is off in both, whatever the
-recipe says: DropConnect on an ``nn.LSTM``'s weights would take it off PyTorch's fused LSTM kernels,
-and the two sides must be regularised alike (on the QRNN it costs one mask over each gate weight
-per step: little).
+:class:`qrnn_lm.models.LanguageModel` with the recipe's sizes, embedding, dropouts, decoder and
+loss (cross-entropy + AR/TAR): the recipe's ``model.rnn = "qrnn"`` one and its ``"lstm"`` twin
+(AWD-LSTM layers of the same input and hidden size; the QRNN-only window and zoneout keys dropped).
+Weight drop is off in both, whatever the recipe says: one mask per gate weight and step, it costs
+both sides little and alike, and without it the step is the plain matrix products the FLOP count
+describes.
 
 A training step is the trainer's: forward and loss under ``train.precision``'s autocast (fp32 or
 bf16), backward, gradient clipping, the recipe's optimizer step (SGD, Adam or AdamW), on random
@@ -40,8 +40,8 @@ import statistics
 import torch
 from torch import nn
 
-from ..config import Config, ModelConfig, TrainConfig
-from ..models import QRNNLanguageModel, embedding_dropout
+from ..config import QRNN_ONLY_KEYS, Config, ModelConfig, TrainConfig
+from ..models import LanguageModel, embedding_dropout
 from ..nn import QRNNLayer
 from ..training.optimizer import make_optimizer
 from ..training.precision import precision_context, resolve_precision
@@ -51,39 +51,22 @@ from .model_flops import find_lstm, step_flops
 from .peak import default_peak_size, matmul_gflops
 from .timing import SectionTimer, time_round_robin
 
-__all__ = ["LSTMLayer", "build_models", "run", "SECTIONS", "DTYPES"]
+__all__ = ["build_models", "run", "SECTIONS", "DTYPES"]
 
 SECTIONS = ("embedding", "recurrent", "softmax", "optimizer")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}  # what the step's matrix products run in
 
 
-class LSTMLayer(nn.Module):
-    """An ``nn.LSTM`` layer with the QRNN layer's interface inside the language model:
-    ``(x [T, B, I], h0 [B, H]) -> (output [T, B, H], h_n [1, B, H])``; the cell starts at zero."""
-
-    def __init__(self, input_size: int, hidden_size: int):
-        super().__init__()
-        self.hidden_size = hidden_size
-        self.lstm = nn.LSTM(input_size, hidden_size)
-
-    def reset(self) -> None:
-        """Nothing to forget (the QRNN layer's ``save_prev_x`` counterpart)."""
-
-    def forward(self, x, hidden):
-        h0 = hidden.unsqueeze(0)  # [1, B, H]
-        output, (h_n, _) = self.lstm(x, (h0, torch.zeros_like(h0)))
-        return output, h_n
-
-
-def build_models(vocab_size: int, config: ModelConfig, device, train: TrainConfig | None = None) -> dict[str, QRNNLanguageModel]:
-    """``{"qrnn": model, "lstm": the same model with LSTM layers}``, both in training mode;
-    ``config`` is the ``[model]`` section, ``train`` gives the softmax's mode (default: auto)."""
+def build_models(vocab_size: int, config: ModelConfig, device, train: TrainConfig | None = None) -> dict[str, LanguageModel]:
+    """``{"qrnn": model, "lstm": the same model with model.rnn = "lstm"}``, both in training mode;
+    ``config`` is the ``[model]`` section (its QRNN-only keys are dropped for the LSTM model),
+    ``train`` gives the softmax's mode (default: auto)."""
     train = train or TrainConfig()
-    models = [QRNNLanguageModel(vocab_size, config, train.softmax, train.softmax_memory_mb).to(device) for _ in range(2)]
-    qrnn, lstm = models
-    lstm.layers = nn.ModuleList(
-        LSTMLayer(layer.input_size, layer.hidden_size) for layer in qrnn.layers
-    ).to(device)
+    qrnn_config = dataclasses.replace(config, rnn="qrnn")
+    defaults = ModelConfig()
+    lstm_config = dataclasses.replace(config, rnn="lstm", **{key: getattr(defaults, key) for key in QRNN_ONLY_KEYS})
+    qrnn, lstm = (LanguageModel(vocab_size, model_config, train.softmax, train.softmax_memory_mb).to(device)
+                  for model_config in (qrnn_config, lstm_config))
     return {"qrnn": qrnn.train(), "lstm": lstm.train()}
 
 
@@ -115,7 +98,7 @@ class _Trainer:
 
     def timed_step(self, timer: SectionTimer) -> None:
         """The same step cut into parts, each part's forward and backward timed (mirrors
-        ``QRNNLanguageModel.forward`` with targets)."""
+        ``LanguageModel.forward`` with targets)."""
         model, config = self.model, self.model.config
         model.reset()
         with timer("embedding"), self._autocast():

@@ -45,7 +45,7 @@ import torch
 
 from ..config import Config, UserError, to_toml
 from ..inference.evaluate import resolve_device
-from ..models import QRNNLanguageModel, WeightDrop
+from ..models import LanguageModel, WeightDrop
 from ..models.checkpoint import clean_state_dict
 from . import distributed
 from .budget import Budget
@@ -131,7 +131,7 @@ class Trainer:
         if resumed is not None:
             check_same_data(resumed.payload, self.corpus)
         self.stream = TrainingStream(self.corpus.train, config.data, device, seed)
-        self.model = QRNNLanguageModel(len(self.corpus.vocab), config.model, config.train.softmax,
+        self.model = LanguageModel(len(self.corpus.vocab), config.model, config.train.softmax,
                                        config.train.softmax_memory_mb).to(device)
         weight_drops = [module for module in self.model.modules() if isinstance(module, WeightDrop)]
         self.shared = SharedMasks(weight_drops, device, seed + 1)  # weight-drop masks, equal on every rank

@@ -13,6 +13,7 @@ from qrnn_lm.bench import lm as lm_bench
 from qrnn_lm.bench import lm_report
 from qrnn_lm.bench.lm_config import bench_config
 from qrnn_lm.bench.timing import SectionTimer
+from qrnn_lm.models.lstm_layer import LSTMLayer
 from qrnn_lm.cli.bench import bench_app
 from qrnn_lm.config import Config, ConfigError, ModelConfig, TrainConfig
 from qrnn_lm.nn import QRNNLayer
@@ -170,10 +171,14 @@ def test_the_instrumented_step_updates_the_parameters_like_the_plain_step(kind, 
         torch.testing.assert_close(timed, plain, msg=name)
 
 
-def test_lstm_layer_has_the_qrnn_layer_interface():
-    layer = lm_bench.LSTMLayer(4, 6)
-    output, h_n = layer(torch.randn(5, 2, 4), torch.randn(2, 6))
-    assert output.shape == (5, 2, 6) and h_n.shape == (1, 2, 6)
+def test_the_lstm_twin_is_the_model_rnn_lstm_language_model_without_qrnn_keys():
+    config = bench_config(None, ["model.zoneout=0.2", "model.window=2"], **TINY).model
+    models = lm_bench.build_models(50, config, "cpu")
+    assert models["qrnn"].config.rnn == "qrnn" and models["qrnn"].config.zoneout == 0.2
+    lstm = models["lstm"]
+    assert lstm.config.rnn == "lstm" and lstm.config.zoneout == 0.0 and lstm.config.window == 1
+    assert all(isinstance(layer, LSTMLayer) for layer in lstm.layers)
+    assert lstm.state_sizes() == [2 * size for size in lstm.layer_sizes()]  # h and c carried
 
 
 @pytest.fixture(scope="module")
