@@ -37,7 +37,7 @@ AWD_QRNN = {
 
 def test_the_expected_recipes_exist():
     names = {path.stem for path in RECIPES}
-    assert {"ptb", "wikitext-2", "wikitext-103", "ptb-small", "tiny"} <= names
+    assert {"ptb", "wikitext-2", "wikitext-103", "ptb-small", "ptb-cpu", "tiny"} <= names
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda path: path.name)
@@ -45,7 +45,7 @@ def test_recipe_loads_and_validates(path):
     config = load_config(path)
     assert config.name == path.stem  # the default run folder is runs/<file name>
     if path.stem in AWD_QRNN or path.stem.startswith("ptb"):
-        assert config.data.dataset == path.stem.removesuffix("-small")
+        assert config.data.dataset == path.stem.removesuffix("-small").removesuffix("-cpu")
 
 
 @pytest.mark.parametrize("name", sorted(AWD_QRNN))
@@ -66,3 +66,14 @@ def test_small_recipes_are_small():
     ptb, small, tiny = (load_config(CONFIGS / f"{name}.toml") for name in ("ptb", "ptb-small", "tiny"))
     assert size(tiny) < 200_000 < size(small) < size(ptb) / 4
     assert small.train.max_steps > 0 or small.train.epochs <= 3  # bounded for a CPU
+
+
+def test_the_cpu_recipe_is_time_budgeted_and_runs_as_an_lstm_too():
+    """make train's CPU recipe: a wall-clock budget that leaves the final test inside 20 minutes,
+    a schedule over that budget (never cut off), and `--set model.rnn=lstm` for the side-by-side."""
+    cpu = load_config(CONFIGS / "ptb-cpu.toml")
+    assert 0 < cpu.train.max_minutes <= 19 and cpu.train.lr_schedule != "constant"
+    assert cpu.train.epochs >= 20  # a ceiling far above the ~7 epochs the budget holds on a fast CPU
+    assert load_config(CONFIGS / "ptb-cpu.toml", ["model.rnn=lstm"]).model.rnn == "lstm"
+    makefile = (CONFIGS.parent / "Makefile").read_text()
+    assert "else 'ptb-cpu'" in makefile  # what make train picks without a GPU
