@@ -8,3 +8,4 @@ from _corpus import write_corpus
 def corpus(tmp_path_factory):
     """A folder holding the shared small corpus (see ``_corpus.py``)."""
     return write_corpus(tmp_path_factory.mktemp("data") / "corpus")
+

@@ -5,9 +5,8 @@ import json
 from pathlib import Path
 
 import pytest
+from _fake_clock import clock_per_step
 
-import qrnn_lm.training.budget as budget_module
-import qrnn_lm.training.trainer as train_module
 from qrnn_lm.config import TrainConfig, load_config
 from qrnn_lm.models.checkpoint import load_checkpoint
 from qrnn_lm.training import distributed, train
@@ -101,16 +100,7 @@ def test_ranks_agree_on_the_slowest_clock_only_with_a_time_budget(monkeypatch):
 @pytest.fixture
 def six_seconds_a_step(monkeypatch):
     """A clock that advances 6 s with each training step's forward and backward."""
-    done = []
-    real_step = train_module.train_step
-
-    def train_step(*args):
-        done.append(1)
-        return real_step(*args)
-
-    monkeypatch.setattr(train_module, "train_step", train_step)
-    monkeypatch.setattr(budget_module, "wall_clock", lambda: 6.0 * len(done))
-    return done
+    return clock_per_step(monkeypatch, 6.0)
 
 
 def run(corpus, out, *overrides, **kwargs):

@@ -5,8 +5,8 @@ import math
 from pathlib import Path
 
 import pytest
+from _fake_clock import clock_per_step
 
-import qrnn_lm.training.budget as budget_module
 import qrnn_lm.training.trainer as train_module
 from qrnn_lm.config import load_config
 from qrnn_lm.models.checkpoint import load_checkpoint
@@ -49,15 +49,7 @@ def test_a_resume_keeps_the_rows_up_to_its_step_and_a_fresh_run_starts_anew(tmp_
 
 @pytest.fixture
 def three_seconds_a_step(monkeypatch):
-    done = []
-    real_step = train_module.train_step
-
-    def train_step(*args):
-        done.append(1)
-        return real_step(*args)
-
-    monkeypatch.setattr(train_module, "train_step", train_step)
-    monkeypatch.setattr(budget_module, "wall_clock", lambda: 3.0 * len(done))
+    return clock_per_step(monkeypatch, 3.0)
 
 
 def run(corpus, out, *overrides, **kwargs):
