@@ -17,6 +17,8 @@ Shapes: T = time steps, B = batch, I = input features, H = hidden size; time-maj
 from __future__ import annotations
 
 import contextlib
+import functools
+import logging
 
 import torch
 import torch.nn.functional as F
@@ -72,12 +74,39 @@ class LSTMLayer(nn.Module):
         # refresh _flat_weights); caching the parametrization makes that one weight-drop mask per
         # call, used by the recurrence, instead of a mask per read.
         cache = parametrize.cached() if self.training and parametrize.is_parametrized(self.lstm) else contextlib.nullcontext()
-        with cache:
+        fallback = _cpu_lacks_bf16_lstm(x)
+        with cache, torch.autocast("cpu", enabled=False) if fallback else contextlib.nullcontext():
+            if fallback:
+                x, h0, c0 = x.float(), h0.float(), c0.float()
             output, (h_n, c_n) = self.lstm(x, (h0.contiguous(), c0.contiguous()))  # [T, B, H], [1, B, H] x 2
+        if fallback:  # what autocast would have returned, for the ops after (e.g. the adaptive softmax)
+            output, h_n, c_n = (t.to(torch.bfloat16) for t in (output, h_n, c_n))
         return output, torch.cat([h_n, c_n], dim=-1)  # [1, B, 2H]
 
     def extra_repr(self) -> str:
         return f"state_size={self.state_size}"
+
+
+def _cpu_can_run_bf16_lstm() -> bool:
+    """Whether oneDNN can build a bf16 LSTM on this CPU (it needs AVX-512; on AVX2-only CPUs such
+    as AMD Zen 2/3 the primitive cannot be created and nn.LSTM under bf16 autocast raises)."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def _cpu_lacks_bf16_lstm(x: torch.Tensor) -> bool:
+    """True where bf16 autocast is on for ``x``'s CPU but this CPU cannot run a bf16 LSTM: the
+    recurrence then runs in fp32 with autocast off (logged once) instead of failing."""
+    if (x.device.type != "cpu" or not torch.is_autocast_enabled("cpu")
+            or torch.get_autocast_dtype("cpu") != torch.bfloat16 or _cpu_can_run_bf16_lstm()):
+        return False
+    _log_fp32_fallback_once()
+    return True
+
+
+@functools.cache
+def _log_fp32_fallback_once() -> None:
+    logging.getLogger(__name__).warning(
+        "this CPU cannot run a bf16 LSTM (oneDNN needs AVX-512); the LSTM layers run in fp32")
 
 
 def lstm_scan(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh):

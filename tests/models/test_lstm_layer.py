@@ -138,3 +138,21 @@ def test_weight_drop_through_cudnn():
     assert layer.lstm.parametrizations.weight_hh_l0.original.grad.abs().sum() > 0
     layer.eval()
     torch.testing.assert_close(layer(x, state)[0], layer(x, state)[0])
+
+
+def test_bf16_autocast_runs_the_lstm_in_fp32_where_the_cpu_cannot(monkeypatch):
+    # oneDNN cannot build a bf16 LSTM on AVX2-only CPUs (AMD Zen 2/3): nn.LSTM under bf16 autocast
+    # raises there. The layer must run the recurrence in fp32 instead, and hand back bf16 as
+    # autocast would (the adaptive softmax after it needs its input's dtype to match its products).
+    from qrnn_lm.models import lstm_layer
+
+    monkeypatch.setattr(lstm_layer, "_cpu_can_run_bf16_lstm", lambda: False)
+    torch.manual_seed(0)
+    layer = lstm_layer.LSTMLayer(5, 7)
+    x, state = torch.randn(4, 3, 5), torch.randn(3, 14)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        output, new_state = layer(x.to(torch.bfloat16), state)
+    reference, reference_state = layer(x.to(torch.bfloat16).float(), state)
+    assert output.dtype == new_state.dtype == torch.bfloat16
+    torch.testing.assert_close(output, reference.to(torch.bfloat16), rtol=0, atol=0)
+    torch.testing.assert_close(new_state, reference_state.to(torch.bfloat16), rtol=0, atol=0)
