@@ -44,9 +44,10 @@ from ..config import QRNN_ONLY_KEYS, Config, ModelConfig, TrainConfig
 from ..models import LanguageModel, embedding_dropout
 from ..nn import QRNNLayer
 from ..training.optimizer import make_optimizer
-from ..training.precision import precision_context, resolve_precision
+from ..device import resolve_precision
+from ..training.step import precision_context
 from ..training.step import regularized_loss
-from .lm_config import check_precision
+from .lm_config import check_bench_precision
 from .model_flops import find_lstm, step_flops
 from .peak import default_peak_size, matmul_gflops
 from .timing import SectionTimer, time_round_robin
@@ -140,7 +141,7 @@ def run(config: Config | None = None, vocab_size: int = 10000, repeats: int = 5,
     device = torch.device(device)
     config = dataclasses.replace(config, train=dataclasses.replace(
         config.train, precision=resolve_precision(config.train.precision, device)))
-    check_precision(config.train.precision)
+    check_bench_precision(config.train.precision)
     dtype = DTYPES[config.train.precision]
     model_config = dataclasses.replace(config.model, weight_drop=0.0)
     bptt, batch_size, train = config.data.bptt, config.data.batch_size, config.train

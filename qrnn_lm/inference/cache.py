@@ -151,8 +151,9 @@ def evaluate_cache_checkpoint(checkpoint, *, split: str = "test", params: CacheP
     ``tokens``, ``split``, ``dataset`` (and ``valid_loss``/``valid_cache_loss`` with a search).
     """
     from ..data import Corpus, batchify, prepare_dataset
-    from ..models.checkpoint import load_checkpoint, model_from_checkpoint
-    from .evaluate import SPLITS, resolve_device
+    from ..models.checkpoint_file import load_checkpoint, model_from_checkpoint
+    from ..device import resolve_device
+    from .evaluate import SPLITS
 
     params.check()
     if split not in SPLITS:

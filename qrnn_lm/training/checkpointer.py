@@ -1,6 +1,6 @@
 """What a run saves and puts back: ``last.pt`` (resumable) and ``best.pt`` (best validation).
 
-The file format (atomic write, safe read) is :mod:`qrnn_lm.models.checkpoint`; this module decides
+The file format (atomic write, safe read) is :mod:`qrnn_lm.models.checkpoint_file`; this module decides
 what a training run puts in it and how a resumed run takes it back:
 
 * :func:`read_resume_point` reads and checks the checkpoint a run resumes from (its config must
@@ -28,10 +28,10 @@ import torch
 from ..config import Config, ConfigError, UserError, config_from_dict, config_to_dict
 from ..data import Corpus
 from ..models import LanguageModel
-from ..models.checkpoint import CheckpointError, clean_state_dict, load_checkpoint, model_from_checkpoint, save_checkpoint
+from ..models.checkpoint_file import CheckpointError, clean_state_dict, load_checkpoint, model_from_checkpoint, save_checkpoint
 from . import distributed
 from .state import Snapshot, restore_rng
-from .stream import concat_streams, stream_to_cpu
+from .data_stream import concat_streams, stream_to_cpu
 
 __all__ = ["PREVIOUS", "ResumePoint", "read_resume_point", "choose_resume_file", "resume_checkpoint", "resume_config_check", "check_same_data", "restore_rng_states",
            "Checkpointer"]

@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config, UserError, config_from_dict, config_to_dict
-from ..models.checkpoint import load_checkpoint
+from ..models.checkpoint_file import load_checkpoint
 from . import distributed
 from .optimizer import should_switch_to_asgd
-from .results import ppl
+from .metrics import ppl
 
 __all__ = ["FINETUNE_FILE", "load_init", "read_finetune", "start_finetune", "converged", "compare"]
 

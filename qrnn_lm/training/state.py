@@ -1,5 +1,5 @@
 """What a training run must remember to continue exactly: counters, history and RNG states (the
-state carried along the training stream is :mod:`qrnn_lm.training.stream`'s).
+state carried along the training stream is :mod:`qrnn_lm.training.data_stream`'s).
 
 The trainer keeps a :class:`RunState` and, at the start of every step, a :class:`Snapshot` of the
 random and carried state; a checkpoint written after an interruption in the middle of a step uses

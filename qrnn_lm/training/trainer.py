@@ -9,21 +9,20 @@ switch to ASGD, apply ``lr_decay_epochs``, save ``last.pt``. At the end, the bes
 evaluated on test and ``results.json`` written.
 
 A :class:`Trainer` is built once from the config and holds one component per job, each with its
-own distributed details: the training stream (:mod:`.stream`), the optimiser and its schedule
-(:mod:`.optimizer`), validation and test (:mod:`.evaluator`), the checkpointer
-(:mod:`.checkpointer`), the budget (:mod:`.budget`), the metrics logger and meter (:mod:`.metrics`),
-``metrics.csv`` (:mod:`.metrics_csv`) and the console
-(:mod:`.console`). Its loop below reads top to bottom: ``run`` -> epochs -> steps -> end of epoch
+own distributed details: the training stream and the validation and test streams
+(:mod:`.data_stream`), the optimiser and its schedule (:mod:`.optimizer`, :mod:`.schedule`), the
+checkpointer (:mod:`.checkpointer`), the budget and stop signals (:mod:`.stopping`), and the
+metrics logger, ``metrics.csv`` and the console (:mod:`.metrics`). Its loop below reads top to bottom: ``run`` -> epochs -> steps -> end of epoch
 -> finish.
 
 Stopping and resuming (details: docs/application.md):
 * ``train.max_steps``, ``train.max_minutes`` and ``train.epochs`` count from the start of the run,
-  across resumes (:mod:`.budget`); a run stopped by ``max_steps`` or ``max_minutes`` mid-epoch
+  across resumes (:mod:`.stopping`); a run stopped by ``max_steps`` or ``max_minutes`` mid-epoch
   saves the exact position and still tests ``best.pt`` (when no epoch has finished, the current
   weights are validated once and saved as ``best.pt``). The budget's progress drives the
-  per-step learning-rate schedule (:mod:`.lr_schedule`).
+  per-step learning-rate schedule (:mod:`.schedule`).
 * Ctrl-C, SIGTERM and SIGHUP save ``last.pt`` at the exact position and raise
-  :class:`~qrnn_lm.training.interrupts.Interrupted` (the CLI prints the resume command).
+  :class:`~qrnn_lm.training.stopping.Interrupted` (the CLI prints the resume command).
   ``last.pt`` is also written every ``train.checkpoint_every_steps`` / ``_minutes``.
 * A non-finite loss or gradient norm raises :class:`TrainingError`; ``last.pt`` stays as it was.
 
@@ -44,24 +43,18 @@ from typing import Any
 import torch
 
 from ..config import Config, UserError, to_toml
-from ..inference.evaluate import resolve_device
+from ..device import resolve_device, resolve_precision
 from ..models import LanguageModel, WeightDrop
-from ..models.checkpoint import clean_state_dict
+from ..models.checkpoint_file import clean_state_dict
 from . import distributed
-from .budget import Budget
 from .checkpointer import Checkpointer, check_same_data, read_resume_point, restore_rng_states
-from .console import Console
-from .evaluator import Evaluator
+from .data_stream import Evaluator, TrainingStream, load_corpus, restore_stream
 from .finetune import compare, converged, load_init, read_finetune, start_finetune
-from .interrupts import Interrupted, StopSignals, sigint_deferred
-from .metrics import Meter, make_logger
-from .metrics_csv import MetricsCsv
-from .optimizer import Schedule
-from .precision import make_scaler, resolve_precision
-from .results import ppl, run_results, write_results
+from .metrics import Console, Meter, MetricsCsv, make_logger, ppl, run_results, write_results
+from .schedule import Schedule
 from .state import RunState, SharedMasks, Snapshot, capture_rng
-from .step import TrainingError, train_step
-from .stream import TrainingStream, load_corpus, restore_stream
+from .step import TrainingError, make_scaler, train_step
+from .stopping import Budget, Interrupted, StopSignals, sigint_deferred
 
 __all__ = ["train", "Trainer", "TrainingError"]
 

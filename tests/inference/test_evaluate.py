@@ -7,10 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from qrnn_lm.models.checkpoint import save_checkpoint
+from qrnn_lm.models.checkpoint_file import save_checkpoint
 from qrnn_lm.config import Config, DataConfig, ModelConfig, UserError, config_to_dict
 from qrnn_lm.data import Corpus, batchify
-from qrnn_lm.inference.evaluate import evaluate, evaluate_checkpoint, resolve_device
+from qrnn_lm.device import resolve_device
+from qrnn_lm.inference.evaluate import evaluate, evaluate_checkpoint
 from qrnn_lm.models import LanguageModel, LSTMLayer
 
 VOCAB = 23

@@ -14,7 +14,7 @@ from qrnn_lm.inference.export import (
     export_program,
     forget_mult_as_scan,
 )
-from qrnn_lm.models.checkpoint import save_checkpoint
+from qrnn_lm.models.checkpoint_file import save_checkpoint
 from qrnn_lm.models.language_model import LanguageModel
 from qrnn_lm.nn.jit import TorchScriptUnsupported
 

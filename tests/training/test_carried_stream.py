@@ -1,4 +1,4 @@
-"""The carried stream state (training/stream.py) for both model types: what a checkpoint captures,
+"""The carried stream state (training/data_stream.py) for both model types: what a checkpoint captures,
 and a restore that puts each QRNN layer's saved inputs back and leaves LSTM layers alone."""
 
 import pytest
@@ -6,7 +6,7 @@ import torch
 
 from qrnn_lm.config import ModelConfig
 from qrnn_lm.models import LanguageModel
-from qrnn_lm.training.stream import capture_stream, concat_streams, restore_stream, stream_columns, stream_to_cpu
+from qrnn_lm.training.data_stream import capture_stream, concat_streams, restore_stream, stream_columns, stream_to_cpu
 
 VOCAB = 13
 

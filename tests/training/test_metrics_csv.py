@@ -9,9 +9,9 @@ from _fake_clock import clock_per_step
 
 import qrnn_lm.training.trainer as train_module
 from qrnn_lm.config import load_config
-from qrnn_lm.models.checkpoint import load_checkpoint
+from qrnn_lm.models.checkpoint_file import load_checkpoint
 from qrnn_lm.training import train
-from qrnn_lm.training.metrics_csv import COLUMNS, MetricsCsv, read_rows
+from qrnn_lm.training.metrics import COLUMNS, MetricsCsv, read_rows
 from qrnn_lm.training.state import RunState
 
 TINY = Path(__file__).resolve().parents[2] / "configs" / "tiny.toml"  # 17 steps an epoch

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from qrnn_lm.models.checkpoint import load_checkpoint
+from qrnn_lm.models.checkpoint_file import load_checkpoint
 from qrnn_lm.training import train
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "checkpoints_v1"

@@ -10,13 +10,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import qrnn_lm.models.checkpoint as checkpoint_module
+import qrnn_lm.models.checkpoint_file as checkpoint_module
 from qrnn_lm.cli.commands import app
 from qrnn_lm.config import ConfigError, UserError, load_config
-from qrnn_lm.models.checkpoint import load_checkpoint, save_checkpoint
+from qrnn_lm.models.checkpoint_file import load_checkpoint, save_checkpoint
 from qrnn_lm.training import train
 from qrnn_lm.training.checkpointer import PREVIOUS, choose_resume_file
-from qrnn_lm.training.interrupts import Interrupted, StopSignals, sigint_deferred
+from qrnn_lm.training.stopping import Interrupted, StopSignals, sigint_deferred
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "configs" / "tiny.toml"

@@ -15,11 +15,11 @@ import torch
 import qrnn_lm.training.trainer as train_module
 import qrnn_lm.training.optimizer as optimizer_module
 import qrnn_lm.training.step as train_step_module
-from qrnn_lm.models.checkpoint import load_checkpoint
+from qrnn_lm.models.checkpoint_file import load_checkpoint
 from qrnn_lm.config import UserError, load_config
 from qrnn_lm.training.optimizer import averaged_weights, make_optimizer, should_switch_to_asgd
 from qrnn_lm.training import TrainingError, train
-from qrnn_lm.training.interrupts import sigint_deferred
+from qrnn_lm.training.stopping import sigint_deferred
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "configs" / "tiny.toml"
@@ -264,7 +264,7 @@ def test_a_real_sigint_saves_the_exact_position_and_resumes_exactly(corpus, tmp_
 
 def test_next_segment_lengths():
     from qrnn_lm.config import DataConfig
-    from qrnn_lm.training.stream import next_segment
+    from qrnn_lm.training.data_stream import next_segment
 
     source = torch.arange(400).view(200, 2)
     fixed = DataConfig(bptt=12, variable_bptt=False)

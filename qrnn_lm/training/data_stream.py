@@ -1,5 +1,6 @@
-"""The training data stream: the corpus cut into parallel streams, walked in BPTT segments, with
-the state carried from one segment to the next.
+"""A run's data streams: the training stream (the corpus cut into parallel streams, walked in BPTT
+segments, with the state carried from one segment to the next) and the validation and test streams
+the :class:`Evaluator` scores.
 
 A :class:`TrainingStream` owns this rank's columns of the ``[N, batch_size]`` training streams, the
 generator that draws the segment lengths (awd's variable BPTT; the same on every rank) and the
@@ -11,6 +12,10 @@ columns back (:func:`stream_columns`).
 
 Shapes: N = time steps of a stream, B = streams, S = a layer's state size (its hidden size for a
 QRNN layer, twice it for an LSTM layer: h and c), I = a layer's input size.
+
+Validation and test during training are exact per-token means over every rank's share: each rank
+scores its block of the evaluation streams (:func:`make_stream`, which may be uneven, even empty) with :func:`~qrnn_lm.inference.evaluate.loss_sum`; the sums and
+token counts are all-reduced, so the mean is the one a single process would compute.
 """
 
 from __future__ import annotations
@@ -23,19 +28,10 @@ from torch import nn
 
 from ..config import Config, DataConfig, UserError
 from ..data import Corpus, batchify, get_batch, prepare_dataset, sample_seq_len
+from ..inference.evaluate import loss_sum
 from . import distributed
 
-__all__ = [
-    "TrainingStream",
-    "make_stream",
-    "load_corpus",
-    "next_segment",
-    "capture_stream",
-    "restore_stream",
-    "stream_to_cpu",
-    "stream_columns",
-    "concat_streams",
-]
+__all__ = ["TrainingStream", "make_stream", "load_corpus", "next_segment", "capture_stream", "restore_stream", "stream_to_cpu", "stream_columns", "concat_streams", "Evaluator"]
 
 
 def make_stream(ids: torch.Tensor, batch_size: int, device: torch.device, rank: int = 0, world_size: int = 1,
@@ -174,3 +170,27 @@ def concat_streams(streams: list[dict[str, Any]]) -> dict[str, Any]:
         hidden = [torch.cat(parts, dim=0) for parts in zip(*(s["hidden"] for s in streams))]
     prev_x = [None if parts[0] is None else torch.cat(parts, dim=1) for parts in zip(*(s["prev_x"] for s in streams))]
     return {"hidden": hidden, "prev_x": prev_x}
+
+
+class Evaluator:
+    """The validation streams of a run and the test split, scored exactly across ranks."""
+
+    def __init__(self, corpus: Corpus, data: DataConfig, device: torch.device):
+        self.corpus, self.data, self.device = corpus, data, device
+        self.valid = self._streams(corpus.valid, data.eval_batch_size)  # [N, about eval_batch_size / ranks]
+
+    def _streams(self, ids: torch.Tensor, batch_size: int) -> torch.Tensor:
+        return make_stream(ids, batch_size, self.device, distributed.get_rank(), distributed.get_world_size())
+
+    def mean_loss(self, model: torch.nn.Module, source: torch.Tensor, progress: bool = False) -> float:
+        """The per-token mean loss over every rank's share of ``source``."""
+        total, count = distributed.all_reduce_sum(loss_sum(model, source, self.data.bptt, progress=progress))
+        return total / count
+
+    def valid_loss(self, model: torch.nn.Module) -> float:
+        return self.mean_loss(model, self.valid)
+
+    def test_loss(self, model: torch.nn.Module, progress: bool = False) -> tuple[float, int]:
+        """``(mean loss, number of target tokens)`` on the test split at ``data.test_batch_size``."""
+        source = self._streams(self.corpus.test, self.data.test_batch_size)
+        return self.mean_loss(model, source, progress), (source.size(0) - 1) * self.data.test_batch_size

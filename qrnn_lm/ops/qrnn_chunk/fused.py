@@ -9,7 +9,7 @@ unfused path adds on top is a dozen elementwise passes over ``[T, B, k*H]`` tens
 longer fit in cache, each bound by memory bandwidth (about 30% of a training step at hidden
 320). Here the rows are cut into chunks of about :data:`CHUNK_ROWS` rows; for each chunk the
 product writes the gate pre-activations, one in-place ``sigmoid_`` turns them into activations
-while they are still in cache, and a numba kernel (``ops/qrnn_chunk``) runs the recurrence and
+while they are still in cache, and a numba kernel (``kernels.py``) runs the recurrence and
 the output gate. The backward walks the chunks in reverse: a kernel writes the chunk's gradient
 of the pre-activations into a cache-sized buffer, and the products for the input, weight and bias
 gradients consume it at once, so the ``[R, k*H]`` gradient never exists in full. Measured on the
@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch.autograd.function import once_differentiable
 
-from ..ops.qrnn_chunk import backward_chunk, forward_chunk
+from .kernels import backward_chunk, forward_chunk
 
 __all__ = ["fused_layer", "CHUNK_ROWS", "ROWS_PER_WEIGHT_COLUMN"]
 
