@@ -38,7 +38,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -68,6 +68,7 @@ def train(
     data_dir: str | Path | None = None,
     progress: bool = True,
     init_from: str | Path | None = None,
+    on_validation: Callable[[int, float], None] | None = None,
 ) -> dict[str, Any]:
     """Train ``config`` into ``out_dir`` (checkpoints, ``config.toml``, ``tb/``, ``results.json``).
 
@@ -83,6 +84,11 @@ def train(
             changes, interruptions) are printed on rank 0 either way.
         init_from: finetune: start a fresh run from this checkpoint's weights straight into
             averaged SGD (see :mod:`.finetune`).
+        on_validation: ``on_validation(step, valid_ppl)``, called on rank 0 after each validation
+            of the run (at the end of each epoch, and when a limit stops it mid-epoch), once that
+            validation's ``last.pt`` is saved; ``step`` counts optimizer steps from the start of the
+            run. An exception it raises ends the run and propagates out of ``train`` (e.g. a
+            hyperparameter search pruning the trial); ``last.pt`` stays resumable.
 
     Returns:
         the results dict also written to ``out_dir/results.json``.
@@ -94,7 +100,7 @@ def train(
         raise UserError(str(error)) from None
     with distributed.session(device) as rank_device:
         trainer = Trainer(config, Path(out_dir), rank_device, resume=resume, data_dir=data_dir, progress=progress,
-                          init_from=init_from)
+                          init_from=init_from, on_validation=on_validation)
         try:
             return trainer.run()
         finally:
@@ -107,10 +113,12 @@ class Trainer:
     ``device`` is this rank's resolved device)."""
 
     def __init__(self, config: Config, out_dir: Path, device: torch.device, *, resume: str | Path | None = None,
-                 data_dir: str | Path | None = None, progress: bool = True, init_from: str | Path | None = None):
+                 data_dir: str | Path | None = None, progress: bool = True, init_from: str | Path | None = None,
+                 on_validation: Callable[[int, float], None] | None = None):
         if init_from is not None and resume is not None:
             raise ValueError("init_from starts a fresh run; resume continues one: pass one of them")
         self.config, self.out_dir, self.device = config, out_dir, device
+        self.on_validation = on_validation if distributed.is_main() else None
         self.world_size = distributed.get_world_size()
         main = distributed.is_main()
         seed = config.train.seed
@@ -286,13 +294,17 @@ class Trainer:
             state.position = 0
             self.stream.hidden = None
             self._save("last")
+        self._validated(val_loss)
 
     def _finish(self, status: str, seconds: float) -> dict[str, Any]:
         state, config = self.state, self.config
         if status in ("max_steps", "max_minutes"):
+            val_loss = None
             if state.position > 0 or not self.checkpointer.has_best():
-                self._validate_at_stop(status)
+                val_loss = self._validate_at_stop(status)
             self._save("last")  # after the validation: with the best_val_loss a resumed run compares with
+            if val_loss is not None:
+                self._validated(val_loss)
         model, best_val = self.checkpointer.load_best(self.device)
         test_loss, test_tokens = self.evaluator.test_loss(model, progress=self.console.progress)
         results = run_results(config, state, status, best_val, test_loss, test_tokens, self.out_dir, seconds)
@@ -308,7 +320,7 @@ class Trainer:
                           f"{config.data.test_batch_size})")
         return results
 
-    def _validate_at_stop(self, status: str) -> None:
+    def _validate_at_stop(self, status: str) -> float:
         """A limit cut the epoch: validate the steps since the last validation (a schedule's last,
         lowest-rate steps are usually its best) and keep them as best.pt when they are better, or
         when no epoch finished and there is no best.pt yet to test, eval and sample."""
@@ -323,6 +335,7 @@ class Trainer:
                 state.best_val_loss = val_loss
                 with self.schedule.averaged():
                     self._save("best")
+        return val_loss
 
     # -- the pieces the loop calls -----------------------------------------------------------------
 
@@ -330,6 +343,11 @@ class Trainer:
         """Validation loss of the current model (averaged weights when ASGD is active)."""
         with self.schedule.averaged():
             return self.evaluator.valid_loss(self.model)
+
+    def _validated(self, val_loss: float) -> None:
+        """A validation and its checkpoint are done: tell ``on_validation`` (rank 0 only)."""
+        if self.on_validation is not None:
+            self.on_validation(self.state.step, ppl(val_loss))
 
     def _log_validation(self, val_loss: float) -> None:
         state = self.state
