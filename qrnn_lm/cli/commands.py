@@ -97,7 +97,7 @@ def train(
         raise error_exit("say what to train on: --data ptb|wikitext-2|wikitext-103|PATH, or --config FILE, or --resume DIR")
     check_data(data)
     with user_errors():
-        resumed = None
+        resumed, payload = None, None
         if resume is not None:
             from ..training.checkpointer import resume_checkpoint
 
@@ -105,7 +105,7 @@ def train(
             resumed = payload["config"]
         run_config = resolve_train_config(data, config, overrides, resumed, [d.value for d in Dataset])
         out = out if out is not None else resume.parent if resume is not None else Path("runs") / run_config.name
-        run_training(run_config, out, device.value, resume, data_dir, progress)
+        run_training(run_config, out, device.value, resume, data_dir, progress, checkpoint=payload)
 
 
 @app.command()

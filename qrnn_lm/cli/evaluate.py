@@ -64,6 +64,7 @@ def eval_command(
 
 def _evaluate_with_cache(path, split, data, data_dir, device, progress, window, theta, lambd, search) -> None:
     from ..inference.cache import CacheParams, evaluate_cache_checkpoint
+    from ..inference.evaluate import perplexity
 
     defaults = CacheParams()
     params = CacheParams(window=defaults.window if window is None else window,
@@ -74,13 +75,7 @@ def _evaluate_with_cache(path, split, data, data_dir, device, progress, window, 
                                        data_dir=data_dir, device=device, progress=progress)
     name, pair = result["dataset"], f"window {result['window']}, theta {result['theta']:g}, lambda {result['lambda']:g}"
     if search:
-        typer.echo(f"{name} valid: ppl {_exp(result['valid_loss']):.2f} -> {_exp(result['valid_cache_loss']):.2f} "
+        typer.echo(f"{name} valid: ppl {perplexity(result['valid_loss']):.2f} -> {perplexity(result['valid_cache_loss']):.2f} "
                    f"with the cache; best of the grid: {pair}")
     typer.echo(f"{name} {result['split']}: ppl {result['ppl']:.2f} -> {result['cache_ppl']:.2f} with the cache "
                f"({pair}; loss {result['loss']:.4f} -> {result['cache_loss']:.4f}; {result['tokens']:,} tokens)")
-
-
-def _exp(loss: float) -> float:
-    import math
-
-    return math.exp(min(loss, 700.0))

@@ -38,11 +38,14 @@ def _is_rank_zero() -> bool:
 
 
 def run_training(run_config, out: Path, device: str, resume: Path | None, data_dir: Path | None, progress: bool,
-                 init_from: Path | None = None) -> None:
+                 init_from: Path | None = None, checkpoint: dict | None = None) -> None:
+    """Train; ``checkpoint``: the loaded checkpoint ``resume`` names (read once, here in the CLI)."""
     from ..training import train as train_model
 
     try:
         extra = {"init_from": init_from} if init_from is not None else {}  # finetune only
+        if checkpoint is not None:
+            extra["checkpoint"] = checkpoint  # a resume: last.pt was read once, by the command
         results = train_model(run_config, out, device=device, resume=resume, data_dir=data_dir, progress=progress,
                               **extra)
     except KeyboardInterrupt as error:  # Ctrl-C, SIGTERM or SIGHUP (training.stopping.Interrupted)

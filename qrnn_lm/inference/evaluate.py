@@ -22,9 +22,15 @@ from ..config import UserError
 from ..device import resolve_device
 from ..data import Corpus, batchify, get_batch, prepare_dataset
 
-__all__ = ["evaluate", "loss_sum", "evaluate_checkpoint", "count_unknown_words", "SPLITS"]
+__all__ = ["perplexity", "evaluate", "loss_sum", "evaluate_checkpoint", "count_unknown_words", "SPLITS"]
 
 SPLITS = ("train", "valid", "test")
+
+
+def perplexity(loss: float) -> float:
+    """Perplexity of a mean loss in nats: ``exp(loss)``, clamped at ``exp(700)`` (beyond it a float
+    overflows, e.g. for a diverged model's loss). The one perplexity of the package."""
+    return math.exp(min(loss, 700.0))
 
 
 def evaluate(model: torch.nn.Module, source: torch.Tensor, bptt: int, *, progress: bool = False) -> float:
@@ -112,7 +118,7 @@ def evaluate_checkpoint(
     loss = evaluate(model, source, config.data.bptt, progress=progress)
     return {
         "loss": loss,
-        "ppl": math.exp(loss),
+        "ppl": perplexity(loss),
         "tokens": (source.size(0) - 1) * source.size(1),
         "split": split,
         "dataset": dataset,

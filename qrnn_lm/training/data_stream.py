@@ -80,17 +80,24 @@ def next_segment(
 
 
 class TrainingStream:
-    """This rank's training streams, the BPTT generator and the carried hidden state.
+    """This rank's training streams, the BPTT generator and the carried state: the hidden state
+    and the saved inputs of ``model``'s layers.
 
     Args:
         ids: the ``[N]`` training token ids of the whole corpus.
         data: the ``[data]`` section (global ``batch_size``, ``bptt``, ``variable_bptt``).
         device: where the streams live.
         seed: seeds the BPTT generator (equal on every rank, so every rank draws the same lengths).
+        model: the language model whose layers carry saved inputs between segments.
+
+    As a checkpoint component (key ``stream``): :meth:`state_dict` is this rank's carried state
+    (references, not copies: the model replaces these tensors rather than writing into them),
+    :meth:`merge_ranks` joins the ranks' into the global batch's, and :meth:`load_state_dict` takes
+    this rank's columns of it back. (The BPTT generator is the random state's.)
     """
 
-    def __init__(self, ids: torch.Tensor, data: DataConfig, device: torch.device, seed: int):
-        self.data = data
+    def __init__(self, ids: torch.Tensor, data: DataConfig, device: torch.device, seed: int, model: nn.Module):
+        self.data, self.device, self.model = data, device, model
         self.tokens = make_stream(ids, data.batch_size, device, distributed.get_rank(),
                                   distributed.get_world_size(), even="data.batch_size")  # [N, B / ranks]
         self.generator = torch.Generator().manual_seed(seed)  # BPTT lengths only
@@ -105,20 +112,24 @@ class TrainingStream:
         """``(inputs, targets)``, ``[L, B / ranks]`` each, starting at ``position``."""
         return next_segment(self.tokens, position, self.data, self.generator)
 
-    def start_epoch(self, model: nn.Module) -> None:
+    def start_epoch(self) -> None:
         """A new pass over the stream: no saved inputs, zero hidden state."""
-        model.reset()
+        self.model.reset()
         self.hidden = None
 
-    def capture(self, model: nn.Module) -> dict[str, Any]:
-        """The carried state now (references, see :func:`capture_stream`)."""
-        return capture_stream(model, self.hidden)
+    def state_dict(self) -> dict[str, Any]:
+        """The carried state now (see :func:`capture_stream`)."""
+        return capture_stream(self.model, self.hidden)
 
-    def restore(self, model: nn.Module, saved: dict[str, Any], device: torch.device) -> None:
+    def merge_ranks(self, states: list[dict[str, Any]]) -> dict[str, Any]:
+        """The ranks' carried states (on the CPU, in rank order) -> the global batch's."""
+        return concat_streams(states)
+
+    def load_state_dict(self, saved: dict[str, Any]) -> None:
         """Take this rank's columns of a carried state saved for the global batch."""
         start, stop = distributed.column_range(self.data.batch_size, distributed.get_rank(),
                                                distributed.get_world_size())
-        self.hidden = restore_stream(model, stream_columns(saved, start, stop), device)
+        self.hidden = restore_stream(self.model, stream_columns(saved, start, stop), self.device)
 
 
 def capture_stream(model: nn.Module, hidden: list[torch.Tensor] | None) -> dict[str, Any]:

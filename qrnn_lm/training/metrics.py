@@ -28,16 +28,16 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import os
 import time
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from ..config import Config
-from .state import RunState
+from ..inference.evaluate import perplexity
+from .state import Counters
 
-__all__ = ["MetricsLogger", "NullLogger", "TensorBoardLogger", "make_logger", "Meter", "COLUMNS", "MetricsCsv", "read_rows", "Console", "ppl", "run_results", "write_results"]
+__all__ = ["MetricsLogger", "NullLogger", "TensorBoardLogger", "make_logger", "Meter", "COLUMNS", "MetricsCsv", "read_rows", "RunLog", "Console", "run_results", "write_results"]
 
 
 class MetricsLogger(Protocol):
@@ -103,7 +103,7 @@ class Meter:
         seconds = max(time.perf_counter() - self.started, 1e-9)
         metrics = {
             "train/loss": loss,
-            "train/ppl": math.exp(min(loss, 700.0)),
+            "train/ppl": perplexity(loss),
             "lr": lr,
             "grad_norm": self.grad_norm_sum / max(self.steps, 1),
             "tokens_per_s": self.tokens / seconds,
@@ -157,7 +157,7 @@ class MetricsCsv:
             os.replace(temp, path)
         self._file = path.open("a", newline="", encoding="utf-8")
 
-    def row(self, state: RunState, wall_s: float, lr: float, *, train_loss: float | None = None,
+    def row(self, state: Counters, wall_s: float, lr: float, *, train_loss: float | None = None,
             valid_ppl: float | None = None) -> None:
         """Append one row at ``state``'s counters (a training row gives ``train_loss``, a
         validation row ``valid_ppl``)."""
@@ -173,6 +173,39 @@ class MetricsCsv:
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+class RunLog:
+    """A run's logs: TensorBoard scalars (``tb/``) and ``metrics.csv`` in ``out_dir`` (on rank 0;
+    ``out_dir`` None elsewhere: nothing is written), the training metrics averaged by a
+    :class:`Meter` between two log points. ``resume_step``: the step a resumed run continues from."""
+
+    def __init__(self, out_dir: Path | None, resume_step: int | None = None):
+        self.logger = make_logger(out_dir / "tb" if out_dir is not None else None)
+        self.csv = MetricsCsv(out_dir / "metrics.csv" if out_dir is not None else None, resume_step)
+        self.meter = Meter()
+
+    def step(self, loss: float, grad_norm: float, tokens: int, counters: Counters, wall_s: float, lr: float,
+             log_interval: int) -> dict[str, float] | None:
+        """Add one step; every ``log_interval`` steps log the averages and return them."""
+        self.meter.add(loss, grad_norm, tokens)
+        if counters.step % log_interval:
+            return None
+        metrics = self.meter.flush(lr)
+        self.logger.log(metrics, counters.step)
+        self.csv.row(counters, wall_s, metrics["lr"], train_loss=metrics["train/loss"])
+        return metrics
+
+    def validation(self, val_loss: float, counters: Counters, wall_s: float, lr: float) -> None:
+        self.logger.log({"val/loss": val_loss, "val/ppl": perplexity(val_loss)}, counters.step)
+        self.csv.row(counters, wall_s, lr, valid_ppl=perplexity(val_loss))
+
+    def test(self, test_loss: float, step: int) -> None:
+        self.logger.log({"test/loss": test_loss, "test/ppl": perplexity(test_loss)}, step)
+
+    def close(self) -> None:
+        self.logger.close()
+        self.csv.close()
 
 
 class Console:
@@ -208,12 +241,7 @@ def _echo(progress: bool, enabled: bool) -> Callable[[str], None]:
     return tqdm.write
 
 
-def ppl(loss: float) -> float:
-    """Perplexity of a mean loss in nats."""
-    return math.exp(min(loss, 700.0))  # beyond exp(700) a float overflows
-
-
-def run_results(config: Config, state: RunState, status: str, best_val: float, test_loss: float,
+def run_results(config: Config, state: Counters, optimizer: str, status: str, best_val: float, test_loss: float,
                 test_tokens: int, out_dir: Path, seconds: float) -> dict[str, Any]:
     """The results dict (the keys of ``results.json``) of a run that ended with ``status``."""
     return {
@@ -223,11 +251,11 @@ def run_results(config: Config, state: RunState, status: str, best_val: float, t
         "epochs_completed": state.epoch - 1,
         "steps": state.step,
         "train_tokens": state.tokens,
-        "optimizer": state.optimizer,
+        "optimizer": optimizer,
         "best_val_loss": best_val,
-        "best_val_ppl": ppl(best_val),
+        "best_val_ppl": perplexity(best_val),
         "test_loss": test_loss,
-        "test_ppl": ppl(test_loss),
+        "test_ppl": perplexity(test_loss),
         "test_tokens": test_tokens,
         "test_batch_size": config.data.test_batch_size,
         "checkpoint": str(out_dir / "best.pt"),

@@ -17,7 +17,7 @@ from torch import nn
 
 from ..config import TrainConfig
 from . import optimizer as optim
-from .state import RunState
+from .state import History
 
 __all__ = ["SCHEDULES", "lr_multiplier", "Schedule"]
 
@@ -55,31 +55,43 @@ class Schedule:
     * after each validation, NT-ASGD may replace SGD by averaged SGD (``train.asgd``, ``nonmono``);
     * after the epochs in ``train.lr_decay_epochs`` the base rate is divided by 10.
 
-    The base rate and the optimiser's name live in the run's :class:`RunState` (``state.lr``,
-    ``state.optimizer``), so checkpoints and snapshots carry them.
+    It owns the optimiser's name (``name``: "sgd", "asgd" after the NT-ASGD switch, "adam",
+    "adamw"), the base rate (``base_lr``, after ``lr_decay_epochs``) and the optimiser's state:
+    :meth:`state_dict` / :meth:`load_state_dict` save and put them back (checkpoint key
+    ``optimizer``).
 
     Args:
         model: the parameters' owner.
         train: the ``[train]`` section.
-        state: the run's counters; on resume, already read from the checkpoint.
-        saved: on resume, ``(the checkpoint's payload, its [train] section)``. An explicit new
-            ``train.lr`` wins over the saved (decayed) rate; another ``train.optimizer`` than the
-            saved one starts that optimiser afresh; otherwise the optimiser's state is put back.
+        history: the run's validation history, which NT-ASGD reads and each validation extends.
+        name: the optimiser to start with (default ``train.optimizer``; a finetune starts in "asgd").
     """
 
-    def __init__(self, model: nn.Module, train: TrainConfig, state: RunState,
-                 saved: tuple[dict[str, Any], TrainConfig] | None = None):
-        self.model, self.train, self.state = model, train, state
+    def __init__(self, model: nn.Module, train: TrainConfig, history: History, name: str | None = None):
+        self.model, self.train, self.history = model, train, history
+        self.name = name if name is not None else train.optimizer
+        self.base_lr = train.lr
         self.multiplier = 1.0  # the schedule's factor at the last step
-        fresh = saved is None or train.optimizer != saved[1].optimizer
-        if saved is not None and train.lr != saved[1].lr:
-            state.lr = train.lr
-        if saved is not None and fresh:
-            state.optimizer = train.optimizer  # the user switched optimiser: start it afresh
-        self.optimizer = optim.make_optimizer(state.optimizer, model, state.lr, train.weight_decay)
+        self.optimizer = optim.make_optimizer(self.name, model, self.base_lr, train.weight_decay)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The optimiser's name, state and base rate, and the recipe's optimiser and rate (so that
+        a resumed run sees which of them its own recipe changed)."""
+        return {"name": self.name, "lr": self.base_lr, "state": self.optimizer.state_dict(),
+                "recipe": {"optimizer": self.train.optimizer, "lr": self.train.lr}}
+
+    def load_state_dict(self, saved: dict[str, Any]) -> None:
+        """Continue the saved optimiser. A new ``train.lr`` in the recipe wins over the saved
+        (decayed) rate; another ``train.optimizer`` than the saved recipe's starts that optimiser
+        afresh; otherwise the optimiser's state is put back, with the recipe's weight decay."""
+        train, recipe = self.train, saved["recipe"]
+        self.base_lr = train.lr if train.lr != recipe["lr"] else float(saved["lr"])
+        fresh = train.optimizer != recipe["optimizer"]
+        self.name = train.optimizer if fresh else str(saved["name"])
+        self.optimizer = optim.make_optimizer(self.name, self.model, self.base_lr, train.weight_decay)
         if not fresh:
-            self.optimizer.load_state_dict(saved[0]["optimizer"]["state"])
-            self._set("lr", state.lr)  # the config's values, not the saved ones
+            self.optimizer.load_state_dict(saved["state"])
+            self._set("lr", self.base_lr)  # the config's values, not the saved ones
             self._set("weight_decay", train.weight_decay)
 
     def _set(self, key: str, value: float) -> None:
@@ -89,32 +101,32 @@ class Schedule:
     @property
     def lr(self) -> float:
         """The scheduled rate of the last step (before the segment-length rescaling): what is logged."""
-        return self.state.lr * self.multiplier
+        return self.base_lr * self.multiplier
 
     def step(self, length_ratio: float, progress: float) -> None:
-        """The optimiser step at ``state.lr * multiplier(progress) * length_ratio`` (the segment's
+        """The optimiser step at ``base_lr * multiplier(progress) * length_ratio`` (the segment's
         length over bptt); ``progress``: the budget's fraction used once this step is done."""
         train = self.train
         self.multiplier = lr_multiplier(progress, train.lr_schedule, train.warmup, train.lr_floor)
-        self._set("lr", self.state.lr * self.multiplier * length_ratio)
+        self._set("lr", self.base_lr * self.multiplier * length_ratio)
         self.optimizer.step()
-        self._set("lr", self.state.lr)
+        self._set("lr", self.base_lr)
 
     def averaged(self):
         """Context: the model holds ASGD's averaged weights inside (see :func:`.optimizer.averaged_weights`)."""
         return optim.averaged_weights(self.model, self.optimizer)
 
-    def end_of_epoch(self, val_loss: float, echo: Callable[[str], None]) -> None:
-        """After the validation of epoch ``state.epoch``: maybe switch to ASGD, record
-        ``val_loss`` in the history NT-ASGD reads, maybe divide the base rate by 10."""
-        state = self.state
-        if (state.optimizer == "sgd" and self.train.asgd
-                and optim.should_switch_to_asgd(state.val_losses, val_loss, self.train.nonmono)):
-            echo(f"switching to averaged SGD (NT-ASGD) after epoch {state.epoch}")
-            self.optimizer = optim.switch_to_asgd(self.model, state.lr, self.train.weight_decay)
-            state.optimizer = "asgd"
-        state.val_losses.append(val_loss)
-        if state.epoch in self.train.lr_decay_epochs:
-            state.lr /= 10.0
-            self._set("lr", state.lr)
-            echo(f"learning rate divided by 10: {state.lr:g}")
+    def end_of_epoch(self, epoch: int, val_loss: float, echo: Callable[[str], None]) -> None:
+        """After the validation of epoch ``epoch``: maybe switch to ASGD, record ``val_loss`` in
+        the history NT-ASGD reads, maybe divide the base rate by 10."""
+        history = self.history
+        if (self.name == "sgd" and self.train.asgd
+                and optim.should_switch_to_asgd(history.val_losses, val_loss, self.train.nonmono)):
+            echo(f"switching to averaged SGD (NT-ASGD) after epoch {epoch}")
+            self.optimizer = optim.switch_to_asgd(self.model, self.base_lr, self.train.weight_decay)
+            self.name = "asgd"
+        history.val_losses.append(val_loss)
+        if epoch in self.train.lr_decay_epochs:
+            self.base_lr /= 10.0
+            self._set("lr", self.base_lr)
+            echo(f"learning rate divided by 10: {self.base_lr:g}")

@@ -24,8 +24,8 @@ is used (``progress``, what the learning-rate schedule reads) and when to stop.
   seconds / (max_minutes * 60), clamped to 1. Whichever limit ends the run, progress reaches 1
   at its last step, so a schedule defined on it ends exactly there.
 * The elapsed time is the wall-clock seconds of training and validation since the run began,
-  across resumes: a resumed run starts from the seconds its checkpoint holds
-  (``RunState.elapsed``; 0 for checkpoints written before it existed).
+  across resumes: a resumed run starts from the seconds its checkpoint holds (:meth:`Budget.state_dict`,
+  checkpoint key ``budget``; 0 for checkpoints written before it existed).
 * The clock is read at every step (:meth:`Budget.tick`, before the optimizer step, so the step's
   learning rate and the stop decision use the same reading). In a data-parallel run with
   ``max_minutes`` every rank takes the largest of the ranks' clocks, so all ranks use the same
@@ -151,6 +151,14 @@ class Budget:
         self.base = elapsed  # seconds before this process
         self.origin = self.clock() - elapsed
         self.seconds = elapsed  # the elapsed seconds agreed at the last tick
+
+    def state_dict(self) -> dict[str, float]:
+        return {"elapsed_s": self.elapsed()}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        """Continue from the seconds a checkpoint holds."""
+        elapsed = float(state["elapsed_s"])
+        self.base, self.origin, self.seconds = elapsed, self.clock() - elapsed, elapsed
 
     def start(self) -> None:
         """The run's loop begins now: the clock counts from ``elapsed`` from here on."""

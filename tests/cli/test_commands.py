@@ -68,7 +68,7 @@ def fake_train(monkeypatch):
     """Replace qrnn_lm.training.train with a function that records its call."""
     calls = []
 
-    def train(config, out_dir, *, device="auto", resume=None, data_dir=None, progress=True):
+    def train(config, out_dir, *, device="auto", resume=None, data_dir=None, progress=True, checkpoint=None):
         calls.append(dict(config=config, out_dir=out_dir, device=device, resume=resume, data_dir=data_dir, progress=progress))
         return {"best_val_ppl": 123.456, "test_ppl": 120.0}
 

@@ -167,3 +167,10 @@ def test_eval_command_reports_the_count_and_refuses_without_unk(tmp_path):
     path = _checkpoint_with_vocab(tmp_path, folder, [w for w in own if w not in ("mat", "<unk>")])
     result = runner.invoke(app, ["eval", str(path), "--split", "valid", "--device", "cpu", "--no-progress"])
     assert result.exit_code == 1 and result.output.startswith("error: ") and result.output.count("\n") == 1
+
+
+def test_perplexity_is_exp_of_the_loss_clamped_against_overflow():
+    from qrnn_lm.inference.evaluate import perplexity
+
+    assert perplexity(math.log(5.0)) == pytest.approx(5.0)
+    assert perplexity(1e6) == math.exp(700.0)  # a diverged loss: a number, not an OverflowError

@@ -16,7 +16,7 @@ import qrnn_lm.training.trainer as train_module
 import qrnn_lm.training.metrics as metrics_module
 import qrnn_lm.training.step as train_step_module
 import qrnn_lm.training.data_stream as stream_module
-from qrnn_lm.training import distributed
+from qrnn_lm.training import distributed, train
 from qrnn_lm.config import load_config
 
 torch.set_num_threads(1)  # two ranks share the machine's cores
@@ -83,7 +83,7 @@ def run_train(rank, overrides, out, resume=None, nan_at=0, skew=False):
     if skew and rank == 1:  # a BPTT generator that drifted on one rank
         stream_module.sample_seq_len = lambda *args: real_length(*args) + 1
     try:
-        results = train_module.train(load_config(TINY, overrides), Path(out), device="cpu", progress=False,
+        results = train(load_config(TINY, overrides), Path(out), device="cpu", progress=False,
                                      resume=resume)
         return {"losses": losses, "results": results}
     except (train_module.TrainingError, RuntimeError) as error:
@@ -101,7 +101,7 @@ def timed(rank, overrides, out):
     import qrnn_lm.training.stopping as budget_module
     import qrnn_lm.training.schedule as schedule_module
     real_step, real_schedule_step, real_clock = train_module.train_step, schedule_module.Schedule.step, budget_module.wall_clock
-    real_csv = train_module.MetricsCsv
+    real_csv = metrics_module.MetricsCsv
     calls, progress, csv_paths = [], [], []
     def step(*args):
         calls.append(1)
@@ -113,14 +113,14 @@ def timed(rank, overrides, out):
         csv_paths.append(None if path is None else str(path))
         return real_csv(path, *args)
     train_module.train_step, schedule_module.Schedule.step = step, schedule_step
-    train_module.MetricsCsv = metrics_csv
+    metrics_module.MetricsCsv = metrics_csv
     budget_module.wall_clock = lambda: (6.0 + 3.0 * rank) * len(calls)
     try:
-        results = train_module.train(load_config(TINY, overrides), Path(out), device="cpu", progress=False)
+        results = train(load_config(TINY, overrides), Path(out), device="cpu", progress=False)
         return {"results": results, "progress": progress, "csv_paths": csv_paths}
     finally:
         train_module.train_step, schedule_module.Schedule.step = real_step, real_schedule_step
-        train_module.MetricsCsv, budget_module.wall_clock = real_csv, real_clock
+        metrics_module.MetricsCsv, budget_module.wall_clock = real_csv, real_clock
 
 
 def stop_one_rank(rank, overrides, out, at):
@@ -135,7 +135,7 @@ def stop_one_rank(rank, overrides, out, at):
         return real_step(*args)
     train_module.train_step = step
     try:
-        train_module.train(load_config(TINY, overrides), Path(out), device="cpu", progress=False)
+        train(load_config(TINY, overrides), Path(out), device="cpu", progress=False)
         return {"stopped_after": None}
     except Interrupted as error:
         return {"stopped_after": len(calls), "signum": error.signum}
@@ -152,7 +152,7 @@ def die(rank, overrides, out, at):
             raise RuntimeError(f"rank 1 fails on purpose at step {at}")
         return real_step(*args)
     train_module.train_step = step
-    train_module.train(load_config(TINY, overrides), Path(out), device="cpu", progress=False)
+    train(load_config(TINY, overrides), Path(out), device="cpu", progress=False)
 
 
 if __name__ == "__main__":

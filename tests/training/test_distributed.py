@@ -31,6 +31,8 @@ from qrnn_lm.training import train
 from qrnn_lm.training.metrics import read_rows
 from qrnn_lm.training.data_stream import make_stream
 
+pytestmark = pytest.mark.slow  # real torchrun processes (DDP on gloo): `pytest -m "not slow"` skips it
+
 REPO = Path(__file__).resolve().parents[2]
 CHILD_FOLDER = Path(__file__).resolve().parent  # holds ddp_child.py, the ranks' module
 TINY = REPO / "configs" / "tiny.toml"
@@ -257,7 +259,7 @@ def test_a_time_budget_stops_every_rank_at_the_same_step_with_the_same_schedule(
     assert [report["results"]["steps"] for report in timed] == [7, 7]
     assert {report["results"]["status"] for report in timed} == {"max_minutes"}
     assert timed[0]["progress"] == timed[1]["progress"] == pytest.approx([9 * k / 60 for k in range(1, 7)] + [1.0])
-    assert load_checkpoint(tmp / "timed" / "last.pt")["history"]["elapsed_s"] >= 60.0  # resumes as stopped
+    assert load_checkpoint(tmp / "timed" / "last.pt")["budget"]["elapsed_s"] >= 60.0  # resumes as stopped
     assert [report["csv_paths"] for report in timed] == [[str(tmp / "timed" / "metrics.csv")], [None]]
     text = (tmp / "timed" / "metrics.csv").read_text()  # rank 0 alone writes it: every step once
     assert text.count("step,") == 1 and [row["step"] for row in read_rows(tmp / "timed" / "metrics.csv")
