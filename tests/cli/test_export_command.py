@@ -9,6 +9,8 @@ from qrnn_lm.config import Config, ModelConfig, config_to_dict
 from qrnn_lm.models.checkpoint_file import save_checkpoint
 from qrnn_lm.models.language_model import LanguageModel
 
+pytestmark = pytest.mark.slow  # torch.export and ONNX exports: `pytest -m "not slow"` skips it
+
 pytest.importorskip("onnxruntime", reason="pip install 'qrnn-lm[export]'")
 runner = CliRunner()
 WORDS = ["<eos>", "a", "b", "c", "d"]
