@@ -38,7 +38,7 @@ from ..models import LanguageModel
 from ..models.checkpoint_file import CheckpointError, clean_state_dict, load_checkpoint, model_from_checkpoint, save_checkpoint
 from . import distributed
 
-__all__ = ["PREVIOUS", "STATE_VERSION", "Stateful", "components", "upgrade", "ResumePoint", "read_resume_point",
+__all__ = ["PREVIOUS", "STATE_VERSION", "Stateful", "components", "upgrade", "to_cpu", "ResumePoint", "read_resume_point",
            "choose_resume_file", "resume_checkpoint", "resume_config_check", "check_same_data", "Checkpointer"]
 
 PREVIOUS = "last.prev.pt"  # the training state before the newest last.pt, kept beside it
@@ -103,14 +103,14 @@ def upgrade(payload: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _to_cpu(state: Any) -> Any:
+def to_cpu(state: Any) -> Any:
     """Copies of every tensor in ``state`` on the CPU (to gather across ranks and to save)."""
     if isinstance(state, torch.Tensor):
         return state.detach().cpu().clone()
     if isinstance(state, dict):
-        return {key: _to_cpu(value) for key, value in state.items()}
+        return {key: to_cpu(value) for key, value in state.items()}
     if isinstance(state, (list, tuple)):
-        return type(state)(_to_cpu(value) for value in state)
+        return type(state)(to_cpu(value) for value in state)
     return state
 
 # Keys that must not change on resume: they define the weights' shapes or the training stream.
@@ -266,7 +266,7 @@ class Checkpointer:
         if kind == "last":
             self.last_saved, self.last_counters = time.monotonic(), states[COUNTERS]
         per_rank = [name for name, component in self.components.items() if hasattr(component, "merge_ranks")]
-        gathered = distributed.gather_objects({name: _to_cpu(states[name]) for name in per_rank})
+        gathered = distributed.gather_objects({name: to_cpu(states[name]) for name in per_rank})
         for name in per_rank:
             states[name] = self.components[name].merge_ranks([rank[name] for rank in gathered])
         if not distributed.is_main():

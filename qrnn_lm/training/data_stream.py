@@ -31,7 +31,7 @@ from ..data import Corpus, batchify, get_batch, prepare_dataset, sample_seq_len
 from ..inference.evaluate import loss_sum
 from . import distributed
 
-__all__ = ["TrainingStream", "make_stream", "load_corpus", "next_segment", "capture_stream", "restore_stream", "stream_to_cpu", "stream_columns", "concat_streams", "Evaluator"]
+__all__ = ["TrainingStream", "make_stream", "load_corpus", "next_segment", "capture_stream", "restore_stream", "stream_columns", "concat_streams", "Evaluator"]
 
 
 def make_stream(ids: torch.Tensor, batch_size: int, device: torch.device, rank: int = 0, world_size: int = 1,
@@ -151,17 +151,6 @@ def restore_stream(model: nn.Module, stream: dict[str, Any], device: torch.devic
             raise ValueError(f"saved inputs {tuple(prev.shape)} for a {type(layer).__name__}, which keeps none")
     hidden = stream["hidden"]
     return None if hidden is None else [h.to(device) for h in hidden]
-
-
-def stream_to_cpu(stream: dict[str, Any]) -> dict[str, Any]:
-    """Copies on the CPU, for a checkpoint."""
-    def cpu(tensor):
-        return None if tensor is None else tensor.detach().cpu().clone()
-
-    return {
-        "hidden": None if stream["hidden"] is None else [cpu(h) for h in stream["hidden"]],
-        "prev_x": [cpu(p) for p in stream["prev_x"]],
-    }
 
 
 def stream_columns(stream: dict[str, Any], start: int, stop: int) -> dict[str, Any]:
