@@ -39,7 +39,7 @@ from ..models.checkpoint_file import CheckpointError, clean_state_dict, load_che
 from . import distributed
 
 __all__ = ["PREVIOUS", "STATE_VERSION", "Stateful", "components", "upgrade", "to_cpu", "ResumePoint", "read_resume_point",
-           "choose_resume_file", "resume_checkpoint", "resume_config_check", "check_same_data", "Checkpointer"]
+           "resume_checkpoint", "resume_config_check", "check_same_data", "Checkpointer"]
 
 PREVIOUS = "last.prev.pt"  # the training state before the newest last.pt, kept beside it
 
@@ -162,11 +162,6 @@ def read_resume_point(resume: str | Path | None, config: Config, out_dir: Path,
     if COUNTERS not in payload:
         raise UserError(f"{path} holds no training state to resume; pass the run's last.pt")
     return ResumePoint(path, upgrade(payload), saved_config)
-
-
-def choose_resume_file(resume: Path, take_previous: bool = False) -> Path:
-    """The file of :func:`resume_checkpoint`."""
-    return resume_checkpoint(resume, take_previous)[0]
 
 
 def resume_checkpoint(resume: Path, take_previous: bool = False) -> tuple[Path, dict[str, Any]]:

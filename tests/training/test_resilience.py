@@ -15,7 +15,7 @@ from qrnn_lm.cli.commands import app
 from qrnn_lm.config import ConfigError, UserError, load_config
 from qrnn_lm.models.checkpoint_file import load_checkpoint, save_checkpoint
 from qrnn_lm.training import train
-from qrnn_lm.training.checkpointer import PREVIOUS, choose_resume_file
+from qrnn_lm.training.checkpointer import PREVIOUS, resume_checkpoint
 from qrnn_lm.training.stopping import Interrupted, StopSignals, sigint_deferred
 
 REPO = Path(__file__).resolve().parents[2]
@@ -118,6 +118,10 @@ def test_a_refused_write_warns_and_goes_on(corpus, tmp_path, monkeypatch, capsys
     assert results["steps"] == 4
     assert load_checkpoint(out / PREVIOUS)["counters"]["step"] == 3
     assert "(Permission denied); the previous last.pt is kept, training goes on" in capsys.readouterr().out
+
+
+def choose_resume_file(resume: Path, take_previous: bool = False) -> Path:
+    return resume_checkpoint(resume, take_previous)[0]
 
 
 def damage(path: Path):
