@@ -16,7 +16,7 @@ import qrnn_lm.training.trainer as train_module
 import qrnn_lm.training.metrics as metrics_module
 import qrnn_lm.training.step as train_step_module
 import qrnn_lm.training.data_stream as stream_module
-from qrnn_lm.training import distributed, train
+from qrnn_lm.training import TrainingError, distributed, train
 from qrnn_lm.config import load_config
 
 torch.set_num_threads(1)  # two ranks share the machine's cores
@@ -86,7 +86,7 @@ def run_train(rank, overrides, out, resume=None, nan_at=0, skew=False):
         results = train(load_config(TINY, overrides), Path(out), device="cpu", progress=False,
                                      resume=resume)
         return {"losses": losses, "results": results}
-    except (train_module.TrainingError, RuntimeError) as error:
+    except (TrainingError, RuntimeError) as error:
         return {"losses": losses, "error": f"{type(error).__name__}: {error}"}
     finally:
         stream_module.sample_seq_len = real_length
