@@ -200,3 +200,14 @@ def test_sigterm_saves_the_exact_position(corpus, tmp_path, monkeypatch):
         run(tiny(corpus, "train.max_steps=8"), out)
     assert error.value.signum == signal.SIGTERM
     assert load_checkpoint(out / "last.pt")["counters"]["step"] == 3  # the start of the interrupted step
+
+
+def test_a_resume_through_the_command_line_reads_last_pt_once(corpus, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    run(tiny(corpus, "train.max_steps=3"), out)
+    real_load, loaded = checkpoint_module.torch.load, []
+    monkeypatch.setattr(checkpoint_module.torch, "load",
+                        lambda path, *args, **kwargs: (loaded.append(Path(path).name), real_load(path, *args, **kwargs))[1])
+    result = CliRunner().invoke(app, ["train", "--resume", str(out), "--max-steps", "5", "--device", "cpu", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert loaded.count("last.pt") == 1  # the command reads it; the trainer takes what it read
