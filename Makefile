@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.14.1
 STAMP := $(VENV)/.installed
 
-.PHONY: install test train clean gpu-check
+.PHONY: install test test-fast train clean gpu-check
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ install: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# The suite without the tests marked slow (real processes, DDP, kill tests, exports, Triton compiles).
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
 
 # Train on Penn Treebank with the recipe that fits the machine: the AWD-QRNN recipe on a GPU,
 # configs/ptb-cpu.toml on a CPU (20 minutes of wall clock). Each run gets its own timestamped folder.

@@ -19,7 +19,7 @@ import torch
 from qrnn_lm.bench.timing import machine_description, synchronize
 from qrnn_lm.config import load_config
 from qrnn_lm.models import LanguageModel
-from qrnn_lm.training.precision import make_scaler
+from qrnn_lm.training.step import make_scaler
 from qrnn_lm.training.step import train_step
 
 VOCAB = 10_000  # PTB's

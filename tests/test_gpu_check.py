@@ -27,6 +27,7 @@ def _run(args, env_extra):
                           capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow  # the whole GPU check script, dry
 def test_dry_run_runs_every_step_and_writes_the_report(tmp_path):
     data = _tiny_ptb(tmp_path / "data")
     proc = _run(["--dry-run", "--out", str(tmp_path / "report")], {"QRNN_LM_DATA": str(data)})

@@ -1,8 +1,9 @@
 """Imports run one way, bottom to top, between the subpackages of qrnn_lm:
 
-    config, malloc_tuning (leaves) -> ops -> nn -> data -> models -> inference -> training -> bench -> cli
+    config, malloc_tuning (leaves) -> ops, device -> nn -> data -> models -> inference -> training -> bench -> cli
 
-A module may import only units of a strictly lower rank (and its own unit). config and
+A module may import only units of a strictly lower rank (and its own unit). device.py (which
+device and precision a run uses) imports only config, so every layer above may ask it. config and
 malloc_tuning import nothing of qrnn_lm, nor does ops (the operators stand alone) or
 training/distributed.py (a leaf that the CLI and tests use too). This test walks every module's
 imports with ast and holds that order.
@@ -17,7 +18,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "qrnn_lm"
 # strictly lower rank.
 RANKS = {
     "config": 0, "malloc_tuning": 0,
-    "ops": 1,
+    "ops": 1, "device": 1,
     "nn": 2,
     "data": 2,
     "models": 3,

@@ -12,7 +12,7 @@ Weight drop is off in both, whatever the recipe says: one mask per gate weight a
 both sides little and alike, and without it the step is the plain matrix products the FLOP count
 describes.
 
-A training step is the trainer's: forward and loss under ``train.precision``'s autocast (fp32 or
+A training step is the trainer's own (``training.step.train_step``): forward and loss under ``train.precision``'s autocast (fp32 or
 bf16), backward, gradient clipping, the recipe's optimizer step (SGD, Adam or AdamW), on random
 tokens drawn uniformly from the vocabulary. (Uniform targets fall mostly in an adaptive decoder's
 tail clusters, unlike real text, where the head covers most tokens: its FLOPs are counted from the
@@ -43,10 +43,10 @@ from torch import nn
 from ..config import QRNN_ONLY_KEYS, Config, ModelConfig, TrainConfig
 from ..models import LanguageModel, embedding_dropout
 from ..nn import QRNNLayer
+from ..device import resolve_precision
 from ..training.optimizer import make_optimizer
-from ..training.precision import precision_context, resolve_precision
-from ..training.step import regularized_loss
-from .lm_config import check_precision
+from ..training.step import precision_context, regularized_loss, train_step
+from .lm_config import check_bench_precision
 from .model_flops import find_lstm, step_flops
 from .peak import default_peak_size, matmul_gflops
 from .timing import SectionTimer, time_round_robin
@@ -71,7 +71,9 @@ def build_models(vocab_size: int, config: ModelConfig, device, train: TrainConfi
 
 
 class _Trainer:
-    """One model, its optimizer, and a fixed batch of random tokens."""
+    """One model, its optimizer, and a fixed batch of random tokens. :meth:`step` is the trainer's
+    step; :meth:`timed_step` the same step cut into timed parts (the only re-implementation left,
+    since the cuts go through ``LanguageModel.forward``'s inside)."""
 
     def __init__(self, model, train: TrainConfig, tokens, targets):
         self.model, self.train, self.tokens, self.targets = model, train, tokens, targets
@@ -88,13 +90,11 @@ class _Trainer:
         self.optimizer.zero_grad(set_to_none=True)
 
     def step(self) -> None:
-        """forward and loss (autocast), backward, clip, optimizer step (what training runs)."""
+        """The trainer's own step (:func:`~qrnn_lm.training.step.train_step`: forward and loss
+        under autocast, backward, clipping), then the optimizer step: what training runs."""
         self.model.reset()
-        with self._autocast():
-            nll_sum, _, raw, dropped = self.model(self.tokens, self.hidden, self.targets)
-            _, loss = regularized_loss(nll_sum, self.targets, raw, dropped, self.train.alpha, self.train.beta)
-        loss.backward()
-        self._finish()
+        train_step(self.model, self.optimizer, self.tokens, self.targets, self.hidden, self.train)
+        self.optimizer.step()
 
     def timed_step(self, timer: SectionTimer) -> None:
         """The same step cut into parts, each part's forward and backward timed (mirrors
@@ -140,7 +140,7 @@ def run(config: Config | None = None, vocab_size: int = 10000, repeats: int = 5,
     device = torch.device(device)
     config = dataclasses.replace(config, train=dataclasses.replace(
         config.train, precision=resolve_precision(config.train.precision, device)))
-    check_precision(config.train.precision)
+    check_bench_precision(config.train.precision)
     dtype = DTYPES[config.train.precision]
     model_config = dataclasses.replace(config.model, weight_drop=0.0)
     bptt, batch_size, train = config.data.bptt, config.data.batch_size, config.train

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..config import Config, ConfigError, load_config
 
-__all__ = ["bench_config", "check_precision", "OPTION_KEYS", "PRECISIONS"]
+__all__ = ["bench_config", "check_bench_precision", "OPTION_KEYS", "PRECISIONS"]
 
 # The size options and the config keys they set.
 OPTION_KEYS = {
@@ -38,11 +38,11 @@ def bench_config(config_file: str | Path | None = None, sets: list[str] = (), **
     overrides = list(sets) + [f"{OPTION_KEYS[name]}={value}" for name, value in options.items() if value is not None]
     config = load_config(config_file, overrides)
     if config.train.precision != "auto":  # "auto" is resolved for the device when the bench runs
-        check_precision(config.train.precision)
+        check_bench_precision(config.train.precision)
     return config
 
 
-def check_precision(precision: str) -> None:
+def check_bench_precision(precision: str) -> None:
     """ConfigError unless the bench can time ``precision`` (fp32 or bf16; "auto" is resolved for
     the device before this check)."""
     if precision not in PRECISIONS:

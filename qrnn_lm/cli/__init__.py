@@ -1,6 +1,7 @@
-"""The ``qrnn-lm`` command line: the typer app and its commands (``commands.py``), the train
-command's run and report (``train.py``), which config a run uses (``recipes.py``), the ``export``
-and ``plot`` commands (``export.py``, ``plot.py``) and the ``bench`` sub-app (``bench.py``).
+"""The ``qrnn-lm`` command line: the typer app with ``train`` and ``finetune`` (``commands.py``), the
+train command's run, report and ``--nproc`` launcher (``train.py``), which config a run uses
+(``recipes.py``), the options the commands share (``options.py``), the ``eval``, ``generate``,
+``export`` and ``plot`` commands (one module each) and the ``bench`` sub-app (``bench.py``).
 torch loads inside the commands, so ``qrnn-lm --help`` is instant."""
 
 from .commands import app, main

@@ -151,8 +151,9 @@ def evaluate_cache_checkpoint(checkpoint, *, split: str = "test", params: CacheP
     ``tokens``, ``split``, ``dataset`` (and ``valid_loss``/``valid_cache_loss`` with a search).
     """
     from ..data import Corpus, batchify, prepare_dataset
-    from ..models.checkpoint import load_checkpoint, model_from_checkpoint
-    from .evaluate import SPLITS, resolve_device
+    from ..models.checkpoint_file import load_checkpoint, model_from_checkpoint
+    from ..device import resolve_device
+    from .evaluate import SPLITS, perplexity
 
     params.check()
     if split not in SPLITS:
@@ -180,5 +181,5 @@ def evaluate_cache_checkpoint(checkpoint, *, split: str = "test", params: CacheP
     log_p_cache = cache_log_probs(scored, params.window, [theta])[0]
     loss, cache_loss = mixed_loss(scored, log_p_cache, 0.0), mixed_loss(scored, log_p_cache, lambd)
     result.update(split=split, theta=theta, **{"lambda": lambd}, tokens=scored.targets.numel(), loss=loss,
-                  ppl=math.exp(loss), cache_loss=cache_loss, cache_ppl=math.exp(cache_loss))
+                  ppl=perplexity(loss), cache_loss=cache_loss, cache_ppl=perplexity(cache_loss))
     return result

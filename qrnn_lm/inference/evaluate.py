@@ -17,33 +17,20 @@ from typing import Any
 
 import torch
 
-from ..models.checkpoint import load_checkpoint, model_from_checkpoint
+from ..models.checkpoint_file import load_checkpoint, model_from_checkpoint
 from ..config import UserError
+from ..device import resolve_device
 from ..data import Corpus, batchify, get_batch, prepare_dataset
 
-__all__ = ["resolve_device", "evaluate", "loss_sum", "evaluate_checkpoint", "count_unknown_words", "SPLITS"]
+__all__ = ["perplexity", "evaluate", "loss_sum", "evaluate_checkpoint", "count_unknown_words", "SPLITS"]
 
 SPLITS = ("train", "valid", "test")
 
 
-def resolve_device(name: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` -> cuda when available, else cpu; ``"cpu"``/``"cuda"``/``"cuda:N"`` as given.
-
-    Asking for cuda on a machine without a usable GPU is a UserError saying to use cpu.
-    """
-    if isinstance(name, torch.device):
-        return name
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"unknown device {name!r}; use auto, cpu or cuda") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("device 'cuda' asked for but no CUDA GPU is available; use --device cpu")
-    if device.type not in ("cpu", "cuda"):
-        raise UserError(f"unsupported device {name!r}; use auto, cpu or cuda")
-    return device
+def perplexity(loss: float) -> float:
+    """Perplexity of a mean loss in nats: ``exp(loss)``, clamped at ``exp(700)`` (beyond it a float
+    overflows, e.g. for a diverged model's loss). The one perplexity of the package."""
+    return math.exp(min(loss, 700.0))
 
 
 def evaluate(model: torch.nn.Module, source: torch.Tensor, bptt: int, *, progress: bool = False) -> float:
@@ -131,7 +118,7 @@ def evaluate_checkpoint(
     loss = evaluate(model, source, config.data.bptt, progress=progress)
     return {
         "loss": loss,
-        "ppl": math.exp(loss),
+        "ppl": perplexity(loss),
         "tokens": (source.size(0) - 1) * source.size(1),
         "split": split,
         "dataset": dataset,

@@ -195,7 +195,7 @@ def export_checkpoint(checkpoint, out, fmt: str) -> list[tuple[str, str, list]]:
     Returns the signature ``[(kind, name, shape)]`` with ``kind`` ``"input"``/``"output"`` and
     shapes as lists of ints and the dynamic dims ``"steps"`` and ``"batch"``.
     """
-    from ..models.checkpoint import load_checkpoint, model_from_checkpoint
+    from ..models.checkpoint_file import load_checkpoint, model_from_checkpoint
 
     if fmt not in FORMATS:
         raise ExportError(f"export format must be one of {', '.join(FORMATS)}, got {fmt!r}")

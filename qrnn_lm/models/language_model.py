@@ -31,7 +31,7 @@ from torch.nn.utils import parametrize
 
 from ..config import ConfigError, ModelConfig, check_rnn
 from ..nn import QRNNLayer
-from ..nn.stream import StreamState, stream_layer
+from ..nn.incremental import StreamState, stream_layer
 from .dropout import LockedDropout, WeightDrop, embedding_dropout
 from .lstm_layer import LSTMLayer
 from .softmax import chunked_cross_entropy, logits_bytes

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .fused import fused_layer
+from ..ops.qrnn_chunk import fused_layer
 from .gates import gates_and_recurrence, use_fused, zoneout_mask
 from .jit import refuse_torchscript, refuse_tracing
 from .rnn_compat import reset_layer_parameters

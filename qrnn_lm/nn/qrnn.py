@@ -16,7 +16,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from .jit import refuse_torchscript
 from .layer import QRNNLayer
 from .rnn_compat import RNNCompat, pop_rnn_arguments
-from .stream import stream_qrnn
+from .incremental import stream_qrnn
 
 __all__ = ["QRNNLayer", "QRNN"]
 
@@ -132,7 +132,7 @@ class QRNN(RNNCompat, nn.Module):
         """Run one chunk of a sequence with carried state, for online use: ``output, state =
         qrnn.stream(chunk, state)``; feeding a sequence chunk by chunk (even one step at a time)
         gives the outputs of one ``forward`` call on it. Start with ``state=None``; see
-        :func:`~qrnn_lm.nn.stream.stream_qrnn` (unidirectional only, no PackedSequence)."""
+        :func:`~qrnn_lm.nn.incremental.stream_qrnn` (unidirectional only, no PackedSequence)."""
         return stream_qrnn(self, input, state)
 
     def _check_hidden(self, hidden, batch_size):

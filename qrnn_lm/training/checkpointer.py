@@ -1,18 +1,25 @@
 """What a run saves and puts back: ``last.pt`` (resumable) and ``best.pt`` (best validation).
 
-The file format (atomic write, safe read) is :mod:`qrnn_lm.models.checkpoint`; this module decides
-what a training run puts in it and how a resumed run takes it back:
+The file format (atomic write, safe read) is :mod:`qrnn_lm.models.checkpoint_file`; this module
+names every key a training checkpoint holds and decides how a run saves and resumes:
 
-* :func:`read_resume_point` reads and checks the checkpoint a run resumes from (its config must
-  match the run's model and stream keys, it must hold training state), or refuses a fresh run
-  into a folder that already holds one;
-* :class:`Checkpointer` writes ``<out>/<kind>.pt`` from the model, the optimiser and a
-  :class:`~qrnn_lm.training.state.Snapshot`, and reads ``best.pt`` back for the final test.
+* each training component with state (the model's weights, the optimiser and its schedule, the
+  counters, the validation history, the budget's clock, the random generators, the carried
+  stream, the fp16 gradient scaler) has ``state_dict()`` and ``load_state_dict()``, as torchtitan's
+  ``Stateful``; :func:`components` names them, and :class:`Checkpointer` saves
+  ``{name: component.state_dict()}`` and loads it back with one loop each way, knowing nothing of
+  what is inside;
+* :func:`read_resume_point` checks the checkpoint a run resumes from (its config must match the
+  run's model and stream keys, it must hold training state), or refuses a fresh run into a folder
+  that already holds one; the command line hands it the checkpoint it has read, so ``last.pt`` is
+  read once;
+* :func:`upgrade` turns a checkpoint of the earlier layout (before ``state_version`` 2: the base
+  rate and the clock in ``history``) into today's, so it resumes bit for bit.
 
-Distributed details: :meth:`Checkpointer.save` is called by every rank at the same point; the
-ranks' carried stream states (their columns of the global batch) and own RNG states are gathered
-and rank 0 alone writes, so a run resumes with any number of ranks (:func:`restore_rng_states`
-picks each rank's own generators back when the number of ranks is the same, else reseeds them).
+Distributed details: :meth:`Checkpointer.save` is called by every rank at the same point. A
+component whose state is per rank (the carried stream: this rank's columns; the random
+generators) has ``merge_ranks``: the ranks' states are gathered and merged, and rank 0 alone
+writes, so a run resumes with any number of ranks (each component takes its part back).
 ``best.pt`` is read by rank 0 and its weights broadcast.
 """
 
@@ -21,22 +28,90 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
 from ..config import Config, ConfigError, UserError, config_from_dict, config_to_dict
 from ..data import Corpus
 from ..models import LanguageModel
-from ..models.checkpoint import CheckpointError, clean_state_dict, load_checkpoint, model_from_checkpoint, save_checkpoint
+from ..models.checkpoint_file import CheckpointError, clean_state_dict, load_checkpoint, model_from_checkpoint, save_checkpoint
 from . import distributed
-from .state import Snapshot, restore_rng
-from .stream import concat_streams, stream_to_cpu
 
-__all__ = ["PREVIOUS", "ResumePoint", "read_resume_point", "choose_resume_file", "resume_checkpoint", "resume_config_check", "check_same_data", "restore_rng_states",
-           "Checkpointer"]
+__all__ = ["PREVIOUS", "STATE_VERSION", "Stateful", "components", "upgrade", "to_cpu", "ResumePoint", "read_resume_point",
+           "resume_checkpoint", "resume_config_check", "check_same_data", "Checkpointer"]
 
 PREVIOUS = "last.prev.pt"  # the training state before the newest last.pt, kept beside it
+
+# The keys of a training checkpoint. The file's own (format_version, config, vocab, model) are
+# what inference reads (qrnn_lm.models.checkpoint_file); the rest is the trainer's.
+STATE_VERSION = 2  # 2: every component's state under its name (1: base rate and clock in "history")
+KIND, CONFIG, VOCAB, DATA, VERSION = "kind", "config", "vocab", "data", "state_version"
+MODEL, OPTIMIZER, COUNTERS, HISTORY = "model", "optimizer", "counters", "history"
+BUDGET, RNG, STREAM, SCALER = "budget", "rng", "stream", "scaler"
+# What a step changes before its weight update: taken at the start of every step, so that a
+# checkpoint written by an interruption mid-step holds the state the step started from.
+STEP_STATE = (COUNTERS, HISTORY, BUDGET, RNG, STREAM)
+
+
+class Stateful(Protocol):
+    """A component a checkpoint saves (torchtitan's ``Stateful``); one whose state differs per rank
+    also has ``merge_ranks(states: list) -> state``, the global state from every rank's."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class ModelWeights:
+    """The model's weights as a component (key ``model``), without ``module.``/``_orig_mod.``."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = model
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return clean_state_dict(self.model.state_dict())
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.model.load_state_dict(clean_state_dict(state))
+
+
+def components(*, model: torch.nn.Module, optimizer: Stateful, counters: Stateful, history: Stateful,
+               budget: Stateful, rng: Stateful, stream: Stateful, scaler: Stateful | None = None) -> dict[str, Stateful]:
+    """A run's components by checkpoint key, in loading order (the counters before the random
+    generators, which may reseed from the step); ``scaler``: fp16's GradScaler, or None."""
+    named = {MODEL: ModelWeights(model), OPTIMIZER: optimizer, COUNTERS: counters, HISTORY: history,
+             BUDGET: budget, RNG: rng, STREAM: stream}
+    if scaler is not None:
+        named[SCALER] = scaler
+    return named
+
+
+def upgrade(payload: dict[str, Any]) -> dict[str, Any]:
+    """A training checkpoint in today's layout: one of ``state_version`` 1 (written before the
+    components owned their state) is converted, one of today's returned as it is."""
+    if payload.get(VERSION, 1) >= STATE_VERSION or COUNTERS not in payload:
+        return payload
+    history, optimizer, train = payload[HISTORY], payload[OPTIMIZER], payload[CONFIG]["train"]
+    return {
+        **payload,
+        VERSION: STATE_VERSION,
+        OPTIMIZER: {"name": optimizer["name"], "lr": history["lr"], "state": optimizer["state"],
+                    "recipe": {"optimizer": train["optimizer"], "lr": train["lr"]}},
+        HISTORY: {"val_losses": history["val_losses"], "best_val_loss": history["best_val_loss"]},
+        BUDGET: {"elapsed_s": history.get("elapsed_s", 0.0)},  # absent before max_minutes existed
+    }
+
+
+def to_cpu(state: Any) -> Any:
+    """Copies of every tensor in ``state`` on the CPU (to gather across ranks and to save)."""
+    if isinstance(state, torch.Tensor):
+        return state.detach().cpu().clone()
+    if isinstance(state, dict):
+        return {key: to_cpu(value) for key, value in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(to_cpu(value) for value in state)
+    return state
 
 # Keys that must not change on resume: they define the weights' shapes or the training stream.
 _FIXED_ON_RESUME = ("batch_size", "bptt", "variable_bptt")
@@ -44,7 +119,7 @@ _FIXED_ON_RESUME = ("batch_size", "bptt", "variable_bptt")
 
 @dataclass
 class ResumePoint:
-    """A loaded ``last.pt`` to continue from, with its parsed config."""
+    """A loaded ``last.pt`` to continue from (in today's layout, see :func:`upgrade`), with its parsed config."""
 
     path: Path
     payload: dict[str, Any]
@@ -63,9 +138,11 @@ def resume_config_check(config: Config, saved: Config) -> None:
         )
 
 
-def read_resume_point(resume: str | Path | None, config: Config, out_dir: Path) -> ResumePoint | None:
+def read_resume_point(resume: str | Path | None, config: Config, out_dir: Path,
+                      payload: dict[str, Any] | None = None) -> ResumePoint | None:
     """The checkpoint to resume from (a run folder means its ``last.pt``), checked against
-    ``config``; None for a fresh run, which refuses a folder that already holds ``last.pt``."""
+    ``config``; None for a fresh run, which refuses a folder that already holds ``last.pt``.
+    ``payload``: the checkpoint ``resume`` names, already read (by the command line), else read here."""
     if resume is None:
         if (out_dir / "last.pt").exists() or (out_dir / PREVIOUS).exists():
             raise UserError(
@@ -73,20 +150,18 @@ def read_resume_point(resume: str | Path | None, config: Config, out_dir: Path) 
                 "or choose another --out folder"
             )
         return None
-    path, payload = resume_checkpoint(Path(resume))
+    if payload is None:
+        path, payload = resume_checkpoint(Path(resume))
+    else:
+        path = Path(resume)
     try:
         saved_config = config_from_dict(payload["config"])
     except ConfigError as error:
         raise UserError(f"cannot resume from {path}: its config is invalid ({error})") from None
     resume_config_check(config, saved_config)
-    if "counters" not in payload:
+    if COUNTERS not in payload:
         raise UserError(f"{path} holds no training state to resume; pass the run's last.pt")
-    return ResumePoint(path, payload, saved_config)
-
-
-def choose_resume_file(resume: Path, take_previous: bool = False) -> Path:
-    """The file of :func:`resume_checkpoint`."""
-    return resume_checkpoint(resume, take_previous)[0]
+    return ResumePoint(path, upgrade(payload), saved_config)
 
 
 def resume_checkpoint(resume: Path, take_previous: bool = False) -> tuple[Path, dict[str, Any]]:
@@ -119,7 +194,7 @@ def resume_checkpoint(resume: Path, take_previous: bool = False) -> tuple[Path, 
             raise error from None
         if take_previous:
             return previous, earlier
-        counters = earlier.get("counters", {})
+        counters = earlier.get(COUNTERS, {})
         raise UserError(
             f"{last} is damaged ({error}); the earlier {previous} (epoch {counters.get('epoch', '?')}, "
             f"step {counters.get('step', '?')}) is readable: add --resume-previous to continue from it"
@@ -128,9 +203,9 @@ def resume_checkpoint(resume: Path, take_previous: bool = False) -> tuple[Path, 
 
 def check_same_data(payload: dict[str, Any], corpus: Corpus) -> None:
     """Refuse to resume on other data files or another vocabulary than the checkpoint's."""
-    saved = payload.get("data", {}).get("checksums", {})
+    saved = payload.get(DATA, {}).get("checksums", {})
     differing = sorted(name for name in set(saved) | set(corpus.checksums) if saved.get(name) != corpus.checksums.get(name))
-    if differing or payload["vocab"] != corpus.vocab.to_list():
+    if differing or payload[VOCAB] != corpus.vocab.to_list():
         what = ", ".join(differing) if differing else "the vocabulary"
         raise UserError(
             f"cannot resume: the checkpoint was trained on other data ({what} differ); resume with "
@@ -138,29 +213,14 @@ def check_same_data(payload: dict[str, Any], corpus: Corpus) -> None:
         )
 
 
-def restore_rng_states(payload: dict[str, Any], generator: torch.Generator, shared: torch.Generator, seed: int) -> None:
-    """Put the saved RNG states back: the generators every rank shares (BPTT lengths, weight-drop
-    masks), and this rank's own (its dropout masks) when the same number of ranks saved the run;
-    with another number of ranks, this rank's own generator is seeded afresh from the step."""
-    rank, world_size = distributed.get_rank(), distributed.get_world_size()
-    rng = payload["rng"]
-    restore_rng(rng, generator, shared, own_streams=False)
-    saved_ranks = rng.get("ranks")  # every rank's own generators, saved by a distributed run
-    if world_size == 1:
-        restore_rng(rng, generator, shared)  # rank 0's own streams (or the one process's)
-    elif saved_ranks is not None and len(saved_ranks) == world_size:
-        restore_rng(saved_ranks[rank], generator, shared)
-    else:
-        torch.manual_seed(distributed.rank_seed(seed, rank, int(payload["counters"]["step"])))
-
-
 class Checkpointer:
-    """Writes a run's checkpoints into ``out_dir`` and reads its ``best.pt`` back."""
+    """Writes a run's checkpoints into ``out_dir`` from its ``components`` (see :func:`components`),
+    loads a resumed run's back, and reads ``best.pt`` back for the final test."""
 
-    def __init__(self, out_dir: Path, config: Config, corpus: Corpus, warn=print,
-                 resumed_counters: dict[str, int] | None = None):
+    def __init__(self, out_dir: Path, config: Config, corpus: Corpus, components: dict[str, Stateful], warn=print):
         self.out_dir, self.config, self.corpus, self.warn = out_dir, config, corpus, warn
-        self.last_counters = resumed_counters  # the counters last.pt holds (None: none written yet)
+        self.components = components
+        self.last_counters: dict[str, int] | None = None  # the counters last.pt holds (None: none written yet)
         self.last_saved = time.monotonic()  # when last.pt was last written, for timed checkpoints
         if distributed.is_main():
             # A kill during a write leaves its temp file (and a kill while keeping the previous
@@ -168,40 +228,47 @@ class Checkpointer:
             for stale in [*out_dir.glob(".*.pt.*.tmp"), *out_dir.glob(".*.pt.link")]:
                 stale.unlink(missing_ok=True)
 
-    def save(self, kind: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-             snapshot: Snapshot) -> Path | None:
-        """Write ``<out>/<kind>.pt`` (kind "last" or "best") from the model's current weights, the
-        optimiser and ``snapshot``; a new ``last.pt`` keeps the one before as ``last.prev.pt``.
-        Every rank calls it at the same point; rank 0 writes. Returns the path (written or not), or
-        None when writing failed (disk full, permission): the previous file stays intact, one
-        warning line says so, and training goes on."""
+    def load(self, payload: dict[str, Any]) -> None:
+        """Put every component's saved state back (a resumed run's checkpoint, in today's layout);
+        a component the checkpoint lacks (the fp16 scaler of an fp32 run) keeps its fresh state."""
+        for name, component in self.components.items():
+            if name in payload:
+                component.load_state_dict(payload[name])
+        self.last_counters = payload[COUNTERS]
+
+    def load_weights(self, payload: dict[str, Any]) -> None:
+        """Only the model's weights from ``payload`` (a finetune's starting checkpoint)."""
+        self.components[MODEL].load_state_dict(payload[MODEL])
+
+    def capture(self) -> dict[str, Any]:
+        """The state of what a step changes (:data:`STEP_STATE`), to save if it is interrupted."""
+        return {name: self.components[name].state_dict() for name in STEP_STATE}
+
+    def save(self, kind: str, step_state: dict[str, Any] | None = None) -> Path | None:
+        """Write ``<out>/<kind>.pt`` (kind "last" or "best") from every component's state now, or
+        for those in ``step_state`` (:meth:`capture`) that state; a new ``last.pt`` keeps the one
+        before as ``last.prev.pt``. Every rank calls it at the same point; rank 0 writes. Returns
+        the path (written or not), or None when writing failed (disk full, permission): the
+        previous file stays intact, one warning line says so, and training goes on."""
         path = self.out_dir / f"{kind}.pt"
-        counters = snapshot.state.counters()
-        if kind == "last" and counters == self.last_counters:
+        states = {name: component.state_dict() for name, component in self.components.items()
+                  if step_state is None or name not in step_state}
+        states.update(step_state or {})
+        if kind == "last" and states[COUNTERS] == self.last_counters:
             # last.pt holds this very state already; writing it again would push the earlier
             # state out of last.prev.pt. (The same decision on every rank: equal counters.)
             return path
         if kind == "last":
-            self.last_saved, self.last_counters = time.monotonic(), counters
-        stream, rng = stream_to_cpu(snapshot.stream), snapshot.rng
-        if distributed.get_world_size() > 1:
-            rank_states = distributed.gather_objects({"stream": stream, "rng": rng})
-            stream = concat_streams([state["stream"] for state in rank_states])
-            rng = {**rng, "ranks": [state["rng"] for state in rank_states]}
+            self.last_saved, self.last_counters = time.monotonic(), states[COUNTERS]
+        per_rank = [name for name, component in self.components.items() if hasattr(component, "merge_ranks")]
+        gathered = distributed.gather_objects({name: to_cpu(states[name]) for name in per_rank})
+        for name in per_rank:
+            states[name] = self.components[name].merge_ranks([rank[name] for rank in gathered])
         if not distributed.is_main():
             return path
-        payload = {
-            "kind": kind,
-            "config": config_to_dict(self.config),
-            "vocab": self.corpus.vocab.to_list(),
-            "model": clean_state_dict(model.state_dict()),
-            "optimizer": {"name": snapshot.state.optimizer, "state": optimizer.state_dict()},
-            "rng": rng,
-            "counters": snapshot.state.counters(),
-            "history": snapshot.state.history(),
-            "stream": stream,
-            "data": {"dataset": self.config.data.dataset, "checksums": dict(self.corpus.checksums)},
-        }
+        payload = {KIND: kind, CONFIG: config_to_dict(self.config), VOCAB: self.corpus.vocab.to_list(),
+                   DATA: {"dataset": self.config.data.dataset, "checksums": dict(self.corpus.checksums)},
+                   VERSION: STATE_VERSION, **states}
         try:
             return save_checkpoint(path, payload, previous=self.out_dir / PREVIOUS if kind == "last" else None)
         except OSError as error:
@@ -224,7 +291,7 @@ class Checkpointer:
         if distributed.is_main():
             best = load_checkpoint(self.out_dir / "best.pt", map_location="cpu")
             model, _, _ = model_from_checkpoint(best, device)
-            best_val = float(best["history"]["best_val_loss"])
+            best_val = float(best[HISTORY]["best_val_loss"])
         if distributed.get_world_size() > 1:
             if model is None:
                 model = LanguageModel(len(self.corpus.vocab), self.config.model).to(device).eval()

@@ -13,15 +13,12 @@ A leaf module: it imports nothing of qrnn_lm, so the trainer, the CLI and tests 
   :func:`broadcast_object`, :func:`broadcast_tensors`, :func:`barrier`.
 * :func:`wrap_ddp` wraps a model in DistributedDataParallel when there are several ranks.
 * :func:`column_range` says which contiguous block of the batch's streams a rank owns.
-* :func:`launch_local` runs torchrun's machinery (``torch.distributed.run``) for one machine: the
-  ``qrnn-lm train --nproc N`` shortcut.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import signal
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -48,12 +45,11 @@ __all__ = [
     "wrap_ddp",
     "column_range",
     "rank_seed",
-    "launch_local",
 ]
 
 
 def launched_by_torchrun() -> bool:
-    """True when torchrun (or ``launch_local``) started this process as one of several ranks."""
+    """True when torchrun (or ``qrnn_lm.cli.train.launch_local``) started this process as one of several ranks."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ
 
 
@@ -251,49 +247,3 @@ def rank_seed(seed: int, rank: int, step: int = 0) -> int:
     run's ``seed`` and the optimizer ``step`` it starts from: distinct per rank, reproducible."""
     digest = hashlib.sha256(f"qrnn-lm/{seed}/{rank}/{step}".encode()).digest()
     return int.from_bytes(digest[:8], "little") >> 1
-
-
-def launch_local(nproc: int, argv: Sequence[str], *, module: str = "qrnn_lm") -> int:
-    """Run ``python -m <module> <argv>`` as ``nproc`` ranks on this machine with torchrun's
-    machinery (``torch.distributed.run --standalone``: a local rendezvous on a free port, no
-    restarts). Returns 0 when every rank succeeded, else the first failed rank's exit code (also
-    printed as one line on stderr; the ranks' own output, e.g. rank 0's error line, comes before);
-    128 + signum when interrupted (Ctrl-C, SIGTERM, SIGHUP: torchrun passes it on to every rank,
-    whose trainers agree on a step, save and stop).
-
-    Equivalent to ``torchrun --standalone --nproc_per_node <nproc> -m <module> <argv>``.
-    """
-    if not isinstance(nproc, int) or isinstance(nproc, bool) or nproc < 1:
-        raise ValueError(f"nproc must be a positive int, got {nproc!r}")
-    from torch.distributed.elastic.multiprocessing.api import SignalException
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.run import main as torchrun_main
-
-    args = ["--standalone", f"--nproc-per-node={nproc}", "--max-restarts=0", "-m", module, *argv]
-    if "OMP_NUM_THREADS" not in os.environ:
-        # torchrun would set 1 with a warning; share the machine's cores between the ranks instead.
-        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
-    try:
-        torchrun_main(args)
-    except ChildFailedError as error:
-        rank, failure = error.get_first_failure()
-        code = failure.exitcode if failure.exitcode and failure.exitcode > 0 else 1
-        if code - 128 in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", -1)):
-            # A stop signal sent to the ranks themselves: they agreed on a step and rank 0 saved.
-            print(f"\ninterrupted ({signal_name(code - 128)} reached rank {rank}): every rank stopped at the "
-                  "same step", file=sys.stderr)
-            return code
-        print(f"error: rank {rank} of {nproc} failed (exit code {failure.exitcode}); every rank was stopped",
-              file=sys.stderr)
-        return code
-    except SignalException as error:
-        print(f"\ninterrupted ({signal_name(error.sigval)}): every rank was stopped", file=sys.stderr)
-        return 128 + int(error.sigval)  # the shell's convention: 130 for Ctrl-C, 143 for SIGTERM
-    return 0
-
-
-def signal_name(sigval: Any) -> str:
-    try:
-        return signal.Signals(sigval).name
-    except ValueError:
-        return str(sigval)

@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config, UserError, config_from_dict, config_to_dict
-from ..models.checkpoint import load_checkpoint
+from ..inference.evaluate import perplexity
+from ..models.checkpoint_file import load_checkpoint
 from . import distributed
 from .optimizer import should_switch_to_asgd
-from .results import ppl
 
 __all__ = ["FINETUNE_FILE", "load_init", "read_finetune", "start_finetune", "converged", "compare"]
 
@@ -54,8 +54,8 @@ def start_finetune(trainer, init_from: str | Path) -> dict[str, Any]:
     validation replaces them, as in awd's finetune. Returns the record."""
     valid_loss = trainer.validate()
     test_loss, _ = trainer.evaluator.test_loss(trainer.model, progress=trainer.console.progress)
-    trainer.console.echo(f"finetuning {init_from}: valid ppl {ppl(valid_loss):.2f}, test ppl {ppl(test_loss):.2f}")
-    trainer.state.best_val_loss = valid_loss
+    trainer.console.echo(f"finetuning {init_from}: valid ppl {perplexity(valid_loss):.2f}, test ppl {perplexity(test_loss):.2f}")
+    trainer.history.best_val_loss = valid_loss
     record = {"init_from": str(init_from), "start_val_loss": valid_loss, "start_test_loss": test_loss}
     if distributed.is_main():
         (trainer.out_dir / FINETUNE_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
@@ -78,9 +78,9 @@ def compare(record: dict[str, Any], results: dict[str, Any]) -> dict[str, Any]:
     """The ``finetune`` entry of results.json: start and end, valid and test."""
     return {
         "init_from": record["init_from"],
-        "start_val_ppl": ppl(record["start_val_loss"]),
-        "start_test_ppl": ppl(record["start_test_loss"]),
-        "val_ppl_change": results["best_val_ppl"] - ppl(record["start_val_loss"]),
-        "test_ppl_change": results["test_ppl"] - ppl(record["start_test_loss"]),
+        "start_val_ppl": perplexity(record["start_val_loss"]),
+        "start_test_ppl": perplexity(record["start_test_loss"]),
+        "val_ppl_change": results["best_val_ppl"] - perplexity(record["start_val_loss"]),
+        "test_ppl_change": results["test_ppl"] - perplexity(record["start_test_loss"]),
         **record,
     }

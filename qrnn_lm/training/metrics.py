@@ -1,17 +1,43 @@
-"""Training metrics: a :class:`Meter` that averages them between two log points, and logging
-behind a two-method interface, ``log(metrics, step)`` and ``close()``.
+"""What a run reports: TensorBoard scalars, ``metrics.csv``, console lines and ``results.json``.
 
-TensorBoard when a log folder is given (and on rank 0 only: the caller decides), a no-op
+Training metrics: a :class:`Meter` averages them between two log points; logging goes through a
+two-method interface, ``log(metrics, step)`` and ``close()``: TensorBoard when a log folder is given (and on rank 0 only: the caller decides), a no-op
 otherwise. Tags are slash-named: ``train/loss``, ``val/ppl``, ``lr``. TensorBoard is imported
 only when a TensorBoard logger is made, so importing this module stays cheap.
+
+``metrics.csv`` in the run folder, beside TensorBoard's ``tb/``: one row per log interval and
+one per validation, readable by anything (``qrnn-lm plot`` draws it).
+
+Columns (exactly :data:`COLUMNS`): ``step`` (optimizer steps since the run began), ``epoch`` (the
+epoch in progress, 1-based), ``tokens`` (training tokens seen), ``wall_s`` (seconds of training and
+validation since the run began, across resumes), ``train_loss`` (mean loss since the previous
+log row; empty in validation rows), ``valid_ppl`` (empty in training rows), ``lr`` (the scheduled
+learning rate, before SGD's segment-length rescaling).
+
+Each row is written and flushed at once, so a killed run loses nothing it had logged. A resumed
+run appends to the file after dropping its rows with a ``step`` beyond the checkpoint it resumes
+from: the resumed run logs those steps again, so no step appears twice. A fresh run starts the
+file anew. Rank 0 alone writes (the others get a writer that drops rows).
+
+:class:`Console`: what a run prints, its console lines and the epoch's progress bar, on rank 0 only.
+
+:func:`run_results`: a finished run's ``results.json``, what it reached, on what, in how long.
 """
 
 from __future__ import annotations
 
-import math
+import csv
+import json
+import os
 import time
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Callable, Protocol
+
+from ..config import Config
+from ..inference.evaluate import perplexity
+from .state import Counters
+
+__all__ = ["MetricsLogger", "NullLogger", "TensorBoardLogger", "make_logger", "Meter", "COLUMNS", "MetricsCsv", "read_rows", "RunLog", "Console", "run_results", "write_results"]
 
 
 class MetricsLogger(Protocol):
@@ -77,10 +103,167 @@ class Meter:
         seconds = max(time.perf_counter() - self.started, 1e-9)
         metrics = {
             "train/loss": loss,
-            "train/ppl": math.exp(min(loss, 700.0)),
+            "train/ppl": perplexity(loss),
             "lr": lr,
             "grad_norm": self.grad_norm_sum / max(self.steps, 1),
             "tokens_per_s": self.tokens / seconds,
         }
         self._reset()
         return metrics
+
+
+COLUMNS = ("step", "epoch", "tokens", "wall_s", "train_loss", "valid_ppl", "lr")
+HEADER = ",".join(COLUMNS)
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    """The rows of a ``metrics.csv`` as dicts of strings (empty string: no value)."""
+    with path.open(newline="", encoding="utf-8") as file:
+        return list(csv.DictReader(file))
+
+
+def _kept_lines(text: str, resume_step: int) -> list[str]:
+    """The complete data lines of a metrics.csv's ``text`` up to ``resume_step`` ([] when the
+    file is not ours). A line cut short by a kill mid-write has too few cells and goes too."""
+    lines = text.splitlines()
+    if not lines or lines[0] != HEADER:
+        return []
+    kept = []
+    for line in lines[1:]:
+        step = line.split(",", 1)[0]
+        if line.count(",") == len(COLUMNS) - 1 and step.isdigit() and int(step) <= resume_step:
+            kept.append(line)
+    return kept
+
+
+class MetricsCsv:
+    """Rows of ``metrics.csv`` at ``path`` (None: a writer that drops everything, off rank 0).
+
+    Args:
+        path: the file.
+        resume_step: the step of the checkpoint a resumed run continues from (rows after it go);
+            None for a fresh run (any old file is replaced).
+    """
+
+    def __init__(self, path: Path | None, resume_step: int | None = None):
+        self._file = None
+        if path is None:
+            return
+        text = path.read_text(encoding="utf-8") if resume_step is not None and path.is_file() else ""
+        content = "\n".join([HEADER, *_kept_lines(text, resume_step)]) + "\n" if text else HEADER + "\n"
+        if content != text:  # fresh, or rows to drop: rewrite (atomically: never half of the old rows)
+            temp = path.with_name(f".{path.name}.new")
+            temp.write_text(content, encoding="utf-8")
+            os.replace(temp, path)
+        self._file = path.open("a", newline="", encoding="utf-8")
+
+    def row(self, state: Counters, wall_s: float, lr: float, *, train_loss: float | None = None,
+            valid_ppl: float | None = None) -> None:
+        """Append one row at ``state``'s counters (a training row gives ``train_loss``, a
+        validation row ``valid_ppl``)."""
+        if self._file is None:
+            return
+        cells = [str(state.step), str(state.epoch), str(state.tokens), f"{wall_s:.3f}",
+                 "" if train_loss is None else f"{train_loss:.6g}",
+                 "" if valid_ppl is None else f"{valid_ppl:.6g}", f"{lr:.8g}"]
+        self._file.write(",".join(cells) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+class RunLog:
+    """A run's logs: TensorBoard scalars (``tb/``) and ``metrics.csv`` in ``out_dir`` (on rank 0;
+    ``out_dir`` None elsewhere: nothing is written), the training metrics averaged by a
+    :class:`Meter` between two log points. ``resume_step``: the step a resumed run continues from."""
+
+    def __init__(self, out_dir: Path | None, resume_step: int | None = None):
+        self.logger = make_logger(out_dir / "tb" if out_dir is not None else None)
+        self.csv = MetricsCsv(out_dir / "metrics.csv" if out_dir is not None else None, resume_step)
+        self.meter = Meter()
+
+    def step(self, loss: float, grad_norm: float, tokens: int, counters: Counters, wall_s: float, lr: float,
+             log_interval: int) -> dict[str, float] | None:
+        """Add one step; every ``log_interval`` steps log the averages and return them."""
+        self.meter.add(loss, grad_norm, tokens)
+        if counters.step % log_interval:
+            return None
+        metrics = self.meter.flush(lr)
+        self.logger.log(metrics, counters.step)
+        self.csv.row(counters, wall_s, metrics["lr"], train_loss=metrics["train/loss"])
+        return metrics
+
+    def validation(self, val_loss: float, counters: Counters, wall_s: float, lr: float) -> None:
+        self.logger.log({"val/loss": val_loss, "val/ppl": perplexity(val_loss)}, counters.step)
+        self.csv.row(counters, wall_s, lr, valid_ppl=perplexity(val_loss))
+
+    def test(self, test_loss: float, step: int) -> None:
+        self.logger.log({"test/loss": test_loss, "test/ppl": perplexity(test_loss)}, step)
+
+    def close(self) -> None:
+        self.logger.close()
+        self.csv.close()
+
+
+class Console:
+    """Console lines and progress bars of a run.
+
+    Args:
+        progress: show tqdm bars (the lines then go through ``tqdm.write`` so a bar is not broken).
+        enabled: print at all (False off rank 0). Without bars, each line is printed and flushed,
+            so a redirected log shows it as it happens.
+    """
+
+    def __init__(self, progress: bool, enabled: bool):
+        self.progress = progress and enabled
+        self.echo: Callable[[str], None] = _echo(self.progress, enabled)
+
+    def epoch_bar(self, epoch: int, epochs: int, position: int, limit: int, batch_size: int):
+        """A tqdm bar over this epoch's time steps (counted in tokens), or None without bars."""
+        if not self.progress:
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(total=limit, initial=min(position, limit), unit="tok", unit_scale=batch_size,
+                    desc=f"epoch {epoch}/{epochs}", dynamic_ncols=True, leave=False)
+
+
+def _echo(progress: bool, enabled: bool) -> Callable[[str], None]:
+    if not enabled:
+        return lambda message: None
+    if not progress:
+        return lambda message: print(message, flush=True)
+    from tqdm.auto import tqdm
+
+    return tqdm.write
+
+
+def run_results(config: Config, state: Counters, optimizer: str, status: str, best_val: float, test_loss: float,
+                test_tokens: int, out_dir: Path, seconds: float) -> dict[str, Any]:
+    """The results dict (the keys of ``results.json``) of a run that ended with ``status``."""
+    return {
+        "name": config.name,
+        "dataset": config.data.dataset,
+        "status": status,
+        "epochs_completed": state.epoch - 1,
+        "steps": state.step,
+        "train_tokens": state.tokens,
+        "optimizer": optimizer,
+        "best_val_loss": best_val,
+        "best_val_ppl": perplexity(best_val),
+        "test_loss": test_loss,
+        "test_ppl": perplexity(test_loss),
+        "test_tokens": test_tokens,
+        "test_batch_size": config.data.test_batch_size,
+        "checkpoint": str(out_dir / "best.pt"),
+        "seconds": round(seconds, 1),
+    }
+
+
+def write_results(out_dir: Path, results: dict[str, Any]) -> Path:
+    path = out_dir / "results.json"
+    path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    return path

@@ -1,9 +1,12 @@
-"""What a training run must remember to continue exactly: counters, history and RNG states (the
-state carried along the training stream is :mod:`qrnn_lm.training.stream`'s).
+"""What a training run must remember to continue exactly, besides its weights, its optimiser and
+the state carried along the training stream (:mod:`.schedule`, :mod:`.data_stream`): its counters
+(:class:`Counters`), its validation history (:class:`History`) and its random generators
+(:class:`RandomState`). Each has ``state_dict()`` and ``load_state_dict()`` (torchtitan's
+``Stateful``); the checkpointer saves and loads them by name, knowing nothing of what is inside.
 
-The trainer keeps a :class:`RunState` and, at the start of every step, a :class:`Snapshot` of the
-random and carried state; a checkpoint written after an interruption in the middle of a step uses
-the snapshot, so the resumed run replays that step with the same dropout masks and BPTT length.
+At the start of every step the trainer takes the state of what a step changes (counters, random
+generators, carried stream, clock); a checkpoint written after an interruption in the middle of a
+step uses it, so the resumed run replays that step with the same dropout masks and BPTT length.
 
 Randomness comes from three sources: the BPTT generator (segment lengths; equal on every rank),
 the *shared* generator of :class:`SharedMasks` (weight-drop masks: one model, so one mask per step
@@ -20,49 +23,42 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["RunState", "Snapshot", "capture_rng", "restore_rng", "SharedMasks"]
+from . import distributed
+
+__all__ = ["Counters", "History", "RandomState", "capture_rng", "restore_rng", "SharedMasks"]
 
 
 @dataclass
-class RunState:
-    """Counters and history of a run (stored in checkpoints as ``counters`` and ``history``)."""
+class Counters:
+    """Where a run is (stored in checkpoints as ``counters``)."""
 
     epoch: int = 1  # the epoch in progress, 1-based
     position: int = 0  # next time step of this epoch's training stream (0 = epoch not started)
     step: int = 0  # optimizer steps done since the run began (what train.max_steps counts)
     tokens: int = 0  # training target tokens seen since the run began
-    val_losses: list[float] = field(default_factory=list)  # validation losses, for NT-ASGD
-    best_val_loss: float = math.inf  # best validation loss so far (the one in best.pt)
-    lr: float = 0.0  # base learning rate (after lr_decay_epochs), before the length rescaling
-    optimizer: str = "sgd"  # "sgd", "asgd" (after the NT-ASGD switch), "adam" or "adamw"
-    # wall-clock seconds of training and validation since the run began, across resumes (what
-    # train.max_minutes and metrics.csv's wall_s count); set when a checkpoint's state is taken
-    elapsed: float = 0.0
 
-    def counters(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "position": self.position, "step": self.step, "tokens": self.tokens}
+    def state_dict(self) -> dict[str, int]:
+        return asdict(self)
 
-    def history(self) -> dict[str, Any]:
-        return {"val_losses": list(self.val_losses), "best_val_loss": self.best_val_loss, "lr": self.lr,
-                "elapsed_s": self.elapsed}
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key in ("epoch", "position", "step", "tokens"):
+            setattr(self, key, int(state[key]))
 
-    @classmethod
-    def from_payload(cls, payload: dict[str, Any]) -> RunState:
-        counters, history = payload["counters"], payload["history"]
-        return cls(
-            epoch=int(counters["epoch"]),
-            position=int(counters["position"]),
-            step=int(counters["step"]),
-            tokens=int(counters["tokens"]),
-            val_losses=[float(v) for v in history["val_losses"]],
-            best_val_loss=float(history["best_val_loss"]),
-            lr=float(history["lr"]),
-            optimizer=str(payload["optimizer"]["name"]),
-            elapsed=float(history.get("elapsed_s", 0.0)),  # absent from checkpoints before max_minutes
-        )
 
-    def copy(self) -> RunState:
-        return RunState(**{**asdict(self), "val_losses": list(self.val_losses)})
+@dataclass
+class History:
+    """The run's validation losses (stored in checkpoints as ``history``): what NT-ASGD and a
+    finetune's stop read, and the best one, which ``best.pt`` holds."""
+
+    val_losses: list[float] = field(default_factory=list)  # one per finished epoch
+    best_val_loss: float = math.inf
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"val_losses": list(self.val_losses), "best_val_loss": self.best_val_loss}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.val_losses = [float(value) for value in state["val_losses"]]
+        self.best_val_loss = float(state["best_val_loss"])
 
 
 def capture_rng(generator: torch.Generator, shared: torch.Generator | None = None) -> dict[str, Any]:
@@ -94,6 +90,37 @@ def restore_rng(state: dict[str, Any], generator: torch.Generator, shared: torch
         if len(cuda_states) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(cuda_states)
 
+class RandomState:
+    """A run's random generators as one component (see the module docstring): the BPTT generator,
+    the shared weight-drop generator and this process's default generators.
+
+    A distributed run saves every rank's own generators (:meth:`merge_ranks`); a run resumed with
+    the same number of ranks takes each rank's back, with another number each rank's own generator
+    is seeded afresh from the run's seed, its rank and the step it resumes from.
+    """
+
+    def __init__(self, bptt: torch.Generator, shared: torch.Generator, seed: int, counters: Counters):
+        self.bptt, self.shared, self.seed, self.counters = bptt, shared, seed, counters
+
+    def state_dict(self) -> dict[str, Any]:
+        return capture_rng(self.bptt, self.shared)
+
+    def merge_ranks(self, states: list[dict[str, Any]]) -> dict[str, Any]:
+        """Every rank's state (in rank order) -> the saved one: rank 0's, plus ``ranks`` when several."""
+        return states[0] if len(states) == 1 else {**states[0], "ranks": states}
+
+    def load_state_dict(self, rng: dict[str, Any]) -> None:
+        """Put the saved states back (the counters are loaded first: a reseed uses their step)."""
+        rank, world_size = distributed.get_rank(), distributed.get_world_size()
+        restore_rng(rng, self.bptt, self.shared, own_streams=False)
+        saved_ranks = rng.get("ranks")  # every rank's own generators, saved by a distributed run
+        if world_size == 1:
+            restore_rng(rng, self.bptt, self.shared)  # rank 0's own streams (or the one process's)
+        elif saved_ranks is not None and len(saved_ranks) == world_size:
+            restore_rng(saved_ranks[rank], self.bptt, self.shared)
+        else:
+            torch.manual_seed(distributed.rank_seed(self.seed, rank, self.counters.step))
+
 
 class SharedMasks:
     """Draws every weight-drop mask from one seeded generator, the same on every rank.
@@ -123,12 +150,3 @@ class SharedMasks:
     def _leave(self, module, args, output):
         self.generator.set_state(self._default.get_state())
         self._default.set_state(self._saved.pop())
-
-
-@dataclass
-class Snapshot:
-    """State at a step boundary: what a checkpoint holds besides weights and optimizer."""
-
-    state: RunState
-    rng: dict[str, Any]
-    stream: dict[str, Any]

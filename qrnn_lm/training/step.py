@@ -1,5 +1,10 @@
 """One training step: forward, the regularised loss (cross-entropy + AR + TAR), backward, clipping.
 
+Mixed precision (``train.precision``, decided for the device by :mod:`qrnn_lm.device`): the
+forward and the loss run in :func:`precision_context` (autocast to bfloat16 or float16); fp16 adds
+:func:`make_scaler`'s gradient scaler against underflow. Weights, optimiser state and
+checkpoints stay float32.
+
 ``train_step`` leaves the optimiser step (and the learning-rate rescaling) to the caller.
 
 Data parallel: ``model`` is then the DistributedDataParallel wrapper, whose backward averages the
@@ -13,6 +18,7 @@ lengths that differ (diverged BPTT generators) are a RuntimeError.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -21,10 +27,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import TrainConfig, UserError
+from ..device import check_precision
 from . import distributed
-from .precision import precision_context
 
-__all__ = ["TrainingError", "StepResult", "regularized_loss", "train_step"]
+__all__ = ["TrainingError", "StepResult", "regularized_loss", "train_step", "precision_context", "make_scaler"]
+
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class TrainingError(UserError):
@@ -131,3 +139,16 @@ def _checked_loss(cross_entropy: float, loss: float, seq_len: int, where: str) -
                 + "lower train.lr (or train.clip) and resume from the run's last.pt, which is kept as it was"
             )
     return sum(row[0] for row in rows) / len(rows)
+
+
+def precision_context(device: torch.device, precision: str):
+    """The autocast context for the forward and the loss (a no-op context for fp32)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=_DTYPES[precision])
+
+
+def make_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler | None:
+    """A GradScaler for fp16, None otherwise."""
+    check_precision(precision, device)
+    return torch.amp.GradScaler(device.type) if precision == "fp16" else None

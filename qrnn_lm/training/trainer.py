@@ -9,21 +9,20 @@ switch to ASGD, apply ``lr_decay_epochs``, save ``last.pt``. At the end, the bes
 evaluated on test and ``results.json`` written.
 
 A :class:`Trainer` is built once from the config and holds one component per job, each with its
-own distributed details: the training stream (:mod:`.stream`), the optimiser and its schedule
-(:mod:`.optimizer`), validation and test (:mod:`.evaluator`), the checkpointer
-(:mod:`.checkpointer`), the budget (:mod:`.budget`), the metrics logger and meter (:mod:`.metrics`),
-``metrics.csv`` (:mod:`.metrics_csv`) and the console
-(:mod:`.console`). Its loop below reads top to bottom: ``run`` -> epochs -> steps -> end of epoch
--> finish.
+own distributed details and, where it has state, its own ``state_dict``: the streams
+(:mod:`.data_stream`), the optimiser and its schedule (:mod:`.schedule`), the counters, history
+and random generators (:mod:`.state`), the budget and stop signals (:mod:`.stopping`), the logs
+and the console (:mod:`.metrics`); the checkpointer (:mod:`.checkpointer`) saves and loads the
+components by name. Its loop reads top to bottom: ``run`` -> epochs -> steps -> end of epoch -> finish.
 
 Stopping and resuming (details: docs/application.md):
 * ``train.max_steps``, ``train.max_minutes`` and ``train.epochs`` count from the start of the run,
-  across resumes (:mod:`.budget`); a run stopped by ``max_steps`` or ``max_minutes`` mid-epoch
+  across resumes (:mod:`.stopping`); a run stopped by ``max_steps`` or ``max_minutes`` mid-epoch
   saves the exact position and still tests ``best.pt`` (when no epoch has finished, the current
   weights are validated once and saved as ``best.pt``). The budget's progress drives the
-  per-step learning-rate schedule (:mod:`.lr_schedule`).
+  per-step learning-rate schedule (:mod:`.schedule`).
 * Ctrl-C, SIGTERM and SIGHUP save ``last.pt`` at the exact position and raise
-  :class:`~qrnn_lm.training.interrupts.Interrupted` (the CLI prints the resume command).
+  :class:`~qrnn_lm.training.stopping.Interrupted` (the CLI prints the resume command).
   ``last.pt`` is also written every ``train.checkpoint_every_steps`` / ``_minutes``.
 * A non-finite loss or gradient norm raises :class:`TrainingError`; ``last.pt`` stays as it was.
 
@@ -39,90 +38,44 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
-from ..config import Config, UserError, to_toml
-from ..inference.evaluate import resolve_device
+from ..config import Config, to_toml
+from ..device import resolve_precision
+from ..inference.evaluate import perplexity
 from ..models import LanguageModel, WeightDrop
-from ..models.checkpoint import clean_state_dict
 from . import distributed
-from .budget import Budget
-from .checkpointer import Checkpointer, check_same_data, read_resume_point, restore_rng_states
-from .console import Console
-from .evaluator import Evaluator
+from .checkpointer import Checkpointer, check_same_data, components, read_resume_point
+from .data_stream import Evaluator, TrainingStream, load_corpus, restore_stream
 from .finetune import compare, converged, load_init, read_finetune, start_finetune
-from .interrupts import Interrupted, StopSignals, sigint_deferred
-from .metrics import Meter, make_logger
-from .metrics_csv import MetricsCsv
-from .optimizer import Schedule
-from .precision import make_scaler, resolve_precision
-from .results import ppl, run_results, write_results
-from .state import RunState, SharedMasks, Snapshot, capture_rng
-from .step import TrainingError, train_step
-from .stream import TrainingStream, load_corpus, restore_stream
+from .metrics import Console, RunLog, run_results, write_results
+from .schedule import Schedule
+from .state import Counters, History, RandomState, SharedMasks
+from .step import make_scaler, train_step
+from .stopping import Budget, Interrupted, StopSignals, sigint_deferred
 
-__all__ = ["train", "Trainer", "TrainingError"]
-
-
-def train(
-    config: Config,
-    out_dir: str | Path,
-    *,
-    device: str = "auto",
-    resume: str | Path | None = None,
-    data_dir: str | Path | None = None,
-    progress: bool = True,
-    init_from: str | Path | None = None,
-) -> dict[str, Any]:
-    """Train ``config`` into ``out_dir`` (checkpoints, ``config.toml``, ``tb/``, ``results.json``).
-
-    Args:
-        config: the resolved :class:`~qrnn_lm.config.Config`. With ``resume`` it must match the
-            checkpoint's model and data sections; the ``[train]`` section may differ (e.g. more
-            epochs or max_steps).
-        out_dir: run folder; a fresh run refuses a folder that already holds ``last.pt``.
-        device: ``"auto"`` (cuda if available, else cpu), ``"cpu"`` or ``"cuda"``.
-        resume: a ``last.pt`` (or a run folder, meaning its ``last.pt``) to continue exactly.
-        data_dir: where named datasets live (see :func:`qrnn_lm.data.resolve_data_dir`).
-        progress: tqdm bars (on rank 0 only). The console lines (validation results, schedule
-            changes, interruptions) are printed on rank 0 either way.
-        init_from: finetune: start a fresh run from this checkpoint's weights straight into
-            averaged SGD (see :mod:`.finetune`).
-
-    Returns:
-        the results dict also written to ``out_dir/results.json``.
-    """
-    device = resolve_device(device)
-    try:
-        distributed.check_devices(device)
-    except ValueError as error:
-        raise UserError(str(error)) from None
-    with distributed.session(device) as rank_device:
-        trainer = Trainer(config, Path(out_dir), rank_device, resume=resume, data_dir=data_dir, progress=progress,
-                          init_from=init_from)
-        try:
-            return trainer.run()
-        finally:
-            trainer.logger.close()
-            trainer.csv.close()
+__all__ = ["Trainer"]
 
 
 class Trainer:
-    """One training run, fresh or resumed from ``resume`` (see :func:`train` for the arguments;
-    ``device`` is this rank's resolved device)."""
+    """One training run, fresh or resumed from ``resume`` (see :func:`qrnn_lm.training.train` for
+    the arguments; ``device`` is this rank's resolved device)."""
 
     def __init__(self, config: Config, out_dir: Path, device: torch.device, *, resume: str | Path | None = None,
-                 data_dir: str | Path | None = None, progress: bool = True, init_from: str | Path | None = None):
+                 data_dir: str | Path | None = None, progress: bool = True, init_from: str | Path | None = None,
+                 on_validation: Callable[[int, float], None] | None = None,
+                 checkpoint: dict[str, Any] | None = None):
         if init_from is not None and resume is not None:
             raise ValueError("init_from starts a fresh run; resume continues one: pass one of them")
         self.config, self.out_dir, self.device = config, out_dir, device
+        self.on_validation = on_validation if distributed.is_main() else None
         self.world_size = distributed.get_world_size()
         main = distributed.is_main()
         seed = config.train.seed
         self.console = Console(progress, enabled=main)
-        resumed = read_resume_point(resume, config, out_dir)
+        resumed = read_resume_point(resume, config, out_dir, checkpoint)
         if main:
             out_dir.mkdir(parents=True, exist_ok=True)  # rank 0 alone writes into it
 
@@ -130,46 +83,41 @@ class Trainer:
         self.corpus = load_corpus(config, data_dir, self.console.progress)
         if resumed is not None:
             check_same_data(resumed.payload, self.corpus)
-        self.stream = TrainingStream(self.corpus.train, config.data, device, seed)
         self.model = LanguageModel(len(self.corpus.vocab), config.model, config.train.softmax,
-                                       config.train.softmax_memory_mb).to(device)
+                                   config.train.softmax_memory_mb).to(device)
+        self.stream = TrainingStream(self.corpus.train, config.data, device, seed, self.model)
         weight_drops = [module for module in self.model.modules() if isinstance(module, WeightDrop)]
         self.shared = SharedMasks(weight_drops, device, seed + 1)  # weight-drop masks, equal on every rank
         if self.world_size > 1:
             torch.manual_seed(distributed.rank_seed(seed, distributed.get_rank()))  # this rank's own masks
-        if resumed is None:
-            # A finetune goes straight into averaged SGD from the starting checkpoint's weights.
-            self.state = RunState(lr=config.train.lr, optimizer="asgd" if init_from else config.train.optimizer)
-            if init_from is not None:
-                init = load_init(init_from, config, self.corpus.vocab.to_list())
-                self.model.load_state_dict(clean_state_dict(init["model"]))
-            self.schedule = Schedule(self.model, config.train, self.state)
-        else:
-            self.model.load_state_dict(clean_state_dict(resumed.payload["model"]))
-            self.state = RunState.from_payload(resumed.payload)
-            self.schedule = Schedule(self.model, config.train, self.state, (resumed.payload, resumed.config.train))
-            restore_rng_states(resumed.payload, self.stream.generator, self.shared.generator, seed)
-            self.stream.restore(self.model, resumed.payload["stream"], device)
-        self.budget = Budget(config.train, self.stream.limit, self.state.elapsed)
-        self.evaluator = Evaluator(self.corpus, config.data, device)
+        # The components with state; a resumed run's are loaded below, in one loop.
+        self.state, self.history = Counters(), History()
+        # A finetune goes straight into averaged SGD from the starting checkpoint's weights.
+        self.schedule = Schedule(self.model, config.train, self.history, "asgd" if init_from else None)
+        self.budget = Budget(config.train, self.stream.limit)
         # "auto" decided once for this device; config.toml keeps what the user asked for.
         self.step_config = dataclasses.replace(
             config.train, precision=resolve_precision(config.train.precision, device))
         if config.train.precision == "auto":
             self.console.echo(f"precision auto: {self.step_config.precision} on {device.type}")
-        self.scaler = make_scaler(self.step_config.precision, device)  # fp16 only; not checkpointed
+        self.scaler = make_scaler(self.step_config.precision, device)  # fp16 only
+        rng = RandomState(self.stream.generator, self.shared.generator, seed, self.state)
+        self.checkpointer = Checkpointer(out_dir, config, self.corpus, components(
+            model=self.model, optimizer=self.schedule, counters=self.state, history=self.history,
+            budget=self.budget, rng=rng, stream=self.stream, scaler=self.scaler), warn=self.console.echo)
+        if resumed is not None:
+            self.checkpointer.load(resumed.payload)
+        elif init_from is not None:
+            self.checkpointer.load_weights(load_init(init_from, config, self.corpus.vocab.to_list()))
+        self.evaluator = Evaluator(self.corpus, config.data, device)
         # torch.compile'd for training only: validation, test and checkpoints use the eager model.
         trained = torch.compile(self.model) if config.train.compile else self.model
         self.ddp = distributed.wrap_ddp(trained, device)  # what training calls
-        self.checkpointer = Checkpointer(out_dir, config, self.corpus, warn=self.console.echo,
-                                         resumed_counters=self.state.counters() if resumed is not None else None)
         self.signals = StopSignals(immediate=self.world_size == 1)
-        self.meter = Meter()
-        self.snapshot: Snapshot | None = None  # state at the start of the step in progress, if any
+        self.step_state: dict[str, Any] | None = None  # the state a step in progress started from
         if main:
             (out_dir / "config.toml").write_text(to_toml(config), encoding="utf-8")
-        self.logger = make_logger(out_dir / "tb" if main else None)
-        self.csv = MetricsCsv(out_dir / "metrics.csv" if main else None, None if resumed is None else self.state.step)
+        self.log = RunLog(out_dir if main else None, None if resumed is None else self.state.step)
         if resumed is not None:
             self.console.echo(f"resuming {resume}: epoch {self.state.epoch}, step {self.state.step}")
         self.finetune = read_finetune(out_dir) if resumed is not None else None  # a finetune run's start
@@ -194,7 +142,7 @@ class Trainer:
                 if stop is not None:
                     return stop
                 self._end_of_epoch()
-                if self.finetune is not None and converged(self.state.val_losses, self.config.train.nonmono):
+                if self.finetune is not None and converged(self.history.val_losses, self.config.train.nonmono):
                     self.console.echo("finetune converged (validation worse than the best but the last "
                                       f"{self.config.train.nonmono}): stopping")
                     return "converged"
@@ -209,7 +157,7 @@ class Trainer:
         "max_minutes"), or None when the epoch is complete."""
         state = self.state
         if state.position == 0:
-            self.stream.start_epoch(self.model)
+            self.stream.start_epoch()
         bar = self.console.epoch_bar(state.epoch, self.config.train.epochs, state.position, self.stream.limit,
                                      self.config.data.batch_size)
         try:
@@ -227,7 +175,7 @@ class Trainer:
     def _step(self, bar) -> None:
         state = self.state
         # Everything a replay of this step needs, taken before any randomness is drawn.
-        self.snapshot = self._snapshot(state.copy())
+        self.step_state = self.checkpointer.capture()
         inputs, targets = self.stream.next_segment(state.position)  # [L, B / ranks]
         where = f"at epoch {state.epoch}, step {state.step + 1}"
         result = train_step(self.ddp, self.schedule.optimizer, inputs, targets, self.stream.hidden,
@@ -242,15 +190,12 @@ class Trainer:
             state.position += seq_len
             state.step += 1
             state.tokens += tokens
-            self.snapshot = None
-        self.meter.add(result.loss, result.grad_norm, tokens)
+            self.step_state = None
+        metrics = self.log.step(result.loss, result.grad_norm, tokens, state, self.budget.elapsed(), self.schedule.lr,
+                                self.config.train.log_interval)
         if bar is not None:
             bar.update(seq_len)
-        if state.step % self.config.train.log_interval == 0:
-            metrics = self.meter.flush(self.schedule.lr)
-            self.logger.log(metrics, state.step)
-            self.csv.row(state, self.budget.elapsed(), metrics["lr"], train_loss=metrics["train/loss"])
-            if bar is not None:
+            if metrics is not None:
                 bar.set_postfix(loss=f"{metrics['train/loss']:.3f}", ppl=f"{metrics['train/ppl']:.1f}",
                                 tok_s=f"{metrics['tokens_per_s']:.0f}")
 
@@ -282,27 +227,31 @@ class Trainer:
         val_loss = self.validate()
         self._log_validation(val_loss)
         self.console.echo(f"epoch {state.epoch:3d} | step {state.step} | valid loss {val_loss:.3f} | "
-                          f"valid ppl {ppl(val_loss):.2f}" + (" | averaged" if state.optimizer == "asgd" else ""))
+                          f"valid ppl {perplexity(val_loss):.2f}" + (" | averaged" if self.schedule.name == "asgd" else ""))
         with sigint_deferred():
-            if val_loss < state.best_val_loss:
-                state.best_val_loss = val_loss
+            if val_loss < self.history.best_val_loss:
+                self.history.best_val_loss = val_loss
                 with self.schedule.averaged():
                     self._save("best")
-            self.schedule.end_of_epoch(val_loss, self.console.echo)
+            self.schedule.end_of_epoch(state.epoch, val_loss, self.console.echo)
             state.epoch += 1
             state.position = 0
             self.stream.hidden = None
             self._save("last")
+        self._validated(val_loss)
 
     def _finish(self, status: str, seconds: float) -> dict[str, Any]:
         state, config = self.state, self.config
         if status in ("max_steps", "max_minutes"):
+            val_loss = None
             if state.position > 0 or not self.checkpointer.has_best():
-                self._validate_at_stop(status)
+                val_loss = self._validate_at_stop(status)
             self._save("last")  # after the validation: with the best_val_loss a resumed run compares with
+            if val_loss is not None:
+                self._validated(val_loss)
         model, best_val = self.checkpointer.load_best(self.device)
         test_loss, test_tokens = self.evaluator.test_loss(model, progress=self.console.progress)
-        results = run_results(config, state, status, best_val, test_loss, test_tokens, self.out_dir, seconds)
+        results = run_results(config, state, self.schedule.name, status, best_val, test_loss, test_tokens, self.out_dir, seconds)
         if self.finetune is not None:
             results["finetune"] = compare(self.finetune, results)
             self.console.echo(f"finetune: valid ppl {results['finetune']['start_val_ppl']:.2f} -> "
@@ -310,26 +259,27 @@ class Trainer:
                               f" -> {results['test_ppl']:.2f}")
         if distributed.is_main():
             write_results(self.out_dir, results)
-        self.logger.log({"test/loss": test_loss, "test/ppl": ppl(test_loss)}, state.step)
-        self.console.echo(f"test loss {test_loss:.3f} | test ppl {ppl(test_loss):.2f} (best.pt, batch size "
+        self.log.test(test_loss, state.step)
+        self.console.echo(f"test loss {test_loss:.3f} | test ppl {perplexity(test_loss):.2f} (best.pt, batch size "
                           f"{config.data.test_batch_size})")
         return results
 
-    def _validate_at_stop(self, status: str) -> None:
+    def _validate_at_stop(self, status: str) -> float:
         """A limit cut the epoch: validate the steps since the last validation (a schedule's last,
         lowest-rate steps are usually its best) and keep them as best.pt when they are better, or
         when no epoch finished and there is no best.pt yet to test, eval and sample."""
         state = self.state
         with sigint_deferred():  # a few seconds; last.pt is written right after
-            carried = self.stream.capture(self.model)
+            carried = self.stream.state_dict()
             val_loss = self.validate()
             restore_stream(self.model, carried, self.device)  # evaluation reset the layers' saved inputs
             self._log_validation(val_loss)
-            self.console.echo(f"stopped at step {state.step} ({status}): valid ppl {ppl(val_loss):.2f}")
-            if val_loss < state.best_val_loss or not self.checkpointer.has_best():
-                state.best_val_loss = val_loss
+            self.console.echo(f"stopped at step {state.step} ({status}): valid ppl {perplexity(val_loss):.2f}")
+            if val_loss < self.history.best_val_loss or not self.checkpointer.has_best():
+                self.history.best_val_loss = val_loss
                 with self.schedule.averaged():
                     self._save("best")
+        return val_loss
 
     # -- the pieces the loop calls -----------------------------------------------------------------
 
@@ -338,21 +288,16 @@ class Trainer:
         with self.schedule.averaged():
             return self.evaluator.valid_loss(self.model)
 
+    def _validated(self, val_loss: float) -> None:
+        """A validation and its checkpoint are done: tell ``on_validation`` (rank 0 only)."""
+        if self.on_validation is not None:
+            self.on_validation(self.state.step, perplexity(val_loss))
+
     def _log_validation(self, val_loss: float) -> None:
-        state = self.state
-        self.logger.log({"val/loss": val_loss, "val/ppl": ppl(val_loss)}, state.step)
-        self.csv.row(state, self.budget.elapsed(), self.schedule.lr, valid_ppl=ppl(val_loss))
+        self.log.validation(val_loss, self.state, self.budget.elapsed(), self.schedule.lr)
 
-    def _snapshot(self, state: RunState) -> Snapshot:
-        state.elapsed = self.budget.elapsed()  # at least every row logged before: wall_s continues on resume
-        rng = capture_rng(self.stream.generator, self.shared.generator)
-        return Snapshot(state, rng, self.stream.capture(self.model))
-
-    def _save(self, kind: str, snapshot: Snapshot | None = None) -> Path | None:
-        """Write ``kind``.pt from the live state (consistent between steps) or ``snapshot``; None
-        when the write failed (warned; the previous file is kept)."""
-        snapshot = snapshot if snapshot is not None else self._snapshot(self.state)
-        return self.checkpointer.save(kind, self.model, self.schedule.optimizer, snapshot)
+    def _save(self, kind: str, step_state: dict[str, Any] | None = None) -> Path | None:
+        return self.checkpointer.save(kind, step_state)  # see Checkpointer.save
 
     def _save_interrupted(self) -> None:
         """Ctrl-C: write last.pt at the start of the interrupted step (or the current boundary)."""
@@ -361,6 +306,6 @@ class Trainer:
             self.console.echo("interrupted: nothing saved mid-epoch in a distributed run; resume from "
                               f"{self.out_dir / 'last.pt'}")
             return
-        path = self._save("last", self.snapshot)
+        path = self._save("last", self.step_state)
         if path is not None:
             self.console.echo(f"interrupted at epoch {self.state.epoch}, step {self.state.step}: saved {path}")

@@ -68,7 +68,7 @@ def fake_train(monkeypatch):
     """Replace qrnn_lm.training.train with a function that records its call."""
     calls = []
 
-    def train(config, out_dir, *, device="auto", resume=None, data_dir=None, progress=True):
+    def train(config, out_dir, *, device="auto", resume=None, data_dir=None, progress=True, checkpoint=None):
         calls.append(dict(config=config, out_dir=out_dir, device=device, resume=resume, data_dir=data_dir, progress=progress))
         return {"best_val_ppl": 123.456, "test_ppl": 120.0}
 
@@ -106,10 +106,10 @@ def test_train_maps_every_option(fake_train, tmp_path, monkeypatch):
 
 
 def test_nproc_launches_the_same_command_without_nproc_on_every_rank(fake_train, monkeypatch):
-    import qrnn_lm.training.distributed as distributed
+    import qrnn_lm.cli.train as cli_train
 
     launches = []
-    monkeypatch.setattr(distributed, "launch_local", lambda nproc, argv: launches.append((nproc, argv)) or 0)
+    monkeypatch.setattr(cli_train, "launch_local", lambda nproc, argv: launches.append((nproc, argv)) or 0)
     argv = ["train", "--data", "ptb", "--nproc", "2", "--max-steps", "3", "--nproc=2"]
     monkeypatch.setattr(sys, "argv", ["qrnn-lm", *argv])
     result = runner.invoke(app, argv)
@@ -157,7 +157,7 @@ def test_train_folder_without_recipe_uses_defaults_named_after_the_folder(fake_t
 
 
 def test_resume_continues_the_checkpoint_config_in_its_folder(fake_train, tmp_path):
-    from qrnn_lm.models.checkpoint import save_checkpoint
+    from qrnn_lm.models.checkpoint_file import save_checkpoint
 
     run = tmp_path / "run"
     stored = load_config(None, ["name=\"old\"", "train.lr=3", "train.max_steps=5"])
@@ -254,7 +254,7 @@ def test_bad_checkpoints_are_one_line_errors(tmp_path, content, fragment, comman
 
 
 def test_truncated_checkpoint_is_a_one_line_error(tmp_path):
-    from qrnn_lm.models.checkpoint import save_checkpoint
+    from qrnn_lm.models.checkpoint_file import save_checkpoint
 
     path = tmp_path / "cut.pt"
     save_checkpoint(path, {"config": config_to_dict(Config()), "vocab": ["a"], "model": {"w": torch.randn(1000)}})

@@ -6,8 +6,10 @@ from typer.testing import CliRunner
 
 from qrnn_lm.cli.commands import app
 from qrnn_lm.config import Config, ModelConfig, config_to_dict
-from qrnn_lm.models.checkpoint import save_checkpoint
+from qrnn_lm.models.checkpoint_file import save_checkpoint
 from qrnn_lm.models.language_model import LanguageModel
+
+pytestmark = pytest.mark.slow  # torch.export and ONNX exports: `pytest -m "not slow"` skips it
 
 pytest.importorskip("onnxruntime", reason="pip install 'qrnn-lm[export]'")
 runner = CliRunner()

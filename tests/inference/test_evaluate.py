@@ -7,10 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from qrnn_lm.models.checkpoint import save_checkpoint
+from qrnn_lm.models.checkpoint_file import save_checkpoint
 from qrnn_lm.config import Config, DataConfig, ModelConfig, UserError, config_to_dict
 from qrnn_lm.data import Corpus, batchify
-from qrnn_lm.inference.evaluate import evaluate, evaluate_checkpoint, resolve_device
+from qrnn_lm.device import resolve_device
+from qrnn_lm.inference.evaluate import evaluate, evaluate_checkpoint
 from qrnn_lm.models import LanguageModel, LSTMLayer
 
 VOCAB = 23
@@ -166,3 +167,10 @@ def test_eval_command_reports_the_count_and_refuses_without_unk(tmp_path):
     path = _checkpoint_with_vocab(tmp_path, folder, [w for w in own if w not in ("mat", "<unk>")])
     result = runner.invoke(app, ["eval", str(path), "--split", "valid", "--device", "cpu", "--no-progress"])
     assert result.exit_code == 1 and result.output.startswith("error: ") and result.output.count("\n") == 1
+
+
+def test_perplexity_is_exp_of_the_loss_clamped_against_overflow():
+    from qrnn_lm.inference.evaluate import perplexity
+
+    assert perplexity(math.log(5.0)) == pytest.approx(5.0)
+    assert perplexity(1e6) == math.exp(700.0)  # a diverged loss: a number, not an OverflowError

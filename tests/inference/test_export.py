@@ -14,9 +14,11 @@ from qrnn_lm.inference.export import (
     export_program,
     forget_mult_as_scan,
 )
-from qrnn_lm.models.checkpoint import save_checkpoint
+from qrnn_lm.models.checkpoint_file import save_checkpoint
 from qrnn_lm.models.language_model import LanguageModel
 from qrnn_lm.nn.jit import TorchScriptUnsupported
+
+pytestmark = pytest.mark.slow  # torch.export and ONNX exports: `pytest -m "not slow"` skips it
 
 ort = pytest.importorskip("onnxruntime", reason="pip install 'qrnn-lm[export]'")
 onnx = pytest.importorskip("onnx", reason="pip install 'qrnn-lm[export]'")

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import qrnn_lm.models.checkpoint as checkpoint
-from qrnn_lm.models.checkpoint import (
+import qrnn_lm.models.checkpoint_file as checkpoint
+from qrnn_lm.models.checkpoint_file import (
     FORMAT_VERSION,
     CheckpointError,
     clean_state_dict,

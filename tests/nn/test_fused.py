@@ -1,4 +1,4 @@
-"""The QRNN layer's fused CPU path (``nn.fused.fused_layer``: products, activations, recurrence
+"""The QRNN layer's fused CPU path (``ops.qrnn_chunk.fused.fused_layer``: products, activations, recurrence
 and output gate chunk by chunk) against its unfused path (``nn.window.project``, torch
 activations, the ForgetMult op), outputs and all gradients, over the layer's options.
 
@@ -14,7 +14,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 import qrnn_lm.nn.layer as qrnn_module
 from qrnn_lm import QRNN, QRNNLayer
-from qrnn_lm.nn import fused as qrnn_fused
+from qrnn_lm.ops.qrnn_chunk import fused as qrnn_fused
 from qrnn_lm.nn import gates as gates_module
 
 

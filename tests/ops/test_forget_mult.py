@@ -170,6 +170,7 @@ def test_empty_sequence_and_empty_batch(backend, monkeypatch):
         assert torch.equal(grad_h0, torch.zeros(shape[1:]))
 
 
+@pytest.mark.slow  # a real process
 def test_parallel_kernels_from_several_python_threads():
     """numba's workqueue layer aborts the whole process on concurrent parallel launches, so the
     check runs in a subprocess; the backend must serialise its launches."""

@@ -54,6 +54,7 @@ def interpreted_results() -> dict[str, dict]:
     return {result["name"]: result for result in results}
 
 
+@pytest.mark.slow  # Triton kernels interpreted in a subprocess
 @pytest.mark.parametrize("name", INTERPRETED_CASES)
 def test_interpreted_kernels_match_reference(name, interpreted_results):
     assert name in interpreted_results, f"case {name} did not report (crash?)"
@@ -133,6 +134,7 @@ def _assert_compiled(compiled, kernel_name: str, capability: int) -> None:
     assert compiled.metadata.shared == 0, f"{kernel_name} now uses shared memory"
 
 
+@pytest.mark.slow  # Triton compiles for sm_80/sm_90
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1",
                     reason="TRITON_INTERPRET=1 replaces the compiler with the interpreter")
 @pytest.mark.parametrize("dtype", ["fp32", "fp16", "bf16"])
@@ -143,6 +145,7 @@ def test_kernels_compile_for_gpu_targets(kernel_name, capability, dtype):
     _assert_compiled(compiled, kernel_name, capability)
 
 
+@pytest.mark.slow  # Triton compiles for sm_80/sm_90
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1",
                     reason="TRITON_INTERPRET=1 replaces the compiler with the interpreter")
 @pytest.mark.parametrize("has_lengths, reverse", [(False, False), (False, True), (True, False)])

@@ -1,6 +1,6 @@
 """A fake wall clock for the training tests (max_minutes, wall_s) that needs no timing."""
 
-import qrnn_lm.training.budget as budget_module
+import qrnn_lm.training.stopping as budget_module
 import qrnn_lm.training.trainer as train_module
 
 

@@ -1,5 +1,5 @@
 """The rank side of ``test_distributed.py``: each of 2 gloo ranks runs this module (launched by
-``qrnn_lm.training.distributed.launch_local``), does the jobs listed in the spec file given as argument,
+``qrnn_lm.cli.train.launch_local``), does the jobs listed in the spec file given as argument,
 and writes what it measured to ``rank<N>.json``; the assertions are made in the test module.
 Not a test module itself (pytest does not collect it).
 """
@@ -15,8 +15,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 import qrnn_lm.training.trainer as train_module
 import qrnn_lm.training.metrics as metrics_module
 import qrnn_lm.training.step as train_step_module
-import qrnn_lm.training.stream as stream_module
-from qrnn_lm.training import distributed
+import qrnn_lm.training.data_stream as stream_module
+from qrnn_lm.training import TrainingError, distributed, train
 from qrnn_lm.config import load_config
 
 torch.set_num_threads(1)  # two ranks share the machine's cores
@@ -83,10 +83,10 @@ def run_train(rank, overrides, out, resume=None, nan_at=0, skew=False):
     if skew and rank == 1:  # a BPTT generator that drifted on one rank
         stream_module.sample_seq_len = lambda *args: real_length(*args) + 1
     try:
-        results = train_module.train(load_config(TINY, overrides), Path(out), device="cpu", progress=False,
+        results = train(load_config(TINY, overrides), Path(out), device="cpu", progress=False,
                                      resume=resume)
         return {"losses": losses, "results": results}
-    except (train_module.TrainingError, RuntimeError) as error:
+    except (TrainingError, RuntimeError) as error:
         return {"losses": losses, "error": f"{type(error).__name__}: {error}"}
     finally:
         stream_module.sample_seq_len = real_length
@@ -98,10 +98,10 @@ def run_train(rank, overrides, out, resume=None, nan_at=0, skew=False):
 def timed(rank, overrides, out):
     """max_minutes on fake clocks that run at different speeds on the two ranks (6 and 9 s a
     step): the steps done, each step's budget progress and the metrics.csv path, as this rank saw them."""
-    import qrnn_lm.training.budget as budget_module
-    import qrnn_lm.training.optimizer as optimizer_module
-    real_step, real_schedule_step, real_clock = train_module.train_step, optimizer_module.Schedule.step, budget_module.wall_clock
-    real_csv = train_module.MetricsCsv
+    import qrnn_lm.training.stopping as budget_module
+    import qrnn_lm.training.schedule as schedule_module
+    real_step, real_schedule_step, real_clock = train_module.train_step, schedule_module.Schedule.step, budget_module.wall_clock
+    real_csv = metrics_module.MetricsCsv
     calls, progress, csv_paths = [], [], []
     def step(*args):
         calls.append(1)
@@ -112,21 +112,21 @@ def timed(rank, overrides, out):
     def metrics_csv(path, *args):
         csv_paths.append(None if path is None else str(path))
         return real_csv(path, *args)
-    train_module.train_step, optimizer_module.Schedule.step = step, schedule_step
-    train_module.MetricsCsv = metrics_csv
+    train_module.train_step, schedule_module.Schedule.step = step, schedule_step
+    metrics_module.MetricsCsv = metrics_csv
     budget_module.wall_clock = lambda: (6.0 + 3.0 * rank) * len(calls)
     try:
-        results = train_module.train(load_config(TINY, overrides), Path(out), device="cpu", progress=False)
+        results = train(load_config(TINY, overrides), Path(out), device="cpu", progress=False)
         return {"results": results, "progress": progress, "csv_paths": csv_paths}
     finally:
-        train_module.train_step, optimizer_module.Schedule.step = real_step, real_schedule_step
-        train_module.MetricsCsv, budget_module.wall_clock = real_csv, real_clock
+        train_module.train_step, schedule_module.Schedule.step = real_step, real_schedule_step
+        metrics_module.MetricsCsv, budget_module.wall_clock = real_csv, real_clock
 
 
 def stop_one_rank(rank, overrides, out, at):
     """Rank 1 alone gets SIGTERM, in the middle of its step ``at``: which step each rank stopped at."""
     import signal
-    from qrnn_lm.training.interrupts import Interrupted
+    from qrnn_lm.training.stopping import Interrupted
     real_step, calls = train_module.train_step, []
     def step(*args):
         calls.append(1)
@@ -135,7 +135,7 @@ def stop_one_rank(rank, overrides, out, at):
         return real_step(*args)
     train_module.train_step = step
     try:
-        train_module.train(load_config(TINY, overrides), Path(out), device="cpu", progress=False)
+        train(load_config(TINY, overrides), Path(out), device="cpu", progress=False)
         return {"stopped_after": None}
     except Interrupted as error:
         return {"stopped_after": len(calls), "signum": error.signum}
@@ -152,7 +152,7 @@ def die(rank, overrides, out, at):
             raise RuntimeError(f"rank 1 fails on purpose at step {at}")
         return real_step(*args)
     train_module.train_step = step
-    train_module.train(load_config(TINY, overrides), Path(out), device="cpu", progress=False)
+    train(load_config(TINY, overrides), Path(out), device="cpu", progress=False)
 
 
 if __name__ == "__main__":

@@ -8,12 +8,12 @@ import pytest
 from _fake_clock import clock_per_step
 
 from qrnn_lm.config import TrainConfig, load_config
-from qrnn_lm.models.checkpoint import load_checkpoint
+from qrnn_lm.models.checkpoint_file import load_checkpoint
 from qrnn_lm.training import distributed, train
-from qrnn_lm.training.budget import Budget
-from qrnn_lm.training.lr_schedule import lr_multiplier
-from qrnn_lm.training.metrics_csv import read_rows
-from qrnn_lm.training.state import RunState
+from qrnn_lm.training.stopping import Budget
+from qrnn_lm.training.schedule import lr_multiplier
+from qrnn_lm.training.metrics import read_rows
+from qrnn_lm.training.checkpointer import upgrade
 
 TINY = Path(__file__).resolve().parents[2] / "configs" / "tiny.toml"  # lr 5, 17 steps an epoch
 
@@ -72,11 +72,15 @@ def test_the_clock_continues_from_the_resumed_seconds():
 
 
 def test_checkpoints_before_the_time_budget_resume_with_zero_seconds():
-    payload = {"counters": {"epoch": 2, "position": 0, "step": 17, "tokens": 624},
-               "history": {"val_losses": [2.8], "best_val_loss": 2.8, "lr": 5.0}, "optimizer": {"name": "sgd"}}
-    assert RunState.from_payload(payload).elapsed == 0.0
+    payload = {"config": {"train": {"optimizer": "sgd", "lr": 5.0}},
+               "counters": {"epoch": 2, "position": 0, "step": 17, "tokens": 624},
+               "history": {"val_losses": [2.8], "best_val_loss": 2.8, "lr": 5.0}, "optimizer": {"name": "sgd", "state": {}}}
+    assert upgrade(payload)["budget"] == {"elapsed_s": 0.0}
     payload["history"]["elapsed_s"] = 12.5
-    assert RunState.from_payload(payload).elapsed == 12.5
+    assert upgrade(payload)["budget"] == {"elapsed_s": 12.5}
+    budget = Budget(TrainConfig(), epoch_length=100, clock=FakeClock())
+    budget.load_state_dict(upgrade(payload)["budget"])
+    assert budget.elapsed() == 12.5
 
 
 def test_ranks_agree_on_the_slowest_clock_only_with_a_time_budget(monkeypatch):
@@ -117,7 +121,7 @@ def test_max_minutes_stops_cleanly_with_the_schedule_at_its_floor(corpus, tmp_pa
     assert json.loads((out / "results.json").read_text()) == results
     assert 1 < results["test_ppl"] < 100 and (out / "best.pt").is_file()
     last = load_checkpoint(out / "last.pt")
-    assert last["counters"]["step"] == 10 and last["history"]["elapsed_s"] == 60.0
+    assert last["counters"]["step"] == 10 and last["budget"]["elapsed_s"] == 60.0
     rows = read_rows(out / "metrics.csv")
     train_rows = [row for row in rows if row["train_loss"]]
     assert [float(row["wall_s"]) for row in train_rows] == [6.0 * k for k in range(1, 11)]

@@ -1,4 +1,4 @@
-"""The carried stream state (training/stream.py) for both model types: what a checkpoint captures,
+"""The carried stream state (training/data_stream.py) for both model types: what a checkpoint captures,
 and a restore that puts each QRNN layer's saved inputs back and leaves LSTM layers alone."""
 
 import pytest
@@ -6,7 +6,8 @@ import torch
 
 from qrnn_lm.config import ModelConfig
 from qrnn_lm.models import LanguageModel
-from qrnn_lm.training.stream import capture_stream, concat_streams, restore_stream, stream_columns, stream_to_cpu
+from qrnn_lm.training.checkpointer import to_cpu
+from qrnn_lm.training.data_stream import capture_stream, concat_streams, restore_stream, stream_columns
 
 VOCAB = 13
 
@@ -24,7 +25,7 @@ def model_and_state(rnn):
 @pytest.mark.parametrize("rnn", ["qrnn", "lstm"])
 def test_capture_then_restore_gives_back_the_carried_state(rnn):
     model, hidden = model_and_state(rnn)
-    saved = stream_to_cpu(capture_stream(model, hidden))
+    saved = to_cpu(capture_stream(model, hidden))
     assert [tuple(h.shape) for h in saved["hidden"]] == ([(4, 6), (4, 4)] if rnn == "qrnn" else [(4, 12), (4, 8)])
     if rnn == "qrnn":
         assert saved["prev_x"][0].shape == (1, 4, 4) and saved["prev_x"][1] is None  # window 2, window 1
@@ -44,7 +45,7 @@ def test_capture_then_restore_gives_back_the_carried_state(rnn):
 @pytest.mark.parametrize("rnn", ["qrnn", "lstm"])
 def test_rank_columns_split_and_join_the_state_rows(rnn):
     model, hidden = model_and_state(rnn)
-    saved = stream_to_cpu(capture_stream(model, hidden))
+    saved = to_cpu(capture_stream(model, hidden))
     parts = [stream_columns(saved, 0, 1), stream_columns(saved, 1, 4)]
     assert parts[0]["hidden"][0].shape[1] == saved["hidden"][0].shape[1]  # whole rows: h and c stay together
     joined = concat_streams(parts)

@@ -1,7 +1,7 @@
 """Data-parallel training on DDP: 2 gloo ranks on the CPU against one process with the whole batch.
 
 Every multi-process case runs in a child module (``ddp_child.py`` beside this file) launched by
-:func:`qrnn_lm.training.distributed.launch_local` (torchrun's machinery) in a subprocess under a timeout;
+:func:`qrnn_lm.cli.train.launch_local` (torchrun's machinery) in a subprocess under a timeout;
 the child writes what it measured to ``rank<N>.json`` and the assertions are made here. One launch
 does all the cases that end normally; a second one has a rank die.
 
@@ -23,12 +23,15 @@ import pytest
 import torch
 
 import qrnn_lm.training.metrics as metrics_module
+from qrnn_lm.cli.train import launch_local
 from qrnn_lm.training import distributed
-from qrnn_lm.models.checkpoint import load_checkpoint
+from qrnn_lm.models.checkpoint_file import load_checkpoint
 from qrnn_lm.config import UserError, load_config
 from qrnn_lm.training import train
-from qrnn_lm.training.metrics_csv import read_rows
-from qrnn_lm.training.stream import make_stream
+from qrnn_lm.training.metrics import read_rows
+from qrnn_lm.training.data_stream import make_stream
+
+pytestmark = pytest.mark.slow  # real torchrun processes (DDP on gloo): `pytest -m "not slow"` skips it
 
 REPO = Path(__file__).resolve().parents[2]
 CHILD_FOLDER = Path(__file__).resolve().parent  # holds ddp_child.py, the ranks' module
@@ -58,7 +61,7 @@ def launch(tmp: Path, name: str, jobs: list[dict], timeout: float = 240) -> subp
     # PYTHONFAULTHANDLER: a rank killed by a signal (e.g. SIGABRT) prints its Python stack.
     env = {**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1",
            "PYTHONPATH": os.pathsep.join([str(CHILD_FOLDER), os.environ.get("PYTHONPATH", "")])}
-    code = ("import sys; from qrnn_lm.training.distributed import launch_local; "
+    code = ("import sys; from qrnn_lm.cli.train import launch_local; "
             "sys.exit(launch_local(2, sys.argv[1:], module='ddp_child'))")
     try:
         return subprocess.run([sys.executable, "-c", code, str(spec)], env=env, cwd=folder, timeout=timeout,
@@ -256,7 +259,7 @@ def test_a_time_budget_stops_every_rank_at_the_same_step_with_the_same_schedule(
     assert [report["results"]["steps"] for report in timed] == [7, 7]
     assert {report["results"]["status"] for report in timed} == {"max_minutes"}
     assert timed[0]["progress"] == timed[1]["progress"] == pytest.approx([9 * k / 60 for k in range(1, 7)] + [1.0])
-    assert load_checkpoint(tmp / "timed" / "last.pt")["history"]["elapsed_s"] >= 60.0  # resumes as stopped
+    assert load_checkpoint(tmp / "timed" / "last.pt")["budget"]["elapsed_s"] >= 60.0  # resumes as stopped
     assert [report["csv_paths"] for report in timed] == [[str(tmp / "timed" / "metrics.csv")], [None]]
     text = (tmp / "timed" / "metrics.csv").read_text()  # rank 0 alone writes it: every step once
     assert text.count("step,") == 1 and [row["step"] for row in read_rows(tmp / "timed" / "metrics.csv")
@@ -291,7 +294,7 @@ def test_one_process_needs_no_process_group():
         assert distributed.all_reduce_sum([1.5, 2]) == [1.5, 2.0]
         assert distributed.gather_objects({"a": 1}) == [{"a": 1}]
     with pytest.raises(ValueError, match="nproc must be a positive int, got 0"):
-        distributed.launch_local(0, ["train"])
+        launch_local(0, ["train"])
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA devices")

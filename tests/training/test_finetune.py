@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from qrnn_lm.config import UserError
-from qrnn_lm.models.checkpoint import load_checkpoint
+from qrnn_lm.models.checkpoint_file import load_checkpoint
 from qrnn_lm.training import train
 from qrnn_lm.training.finetune import converged
 

@@ -19,7 +19,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from qrnn_lm.models.checkpoint import load_checkpoint
+from qrnn_lm.models.checkpoint_file import load_checkpoint
+
+pytestmark = pytest.mark.slow  # real processes killed and resumed: `pytest -m "not slow"` skips it
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "configs" / "tiny.toml"
@@ -170,13 +172,11 @@ def killed_and_resumed(corpus, tmp_path, nproc, plan, seed):
     assert left_temp, "no kill landed during a checkpoint write"
 
 
-@pytest.mark.slow
 def test_one_process_killed_at_random_moments_ends_bit_for_bit(corpus, tmp_path):
     plan = ["random", "write", "term", "write"]
     killed_and_resumed(corpus, tmp_path, 1, plan, seed=1)
 
 
-@pytest.mark.slow
 def test_two_gloo_processes_killed_at_random_moments_end_bit_for_bit(corpus, tmp_path):
     plan = ["random", "write", "term", "term-one-rank"]
     killed_and_resumed(corpus, tmp_path, 2, plan, seed=2)

@@ -11,8 +11,8 @@ import qrnn_lm.training.optimizer as optimizer_module
 import qrnn_lm.training.trainer as train_module
 from qrnn_lm.config import load_config
 from qrnn_lm.training import train
-from qrnn_lm.training.lr_schedule import lr_multiplier
-from qrnn_lm.training.metrics_csv import read_rows
+from qrnn_lm.training.schedule import lr_multiplier
+from qrnn_lm.training.metrics import read_rows
 
 
 @pytest.mark.parametrize("schedule", ["constant", "cosine", "linear"])

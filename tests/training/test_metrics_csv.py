@@ -9,10 +9,10 @@ from _fake_clock import clock_per_step
 
 import qrnn_lm.training.trainer as train_module
 from qrnn_lm.config import load_config
-from qrnn_lm.models.checkpoint import load_checkpoint
+from qrnn_lm.models.checkpoint_file import load_checkpoint
 from qrnn_lm.training import train
-from qrnn_lm.training.metrics_csv import COLUMNS, MetricsCsv, read_rows
-from qrnn_lm.training.state import RunState
+from qrnn_lm.training.metrics import COLUMNS, MetricsCsv, read_rows
+from qrnn_lm.training.state import Counters
 
 TINY = Path(__file__).resolve().parents[2] / "configs" / "tiny.toml"  # 17 steps an epoch
 HEADER = "step,epoch,tokens,wall_s,train_loss,valid_ppl,lr"
@@ -21,9 +21,9 @@ HEADER = "step,epoch,tokens,wall_s,train_loss,valid_ppl,lr"
 def test_rows_are_written_and_flushed_one_at_a_time(tmp_path):
     path = tmp_path / "metrics.csv"
     csv = MetricsCsv(path)
-    csv.row(RunState(step=10, epoch=1, tokens=400), 1.25, 5.0, train_loss=4.5)
+    csv.row(Counters(step=10, epoch=1, tokens=400), 1.25, 5.0, train_loss=4.5)
     assert path.read_text() == f"{HEADER}\n10,1,400,1.250,4.5,,5\n"  # on disk before close: a kill keeps it
-    csv.row(RunState(step=17, epoch=1, tokens=624), 2.5, 2.5, valid_ppl=123.4)
+    csv.row(Counters(step=17, epoch=1, tokens=624), 2.5, 2.5, valid_ppl=123.4)
     csv.close()
     assert path.read_text().splitlines()[2] == "17,1,624,2.500,,123.4,2.5"
     assert tuple(read_rows(path)[0]) == COLUMNS
@@ -33,17 +33,17 @@ def test_a_resume_keeps_the_rows_up_to_its_step_and_a_fresh_run_starts_anew(tmp_
     path = tmp_path / "metrics.csv"
     csv = MetricsCsv(path)
     for step in (5, 10, 15):
-        csv.row(RunState(step=step), float(step), 1.0, train_loss=2.0)
+        csv.row(Counters(step=step), float(step), 1.0, train_loss=2.0)
     csv.close()
     resumed = MetricsCsv(path, resume_step=10)  # the checkpoint was at step 10; step 15 comes again
-    resumed.row(RunState(step=15), 16.0, 1.0, train_loss=1.5)
+    resumed.row(Counters(step=15), 16.0, 1.0, train_loss=1.5)
     resumed.close()
     assert path.read_text().count("step,") == 1
     assert [(row["step"], row["wall_s"]) for row in read_rows(path)] == [("5", "5.000"), ("10", "10.000"),
                                                                         ("15", "16.000")]
     MetricsCsv(path).close()
     assert path.read_text() == HEADER + "\n"
-    MetricsCsv(None).row(RunState(), 0.0, 1.0, train_loss=1.0)  # off rank 0: nothing at all
+    MetricsCsv(None).row(Counters(), 0.0, 1.0, train_loss=1.0)  # off rank 0: nothing at all
     assert not (tmp_path / "None").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["metrics.csv"]
 
 
@@ -98,7 +98,7 @@ def test_a_row_cut_short_by_a_kill_is_dropped_on_resume(tmp_path):
     path = tmp_path / "metrics.csv"
     path.write_text(f"{HEADER}\n5,1,200,1.000,2.5,,5\n6,1,24")  # killed in the middle of writing step 6
     csv = MetricsCsv(path, resume_step=6)
-    csv.row(RunState(step=7), 2.0, 5.0, train_loss=2.0)
+    csv.row(Counters(step=7), 2.0, 5.0, train_loss=2.0)
     csv.close()
     assert [row["step"] for row in read_rows(path)] == ["5", "7"]
     unchanged = path.read_text()

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 import qrnn_lm.training.metrics as metrics_module
-import qrnn_lm.training.precision as precision_module
+import qrnn_lm.device as device_module
 from qrnn_lm.config import UserError
 from qrnn_lm.inference.evaluate import evaluate_checkpoint
 from qrnn_lm.inference.generate import generate
-from qrnn_lm.models.checkpoint import load_checkpoint, model_from_checkpoint
+from qrnn_lm.models.checkpoint_file import load_checkpoint, model_from_checkpoint
 from qrnn_lm.training import train
 
 from qrnn_lm.config import load_config
@@ -75,7 +75,7 @@ def test_bf16_trains_on_the_cpu_and_keeps_float32_checkpoints(corpus, tmp_path, 
 
 @pytest.mark.parametrize("native", [True, False])
 def test_auto_precision_trains_in_bf16_only_where_the_cpu_has_it(corpus, tmp_path, monkeypatch, native):
-    monkeypatch.setattr(precision_module, "cpu_has_native_bf16", lambda: native)
+    monkeypatch.setattr(device_module, "cpu_has_native_bf16", lambda: native)
     expected, _ = run_losses(corpus, tmp_path / "explicit", f"train.precision={'bf16' if native else 'fp32'}",
                              monkeypatch=monkeypatch)
     auto, _ = run_losses(corpus, tmp_path / "auto", "train.precision=auto", monkeypatch=monkeypatch)
@@ -88,10 +88,10 @@ def test_cpu_bf16_detection_reads_the_cpu_flags(tmp_path):
     zen4.write_text("processor : 0\nflags : fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni\n")
     zen3 = tmp_path / "zen3"
     zen3.write_text("processor : 0\nflags : fpu sse2 avx2 fma\n")
-    assert precision_module.cpu_has_native_bf16(zen4)
-    assert not precision_module.cpu_has_native_bf16(zen3)
-    assert not precision_module.cpu_has_native_bf16(tmp_path / "missing")
-    assert precision_module.resolve_precision("fp32", torch.device("cpu")) == "fp32"
+    assert device_module.cpu_has_native_bf16(zen4)
+    assert not device_module.cpu_has_native_bf16(zen3)
+    assert not device_module.cpu_has_native_bf16(tmp_path / "missing")
+    assert device_module.resolve_precision("fp32", torch.device("cpu")) == "fp32"
 
 
 def test_fp16_on_the_cpu_is_a_user_error(corpus, tmp_path):

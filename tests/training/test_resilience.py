@@ -10,13 +10,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import qrnn_lm.models.checkpoint as checkpoint_module
+import qrnn_lm.models.checkpoint_file as checkpoint_module
 from qrnn_lm.cli.commands import app
 from qrnn_lm.config import ConfigError, UserError, load_config
-from qrnn_lm.models.checkpoint import load_checkpoint, save_checkpoint
+from qrnn_lm.models.checkpoint_file import load_checkpoint, save_checkpoint
 from qrnn_lm.training import train
-from qrnn_lm.training.checkpointer import PREVIOUS, choose_resume_file
-from qrnn_lm.training.interrupts import Interrupted, StopSignals, sigint_deferred
+from qrnn_lm.training.checkpointer import PREVIOUS, resume_checkpoint
+from qrnn_lm.training.stopping import Interrupted, StopSignals, sigint_deferred
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "configs" / "tiny.toml"
@@ -120,6 +120,10 @@ def test_a_refused_write_warns_and_goes_on(corpus, tmp_path, monkeypatch, capsys
     assert "(Permission denied); the previous last.pt is kept, training goes on" in capsys.readouterr().out
 
 
+def choose_resume_file(resume: Path, take_previous: bool = False) -> Path:
+    return resume_checkpoint(resume, take_previous)[0]
+
+
 def damage(path: Path):
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
@@ -196,3 +200,14 @@ def test_sigterm_saves_the_exact_position(corpus, tmp_path, monkeypatch):
         run(tiny(corpus, "train.max_steps=8"), out)
     assert error.value.signum == signal.SIGTERM
     assert load_checkpoint(out / "last.pt")["counters"]["step"] == 3  # the start of the interrupted step
+
+
+def test_a_resume_through_the_command_line_reads_last_pt_once(corpus, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    run(tiny(corpus, "train.max_steps=3"), out)
+    real_load, loaded = checkpoint_module.torch.load, []
+    monkeypatch.setattr(checkpoint_module.torch, "load",
+                        lambda path, *args, **kwargs: (loaded.append(Path(path).name), real_load(path, *args, **kwargs))[1])
+    result = CliRunner().invoke(app, ["train", "--resume", str(out), "--max-steps", "5", "--device", "cpu", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert loaded.count("last.pt") == 1  # the command reads it; the trainer takes what it read

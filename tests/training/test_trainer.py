@@ -15,11 +15,11 @@ import torch
 import qrnn_lm.training.trainer as train_module
 import qrnn_lm.training.optimizer as optimizer_module
 import qrnn_lm.training.step as train_step_module
-from qrnn_lm.models.checkpoint import load_checkpoint
+from qrnn_lm.models.checkpoint_file import load_checkpoint
 from qrnn_lm.config import UserError, load_config
 from qrnn_lm.training.optimizer import averaged_weights, make_optimizer, should_switch_to_asgd
 from qrnn_lm.training import TrainingError, train
-from qrnn_lm.training.interrupts import sigint_deferred
+from qrnn_lm.training.stopping import sigint_deferred
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "configs" / "tiny.toml"
@@ -225,6 +225,7 @@ except KeyboardInterrupt:
 """
 
 
+@pytest.mark.slow  # a real process and a real SIGINT
 def test_a_real_sigint_saves_the_exact_position_and_resumes_exactly(corpus, tmp_path):
     import os
     import signal
@@ -264,7 +265,7 @@ def test_a_real_sigint_saves_the_exact_position_and_resumes_exactly(corpus, tmp_
 
 def test_next_segment_lengths():
     from qrnn_lm.config import DataConfig
-    from qrnn_lm.training.stream import next_segment
+    from qrnn_lm.training.data_stream import next_segment
 
     source = torch.arange(400).view(200, 2)
     fixed = DataConfig(bptt=12, variable_bptt=False)
@@ -285,6 +286,6 @@ def test_adam_with_lr_decay(corpus, tmp_path):
     results = run(tiny(corpus, 'train.optimizer="adam"', "train.lr=0.01", "train.lr_decay_epochs=[1]"), tmp_path / "run")
     last = load_checkpoint(tmp_path / "run" / "last.pt")
     assert results["optimizer"] == "adam" and last["optimizer"]["name"] == "adam"
-    assert last["history"]["lr"] == pytest.approx(0.001)
+    assert last["optimizer"]["lr"] == pytest.approx(0.001)
     assert last["optimizer"]["state"]["param_groups"][0]["lr"] == pytest.approx(0.001)
     assert "exp_avg" in next(iter(last["optimizer"]["state"]["state"].values()))

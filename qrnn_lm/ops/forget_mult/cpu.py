@@ -73,23 +73,13 @@ def _lengths_array(lengths: torch.Tensor | None, seq_len: int, batch_size: int):
 # When the chunked scan pays. It reads f and x twice (phase 1 and phase 3), so it needs about
 # twice the work of the sequential kernel and only wins when most threads would otherwise idle:
 # at least CHUNKED_MIN_IDLE_RATIO threads per sequential tile, and T long enough to amortise
-# three parallel launches. Measured on this project's 2-core machine, the backend's forward and
-# backward called directly, 55 interleaved repeats, time of the sequential kernel divided by the
-# chunked one (>1 would mean chunked wins), median (best):
-#   (4096, 1, 64) fwd 0.44 (0.42) bwd 0.59 (0.62);  (4096, 1, 16) fwd 0.40 (0.42) bwd 0.56 (0.58);
-#   (4096, 1, 1) fwd 0.41 (0.42) bwd 0.48 (0.50);   (16384, 1, 8) fwd 0.42 (0.64) bwd 0.59 (0.59);
-#   (65536, 1, 4) fwd 0.54 (0.51) bwd 0.60 (0.62).
-# Re-measured on the later 2-core Zen 4 machine (op level, cpu.forward/backward, 55 interleaved
-# repeats): (4096, 1, 64) fwd 0.19 (0.26) bwd 0.29 (0.38); (16384, 1, 8) fwd 0.25 (0.40) bwd 0.44
-# (0.80); (65536, 1, 4) fwd 0.37 (0.59) bwd 0.59 (0.63); (4096, 2, 512) fwd 0.52 bwd 0.65.
-# So on 2 threads the rule below never picks it; with 3+ threads per sequential tile it does.
+# three parallel launches (measurements: docs/cpu-thresholds.md; on 2 threads it never pays).
 CHUNKED_MIN_STEPS = 1024
 CHUNKED_MIN_IDLE_RATIO = 3
 
 
 # Up to this many elements the sequential kernel runs in the calling thread: a parallel launch
-# costs 30-90 us on the 2-core CI machine. Measured (fwd, serial vs parallel): (63, 3, 500)
-# 52 vs 107 us, (4096, 1, 64) 140 vs 190 us, (70, 20, 1550) 1.76 vs 0.89 ms (best of 30).
+# costs more than it saves on small inputs (measurements: docs/cpu-thresholds.md).
 SERIAL_MAX_ELEMENTS = 1 << 18
 
 

@@ -1,6 +1,8 @@
-"""CPU kernels for one time chunk of a QRNN layer (see ``kernels.py``); the layer-level driver that
-runs the matrix products chunk by chunk is ``qrnn_lm/nn/fused.py``."""
+"""The QRNN layer's fused CPU path as one op: numba kernels for one time chunk (``kernels.py``) and
+the layer-level driver and autograd function that run the matrix products chunk by chunk around
+them (``fused.py``). ``qrnn_lm.nn.layer`` picks this path or the unfused one."""
 
+from .fused import CHUNK_ROWS, fused_layer
 from .kernels import HAS_NUMBA, backward_chunk, forward_chunk
 
-__all__ = ["HAS_NUMBA", "forward_chunk", "backward_chunk"]
+__all__ = ["HAS_NUMBA", "forward_chunk", "backward_chunk", "fused_layer", "CHUNK_ROWS"]

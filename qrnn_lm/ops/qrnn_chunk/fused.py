@@ -9,13 +9,11 @@ unfused path adds on top is a dozen elementwise passes over ``[T, B, k*H]`` tens
 longer fit in cache, each bound by memory bandwidth (about 30% of a training step at hidden
 320). Here the rows are cut into chunks of about :data:`CHUNK_ROWS` rows; for each chunk the
 product writes the gate pre-activations, one in-place ``sigmoid_`` turns them into activations
-while they are still in cache, and a numba kernel (``ops/qrnn_chunk``) runs the recurrence and
+while they are still in cache, and a numba kernel (``kernels.py``) runs the recurrence and
 the output gate. The backward walks the chunks in reverse: a kernel writes the chunk's gradient
 of the pre-activations into a cache-sized buffer, and the products for the input, weight and bias
-gradients consume it at once, so the ``[R, k*H]`` gradient never exists in full. Measured on the
-2-core CPU at hidden 320: 3-14% less time per training step than the unfused path with window 1,
-0-9% with window 2 (the most at small batches); the products themselves then take about 85% of a
-window-2 step.
+gradients consume it at once, so the ``[R, k*H]`` gradient never exists in full. (What it saves,
+and the measurements behind the constants below: docs/cpu-thresholds.md.)
 
 ``tanh(y) = 2 * sigmoid(2 y) - 1``: the Z columns of each chunk's product are doubled in place, so
 one ``sigmoid_`` serves all gates (PyTorch's tanh is several times slower than its sigmoid on CPU).
@@ -34,21 +32,16 @@ import numpy as np
 import torch
 from torch.autograd.function import once_differentiable
 
-from ..ops.qrnn_chunk import backward_chunk, forward_chunk
+from .kernels import backward_chunk, forward_chunk
 
 __all__ = ["fused_layer", "CHUNK_ROWS", "ROWS_PER_WEIGHT_COLUMN"]
 
 # Rows per chunk: the products run at the cores' peak from about 256 rows, and a [1024, 3*320]
 # float32 chunk (4 MB) stays in the last-level cache, while each chunk's fixed cost (a dozen calls
-# from Python) is spread over more rows. Measured on the 2-core Zen 4 CPU, hidden 320, LSTM/QRNN
-# ratio with 1024 rows against 512 (window 1) or 640 (window 2, see ROWS_PER_WEIGHT_COLUMN), 12
-# grid points, interleaved: training +4% (window 1) and +1% (window 2) on average, inference +3%
-# and -2%, every point within -4% to +9%. (On the earlier Zen 2 machine 256-2048 rows were within
-# noise of each other, 128 rows 3-8% slower.)
+# from Python) is spread over more rows.
 CHUNK_ROWS = 1024
 # Chunks have at least this many rows per column of the weight (window * input features): see
-# _chunk_steps. Measured at the language model's shape (T=70, B=20, hidden 1550, training):
-# 100-row chunks 5-15% slower than the unfused path, one 1400-row chunk as fast (within noise).
+# _chunk_steps (too small chunks lose to the unfused path).
 ROWS_PER_WEIGHT_COLUMN = 1
 
 

@@ -13,7 +13,8 @@ Payload keys (``format_version`` 1):
 ``config``                the resolved Config as nested dicts (``config_to_dict``)
 ``vocab``                 ``list[str]``, index -> word
 ``model``                 the model's state_dict (``module.``/``_orig_mod.`` prefixes stripped)
-``optimizer``             ``{"name": "sgd"|"asgd"|"adam"|"adamw", "state": optimizer.state_dict()}``
+``optimizer``             ``{"name": "sgd"|"asgd"|"adam"|"adamw", "lr": base rate, "state":
+                          optimizer.state_dict(), "recipe": {"optimizer", "lr"}}`` (the config's)
 ``rng``                   ``{"torch": ByteTensor, "cuda": [ByteTensor...], "bptt": ByteTensor,
                           "shared": ByteTensor}`` (``shared``: the weight-drop mask generator,
                           the same on every rank); data-parallel runs add ``"ranks"``, each
@@ -23,7 +24,12 @@ Payload keys (``format_version`` 1):
 ``stream``                ``{"hidden": [B, H] per layer, "prev_x": [1, B, I] or None per layer}``:
                           the carried state of all B streams of the global batch (gathered from
                           the ranks), so a mid-epoch resume is exact with any number of ranks
-``history``               ``{"val_losses": [...], "best_val_loss": float, "lr": float}``
+``history``               ``{"val_losses": [...], "best_val_loss": float}``
+``budget``                ``{"elapsed_s": float}``: seconds of training and validation so far
+``scaler``                fp16 runs: the ``torch.amp.GradScaler``'s state_dict
+``state_version``         2; the training keys' layout (``qrnn_lm.training.checkpointer`` names
+                          them, saves each component's state_dict under its key, and converts
+                          version 1, which kept ``lr`` and ``elapsed_s`` in ``history``)
 ``data``                  ``{"dataset": str, "checksums": {file: sha256}}``
 ========================  ===================================================================
 """

@@ -1,5 +1,6 @@
-"""The training data stream: the corpus cut into parallel streams, walked in BPTT segments, with
-the state carried from one segment to the next.
+"""A run's data streams: the training stream (the corpus cut into parallel streams, walked in BPTT
+segments, with the state carried from one segment to the next) and the validation and test streams
+the :class:`Evaluator` scores.
 
 A :class:`TrainingStream` owns this rank's columns of the ``[N, batch_size]`` training streams, the
 generator that draws the segment lengths (awd's variable BPTT; the same on every rank) and the
@@ -11,6 +12,10 @@ columns back (:func:`stream_columns`).
 
 Shapes: N = time steps of a stream, B = streams, S = a layer's state size (its hidden size for a
 QRNN layer, twice it for an LSTM layer: h and c), I = a layer's input size.
+
+Validation and test during training are exact per-token means over every rank's share: each rank
+scores its block of the evaluation streams (:func:`make_stream`, which may be uneven, even empty) with :func:`~qrnn_lm.inference.evaluate.loss_sum`; the sums and
+token counts are all-reduced, so the mean is the one a single process would compute.
 """
 
 from __future__ import annotations
@@ -23,19 +28,10 @@ from torch import nn
 
 from ..config import Config, DataConfig, UserError
 from ..data import Corpus, batchify, get_batch, prepare_dataset, sample_seq_len
+from ..inference.evaluate import loss_sum
 from . import distributed
 
-__all__ = [
-    "TrainingStream",
-    "make_stream",
-    "load_corpus",
-    "next_segment",
-    "capture_stream",
-    "restore_stream",
-    "stream_to_cpu",
-    "stream_columns",
-    "concat_streams",
-]
+__all__ = ["TrainingStream", "make_stream", "load_corpus", "next_segment", "capture_stream", "restore_stream", "stream_columns", "concat_streams", "Evaluator"]
 
 
 def make_stream(ids: torch.Tensor, batch_size: int, device: torch.device, rank: int = 0, world_size: int = 1,
@@ -84,17 +80,24 @@ def next_segment(
 
 
 class TrainingStream:
-    """This rank's training streams, the BPTT generator and the carried hidden state.
+    """This rank's training streams, the BPTT generator and the carried state: the hidden state
+    and the saved inputs of ``model``'s layers.
 
     Args:
         ids: the ``[N]`` training token ids of the whole corpus.
         data: the ``[data]`` section (global ``batch_size``, ``bptt``, ``variable_bptt``).
         device: where the streams live.
         seed: seeds the BPTT generator (equal on every rank, so every rank draws the same lengths).
+        model: the language model whose layers carry saved inputs between segments.
+
+    As a checkpoint component (key ``stream``): :meth:`state_dict` is this rank's carried state
+    (references, not copies: the model replaces these tensors rather than writing into them),
+    :meth:`merge_ranks` joins the ranks' into the global batch's, and :meth:`load_state_dict` takes
+    this rank's columns of it back. (The BPTT generator is the random state's.)
     """
 
-    def __init__(self, ids: torch.Tensor, data: DataConfig, device: torch.device, seed: int):
-        self.data = data
+    def __init__(self, ids: torch.Tensor, data: DataConfig, device: torch.device, seed: int, model: nn.Module):
+        self.data, self.device, self.model = data, device, model
         self.tokens = make_stream(ids, data.batch_size, device, distributed.get_rank(),
                                   distributed.get_world_size(), even="data.batch_size")  # [N, B / ranks]
         self.generator = torch.Generator().manual_seed(seed)  # BPTT lengths only
@@ -109,20 +112,24 @@ class TrainingStream:
         """``(inputs, targets)``, ``[L, B / ranks]`` each, starting at ``position``."""
         return next_segment(self.tokens, position, self.data, self.generator)
 
-    def start_epoch(self, model: nn.Module) -> None:
+    def start_epoch(self) -> None:
         """A new pass over the stream: no saved inputs, zero hidden state."""
-        model.reset()
+        self.model.reset()
         self.hidden = None
 
-    def capture(self, model: nn.Module) -> dict[str, Any]:
-        """The carried state now (references, see :func:`capture_stream`)."""
-        return capture_stream(model, self.hidden)
+    def state_dict(self) -> dict[str, Any]:
+        """The carried state now (see :func:`capture_stream`)."""
+        return capture_stream(self.model, self.hidden)
 
-    def restore(self, model: nn.Module, saved: dict[str, Any], device: torch.device) -> None:
+    def merge_ranks(self, states: list[dict[str, Any]]) -> dict[str, Any]:
+        """The ranks' carried states (on the CPU, in rank order) -> the global batch's."""
+        return concat_streams(states)
+
+    def load_state_dict(self, saved: dict[str, Any]) -> None:
         """Take this rank's columns of a carried state saved for the global batch."""
         start, stop = distributed.column_range(self.data.batch_size, distributed.get_rank(),
                                                distributed.get_world_size())
-        self.hidden = restore_stream(model, stream_columns(saved, start, stop), device)
+        self.hidden = restore_stream(self.model, stream_columns(saved, start, stop), self.device)
 
 
 def capture_stream(model: nn.Module, hidden: list[torch.Tensor] | None) -> dict[str, Any]:
@@ -146,17 +153,6 @@ def restore_stream(model: nn.Module, stream: dict[str, Any], device: torch.devic
     return None if hidden is None else [h.to(device) for h in hidden]
 
 
-def stream_to_cpu(stream: dict[str, Any]) -> dict[str, Any]:
-    """Copies on the CPU, for a checkpoint."""
-    def cpu(tensor):
-        return None if tensor is None else tensor.detach().cpu().clone()
-
-    return {
-        "hidden": None if stream["hidden"] is None else [cpu(h) for h in stream["hidden"]],
-        "prev_x": [cpu(p) for p in stream["prev_x"]],
-    }
-
-
 def stream_columns(stream: dict[str, Any], start: int, stop: int) -> dict[str, Any]:
     """The carried state of streams ``start:stop`` (hidden ``[B, S]`` rows, prev_x ``[w-1, B, I]``
     columns) of a stream state saved for the global batch."""
@@ -174,3 +170,27 @@ def concat_streams(streams: list[dict[str, Any]]) -> dict[str, Any]:
         hidden = [torch.cat(parts, dim=0) for parts in zip(*(s["hidden"] for s in streams))]
     prev_x = [None if parts[0] is None else torch.cat(parts, dim=1) for parts in zip(*(s["prev_x"] for s in streams))]
     return {"hidden": hidden, "prev_x": prev_x}
+
+
+class Evaluator:
+    """The validation streams of a run and the test split, scored exactly across ranks."""
+
+    def __init__(self, corpus: Corpus, data: DataConfig, device: torch.device):
+        self.corpus, self.data, self.device = corpus, data, device
+        self.valid = self._streams(corpus.valid, data.eval_batch_size)  # [N, about eval_batch_size / ranks]
+
+    def _streams(self, ids: torch.Tensor, batch_size: int) -> torch.Tensor:
+        return make_stream(ids, batch_size, self.device, distributed.get_rank(), distributed.get_world_size())
+
+    def mean_loss(self, model: torch.nn.Module, source: torch.Tensor, progress: bool = False) -> float:
+        """The per-token mean loss over every rank's share of ``source``."""
+        total, count = distributed.all_reduce_sum(loss_sum(model, source, self.data.bptt, progress=progress))
+        return total / count
+
+    def valid_loss(self, model: torch.nn.Module) -> float:
+        return self.mean_loss(model, self.valid)
+
+    def test_loss(self, model: torch.nn.Module, progress: bool = False) -> tuple[float, int]:
+        """``(mean loss, number of target tokens)`` on the test split at ``data.test_batch_size``."""
+        source = self._streams(self.corpus.test, self.data.test_batch_size)
+        return self.mean_loss(model, source, progress), (source.size(0) - 1) * self.data.test_batch_size

@@ -1,4 +1,9 @@
-"""Mixed precision for training: ``train.precision`` -> an autocast context and a gradient scaler.
+"""Which device a run uses and which precision it can train in there.
+
+:func:`resolve_device` turns ``--device`` into a ``torch.device``; :func:`resolve_precision` decides
+``train.precision = "auto"``; :func:`check_precision` refuses a precision the device cannot train
+in. (The autocast context and the gradient scaler that apply a precision are
+:mod:`qrnn_lm.training.step`'s.) The precisions:
 
 * ``"fp32"``: no autocast.
 * ``"bf16"``: ``torch.autocast`` with bfloat16 for the forward and the loss; no scaler (bf16 has
@@ -15,16 +20,33 @@ dtype the operations compute in, so a run can be resumed or evaluated at any pre
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 import torch
 
-from ..config import UserError
+from .config import UserError
 
-__all__ = ["precision_context", "make_scaler", "check_precision", "resolve_precision", "cpu_has_native_bf16"]
+__all__ = ["resolve_device", "check_precision", "resolve_precision", "cpu_has_native_bf16"]
 
-_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+def resolve_device(name: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` -> cuda when available, else cpu; ``"cpu"``/``"cuda"``/``"cuda:N"`` as given.
+
+    Asking for cuda on a machine without a usable GPU is a UserError saying to use cpu.
+    """
+    if isinstance(name, torch.device):
+        return name
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device {name!r}; use auto, cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("device 'cuda' asked for but no CUDA GPU is available; use --device cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"unsupported device {name!r}; use auto, cpu or cuda")
+    return device
 
 
 def cpu_has_native_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
@@ -54,16 +76,3 @@ def check_precision(precision: str, device: torch.device) -> None:
     if precision == "fp16" and device.type != "cuda":
         raise UserError(f"train.precision = 'fp16' needs a CUDA GPU (the device is {device.type}); "
                         "use --set train.precision=bf16 on the CPU")
-
-
-def precision_context(device: torch.device, precision: str):
-    """The autocast context for the forward and the loss (a no-op context for fp32)."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=_DTYPES[precision])
-
-
-def make_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler | None:
-    """A GradScaler for fp16, None otherwise."""
-    check_precision(precision, device)
-    return torch.amp.GradScaler(device.type) if precision == "fp16" else None
