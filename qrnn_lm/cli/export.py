@@ -41,4 +41,4 @@ def export_command(
     typer.echo(f"wrote {out} ({format.value})")
     for kind, name, shape in signature:
         dtype = "int64" if name == "tokens" else "float32"
-        typer.echo(f"  {kind:<6} {name:<14} {dtype:<7} [{', '.join(str(dim) for dim in shape)}]")
+        typer.echo(f"  {kind:<6} {name:<18} {dtype:<7} [{', '.join(str(dim) for dim in shape)}]")

@@ -32,10 +32,10 @@ def test_export_onnx_of_a_run_folder_prints_names_and_shapes(run_folder):
     result = runner.invoke(app, ["export", str(run_folder), "--format", "onnx", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert out.is_file()
-    assert "input  tokens         int64   [steps, batch]" in result.output
-    assert "input  hidden_1       float32 [batch, 4]" in result.output
-    assert "output logits         float32 [steps, batch, 5]" in result.output
-    assert "output hidden_out_0   float32 [batch, 6]" in result.output
+    assert "input  tokens             int64   [steps, batch]" in result.output
+    assert "input  hidden_1           float32 [batch, 4]" in result.output
+    assert "output logits             float32 [steps, batch, 5]" in result.output
+    assert "output hidden_out_0       float32 [batch, 6]" in result.output
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "pt2"])
@@ -45,15 +45,15 @@ def test_export_of_an_lstm_model_prints_its_h_and_c_states(tmp_path, fmt):
     result = runner.invoke(app, ["export", str(folder), "--format", fmt, "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert out.is_file()
-    assert "input  hidden_0       float32 [batch, 12]" in result.output  # h and c of 6 each
-    assert "output hidden_out_1   float32 [batch, 8]" in result.output  # the last layer: emb_size 4
+    assert "input  hidden_0           float32 [batch, 12]" in result.output  # h and c of 6 each
+    assert "output hidden_out_1       float32 [batch, 8]" in result.output  # the last layer: emb_size 4
 
 
 def test_export_pt2_fed_token_by_token_gives_the_model_s_logits(run_folder):
     out = run_folder / "lm.pt2"
     result = runner.invoke(app, ["export", str(run_folder / "best.pt"), "--format", "pt2", "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert "input  kept_inputs_0  float32 [1, batch, 4]" in result.output  # the first layer's window 2
+    assert "input  kept_inputs_0      float32 [1, batch, 4]" in result.output  # the first layer's window 2
     program = torch.export.load(str(out)).module()
     model, _, _ = model_from_checkpoint(load_checkpoint(run_folder / "best.pt"), device="cpu")
     text = torch.randint(0, len(WORDS), (6, 2))
