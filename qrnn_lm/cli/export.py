@@ -23,9 +23,10 @@ def export_command(
 ):
     """Export a trained language model for inference without the training code; print its inputs and outputs.
 
-    One call runs one segment: tokens [steps, batch] and one hidden state per layer in, logits and
-    the new hidden states out (feed them back for the next segment; an LSTM model's hold h and c
-    side by side). Example:
+    One call runs one segment: tokens [steps, batch], one hidden state per layer and the last inputs
+    of each layer whose window is > 1 in; logits and the new states out. Feed the states back for
+    the next segment (zeros start a text): token by token, the logits are those of the Python model
+    on the whole text. An LSTM model's hidden states hold h and c side by side. Example:
     qrnn-lm export runs/ptb-small/best.pt --format onnx --out ptb.onnx
     """
     checkpoint = checkpoint / "best.pt" if checkpoint.is_dir() else checkpoint
@@ -40,4 +41,4 @@ def export_command(
     typer.echo(f"wrote {out} ({format.value})")
     for kind, name, shape in signature:
         dtype = "int64" if name == "tokens" else "float32"
-        typer.echo(f"  {kind:<6} {name:<14} {dtype:<7} [{', '.join(str(dim) for dim in shape)}]")
+        typer.echo(f"  {kind:<6} {name:<18} {dtype:<7} [{', '.join(str(dim) for dim in shape)}]")

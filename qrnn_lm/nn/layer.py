@@ -109,7 +109,7 @@ class QRNNLayer(nn.Module):
                 # The window of step t reads x_{t+1}, ...: padding past a sequence's end must be zero.
                 X = X.masked_fill(~_valid_steps(lengths, X.shape[0]).unsqueeze(2), 0)
         H, h_n = self._outputs(X, hidden, prev, lengths, weight, bias)
-        if self.window > 1 and self.save_prev_x:
+        if self.window > 1 and self.save_prev_x and not torch.compiler.is_exporting():
             self.prevX = self._last_inputs(X, prev, lengths)
         return H, h_n
 
@@ -174,7 +174,9 @@ class QRNNLayer(nn.Module):
 
     def _saved_inputs(self, batch_size):
         """The inputs kept from the previous call ``[window - 1, B, I]``, or None."""
-        if self.prevX is None or not self.save_prev_x or self.window == 1:
+        # An exported program is a pure function: it neither reads nor writes module state (to carry
+        # the window across calls, pass the kept inputs in and out: see nn/stream.py).
+        if self.prevX is None or not self.save_prev_x or self.window == 1 or torch.compiler.is_exporting():
             return None
         if self.prevX.shape[1] != batch_size:
             raise ValueError(f"QRNNLayer: save_prev_x kept inputs of batch size {self.prevX.shape[1]} but got batch "
@@ -184,7 +186,8 @@ class QRNNLayer(nn.Module):
     def _last_inputs(self, X, prev, lengths):
         """The last ``window - 1`` inputs ``[window - 1, B, I]`` (detached) for the next call."""
         keep = self.window - 1
-        if lengths is None and X.shape[0] >= keep:
+        # Exporting, T is symbolic: comparing it with keep would fix the program's lengths to one side.
+        if lengths is None and not torch.compiler.is_exporting() and X.shape[0] >= keep:
             return X[-keep:].detach().clone()  # clone: a view would keep all of X alive
         if prev is None:
             prev = X.new_zeros(keep, X.shape[1], X.shape[2])

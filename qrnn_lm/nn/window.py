@@ -31,6 +31,10 @@ def project(X, prev, weight, bias, window, reverse):
     """
     if window == 1:
         return nnf.linear(X, weight, bias)
+    if torch.compiler.is_exporting():
+        # The shifted products' row ranges depend on T; an exported program takes any T, so it
+        # gets the concatenated window (one product, same sums) instead.
+        return nnf.linear(window_inputs(X, prev, window, reverse), weight, bias)
     device_type = X.device.type
     if torch.is_autocast_enabled(device_type):
         # Autocast does not cast the inputs of an autograd.Function: cast as it would for a

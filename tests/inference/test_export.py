@@ -1,6 +1,7 @@
 """Export: torch.export programs and ONNX files (run in onnxruntime) give the eager outputs for
-several sequence lengths and batch sizes, for QRNN and LSTM language models; TorchScript is
-refused with one clear line."""
+several sequence lengths and batch sizes, for QRNN and LSTM language models; an exported language
+model fed token by token with its carried state gives one eager forward's logits; a plain
+``torch.onnx.export`` works; TorchScript is refused with one clear line."""
 
 import pytest
 import torch
@@ -12,11 +13,11 @@ from qrnn_lm.inference.export import (
     export_checkpoint,
     export_onnx,
     export_program,
-    forget_mult_as_scan,
 )
 from qrnn_lm.models.checkpoint_file import save_checkpoint
 from qrnn_lm.models.language_model import LanguageModel
 from qrnn_lm.nn.jit import TorchScriptUnsupported
+from qrnn_lm.ops.forget_mult.scan_form import forget_mult_as_scan
 
 pytestmark = pytest.mark.slow  # torch.export and ONNX exports: `pytest -m "not slow"` skips it
 
@@ -46,8 +47,10 @@ def _language_model(rnn="qrnn"):
 
 
 def _lm_inputs(model, steps, batch):
+    """Random tokens, hidden states (an LSTM's: h and c) and kept window inputs."""
     tokens = torch.randint(0, len(WORDS), (steps, batch))
-    return (tokens, *(torch.randn(batch, size) for size in model.state_sizes()))  # an LSTM's: h and c
+    kept = LanguageModelForExport(model).kept_input_shapes(batch)
+    return (tokens, *(torch.randn(batch, size) for size in model.state_sizes()), *(torch.randn(shape) for shape in kept))
 
 
 def _eager(module, inputs):
@@ -135,10 +138,12 @@ def test_onnx_of_a_checkpoint_matches_eager_with_named_dims(tmp_path, rnn):
     out = tmp_path / "lm.onnx"
     signature = export_checkpoint(path, out, "onnx")
     names = [name for kind, name, _ in signature if kind == "input"]
-    assert names == ["tokens", "hidden_0", "hidden_1"]
+    kept = ["kept_inputs_0"] if rnn == "qrnn" else []  # the first layer's window 2 reads the last input
+    assert names == ["tokens", "hidden_0", "hidden_1"] + kept
     hidden_shapes = [shape for kind, name, shape in signature if name.startswith("hidden")]
     states = [8, 6] if rnn == "qrnn" else [16, 12]  # an LSTM layer's state: h and c
     assert hidden_shapes == [["batch", size] for size in states * 2]
+    assert [shape for kind, name, shape in signature if name.startswith("kept")] == [[1, "batch", 6]] * len(kept) * 2
     proto = onnx.load(str(out))
     assert [value.name for value in proto.graph.input] == names
     assert [dim.dim_param for dim in proto.graph.input[0].type.tensor_type.shape.dim] == ["steps", "batch"]
@@ -150,15 +155,95 @@ def test_onnx_of_a_checkpoint_matches_eager_with_named_dims(tmp_path, rnn):
             torch.testing.assert_close(torch.from_numpy(got), expected, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("rnn", RNNS)
-def test_pt2_of_a_checkpoint_loads_and_runs(tmp_path, rnn):
-    model, path = _checkpoint(tmp_path, rnn)
-    out = tmp_path / "lm.pt2"
-    export_checkpoint(path, out, "pt2")
-    program = torch.export.load(str(out))
-    inputs = _lm_inputs(model, 4, 3)
-    for got, expected in zip(program.module()(*inputs), _eager(LanguageModelForExport(model), inputs)):
-        torch.testing.assert_close(got, expected)
+# (model.rnn, window of every layer): windows 1, 2 and 3 of a QRNN, and an LSTM (no window).
+STREAMED = [("qrnn", 1), ("qrnn", 2), ("qrnn", 3), ("lstm", None)]
+
+
+def _streamed_checkpoint(tmp_path, rnn, window):
+    """A checkpoint whose logits depend strongly on every input of a window (large embeddings)."""
+    torch.manual_seed(0)
+    windows = {} if rnn == "lstm" else {"first_window": window, "window": window}
+    config = ModelConfig(rnn=rnn, emb_size=6, hidden_size=8, num_layers=2, weight_drop=0.2, **windows)
+    model = LanguageModel(len(WORDS), config).eval()
+    with torch.no_grad():
+        model.embedding.weight.normal_(0, 2)
+    payload = {"config": config_to_dict(Config(name="unit", model=config)), "vocab": WORDS, "model": model.state_dict()}
+    return model, save_checkpoint(tmp_path / "best.pt", payload)
+
+
+def feed_token_by_token(run, signature, text):
+    """Feed ``text`` ``[T, B]`` one token at a time through ``run(inputs) -> outputs`` (lists of
+    numpy arrays in the signature's order), carrying every state output to the next call from zeros.
+    Returns each step's logits, ``[T, B, V]``."""
+    import numpy as np
+
+    batch = text.shape[1]
+    states = [np.zeros([batch if dim == "batch" else dim for dim in shape], np.float32)
+              for kind, name, shape in signature if kind == "input" and name != "tokens"]
+    logits = []
+    for step in range(text.shape[0]):
+        outputs = run([text[step:step + 1].numpy(), *states])
+        logits.append(torch.from_numpy(np.asarray(outputs[0])))  # [1, B, V]
+        states = [np.asarray(output) for output in outputs[1:]]
+    return torch.cat(logits)
+
+
+def eager_logits(model, text):
+    """One eager forward over the whole ``text`` from zero states and windows."""
+    model.reset()
+    with torch.no_grad():
+        return model(text)[0]  # [T, B, V]
+
+
+@pytest.mark.parametrize(("rnn", "window"), STREAMED)
+@pytest.mark.parametrize("fmt", ["onnx", "pt2"])
+def test_exported_model_fed_token_by_token_gives_one_forward_s_logits(tmp_path, fmt, rnn, window):
+    model, path = _streamed_checkpoint(tmp_path, rnn, window)
+    out = tmp_path / f"lm.{fmt}"
+    signature = export_checkpoint(path, out, fmt)
+    torch.manual_seed(1)
+    text = torch.randint(0, len(WORDS), (9, 2))
+    if fmt == "onnx":
+        session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+        names = [value.name for value in session.get_inputs()]
+        run = lambda inputs: session.run(None, dict(zip(names, inputs)))  # noqa: E731
+    else:
+        program = torch.export.load(str(out)).module()
+        run = lambda inputs: [t.detach().numpy() for t in program(*(torch.from_numpy(a) for a in inputs))]  # noqa: E731
+    expected = eager_logits(model, text)
+    torch.testing.assert_close(feed_token_by_token(run, signature, text), expected, rtol=1e-5, atol=1e-5)
+
+
+def _steps_and_batch():
+    return {0: torch.export.Dim("steps", min=1), 1: torch.export.Dim("batch", min=1)}
+
+
+def test_plain_torch_onnx_export_of_a_qrnn_runs_in_onnxruntime(tmp_path):
+    torch.manual_seed(0)
+    model = QRNN(8, 16, num_layers=2, window=2).eval()
+    path = tmp_path / "qrnn.onnx"
+    torch.onnx.export(model, (torch.randn(5, 3, 8),), str(path), dynamo=True, dynamic_shapes=(_steps_and_batch(),),
+                      input_names=["input"], verbose=False)
+    for steps, batch in SHAPES:
+        inputs = (torch.randn(steps, batch, 8),)
+        for got, expected in zip(_run_onnx(path, ["input"], inputs), _eager(model, inputs)):
+            torch.testing.assert_close(torch.from_numpy(got), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_plain_torch_onnx_export_of_the_language_model_ignores_its_saved_inputs(tmp_path):
+    model = _language_model()  # first window 2: each layer saves its last input (save_prev_x)
+    with torch.no_grad():
+        model(torch.randint(0, len(WORDS), (4, 3)))  # fills the saved inputs of batch 3
+    saved = model.layers[0].prevX
+    path = tmp_path / "lm.onnx"
+    torch.onnx.export(model, (torch.randint(0, len(WORDS), (3, 2)),), str(path), dynamo=True,
+                      dynamic_shapes=(_steps_and_batch(),), input_names=["tokens"], verbose=False)
+    assert model.layers[0].prevX is saved  # the eager model's stream goes on as it was
+    for steps, batch in SHAPES:
+        tokens = torch.randint(0, len(WORDS), (steps, batch))
+        expected = eager_logits(model, tokens)  # from zero windows, as after reset()
+        got = _run_onnx(path, ["tokens"], (tokens,))[0]
+        torch.testing.assert_close(torch.from_numpy(got), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_bad_export_requests_are_one_line_user_errors(tmp_path):

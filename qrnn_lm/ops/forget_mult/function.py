@@ -13,6 +13,10 @@ CPU -> numba (``cpu.py``); CUDA -> Triton (``triton.py``), then CuPy (``cupy.py`
 torch loop (``loop.py``); any other device -> the torch loop. Backend modules are imported on
 first use, so ``import qrnn_lm`` does not pay for Triton or CuPy.
 
+Export: while ``torch.onnx.export`` traces a model, :func:`forget_mult_op` calls the op's ONNX
+form instead (torch's scan op, ``scan_form.py``), so a plain ``torch.onnx.export(dynamo=True)``
+of any module using ForgetMult writes a standard ONNX ``Scan``; ``torch.export`` keeps the op.
+
 Autocast: the ops have no autocast rule, so under ``torch.autocast`` they run in the dtype of
 their inputs (fp16/bf16 when f and x come from autocast linear layers), compute in float32
 inside, and return that dtype.
@@ -24,6 +28,8 @@ import os
 from typing import Optional
 
 import torch
+
+from .scan_form import forget_mult_as_scan, in_onnx_export
 
 logger = logging.getLogger(__name__)
 
@@ -198,4 +204,6 @@ def forget_mult_op(f, x, h0, *, reverse, lengths, backend):
     """Called by the public :func:`qrnn_lm.forget_mult` after validation; materialises h0."""
     if h0 is None:
         h0 = x.new_zeros(x.shape[1:])
+    if in_onnx_export():  # the op's ONNX form: a standard Scan (see scan_form.py)
+        return forget_mult_as_scan(f, x, h0, lengths, bool(reverse), backend)
     return forget_mult_forward_op(f, x, h0, lengths, bool(reverse), backend)
