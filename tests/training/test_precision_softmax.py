@@ -1,6 +1,7 @@
 """The trainer with the softmax options, mixed precision and torch.compile (tiny runs on the CPU)."""
 
 import os
+import types
 from pathlib import Path
 
 import pytest
@@ -92,6 +93,20 @@ def test_cpu_bf16_detection_reads_the_cpu_flags(tmp_path):
     assert not precision_module.cpu_has_native_bf16(zen3)
     assert not precision_module.cpu_has_native_bf16(tmp_path / "missing")
     assert precision_module.resolve_precision("fp32", torch.device("cpu")) == "fp32"
+
+
+@pytest.mark.parametrize("gpu, capability, expected", [
+    ("Tesla V100", (7, 0), "fp32"), ("Tesla T4", (7, 5), "fp32"),  # bf16 only emulated there
+    ("A100", (8, 0), "bf16"), ("H100", (9, 0), "bf16"),
+])
+def test_auto_precision_on_cuda_is_bf16_only_where_native(monkeypatch, gpu, capability, expected):
+    """The device properties are mocked; is_bf16_supported() says True on every one of them, as
+    it does on a real V100 or T4 (it counts emulation), so it cannot be what decides."""
+    properties = types.SimpleNamespace(name=gpu, major=capability[0], minor=capability[1])
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device=None: properties)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    assert precision_module.resolve_precision("auto", torch.device("cuda")) == expected
+    assert precision_module.resolve_precision("auto", torch.device("cuda", 0)) == expected
 
 
 def test_fp16_on_the_cpu_is_a_user_error(corpus, tmp_path):
