@@ -3,8 +3,12 @@ scripts/gpu_check.py [--out DIR] [--dry-run]``), from a source checkout, no inst
 
 Shapes: T = time steps, B = batch, H = hidden lanes.
 
-Steps, each in its own try block (a failed step is written to the summary and the next runs):
-  1. cuda-tests   every test file of the suite that has a CUDA case, run by pytest (junit XML);
+Steps, each in its own process under its own time limit (``LIMITS``; they add up to under 8
+minutes, so the whole check does too); a failed or timed-out step is written to the summary and
+the next runs:
+  1. cuda-tests   every test file of the suite that has a CUDA case (this script's own test left
+                  out), run by pytest (junit XML); on a CUDA machine it fails when every test that
+                  needs CUDA was skipped (``gpu_check_plugin.py`` lists them);
   2. forget-mult  the ForgetMult kernel benchmark (``qrnn_lm.bench.forget_mult``): every GPU
                   backend, fwd and fwd+bwd, GB/s as a fraction of a device-to-device copy timed
                   in the same run, at the paper's LM shapes and long-T/few-lane shapes, with the
@@ -14,21 +18,28 @@ Steps, each in its own try block (a failed step is written to the summary and th
   4. lm           LM training throughput QRNN vs LSTM layers with the time split
                   (``qrnn_lm.bench.lm``, the paper's Figure 4 left);
   5. ptb          a short PTB training run of the GPU recipe (configs/ptb.toml) through the CLI:
-                  the validation loss must fall below the uniform model's ln(V); tokens/s.
+                  the validation loss must fall below the uniform model's ln(V); tokens/s;
+  6. ddp          two-process training (``qrnn-lm train --nproc 2``: torchrun, NCCL, one GPU per
+                  process) of the tiny recipe; skipped, and said so, with fewer than 2 GPUs.
 Everything goes to one folder: summary.txt (device, driver, CUDA, torch, triton versions, each
-step's result), CSV and PNG files, the logs. Without CUDA (and no --dry-run): one line, exit 1.
+step's result), CSV and PNG files, the logs. Without CUDA (and no --dry-run): one line, exit 1;
+with a Python that has no torch: one line naming the Python to use, exit 1.
 ``--dry-run`` runs the same code on the CPU with tiny shapes (Triton under TRITON_INTERPRET=1
-for the tests' interpreted cases; pytest only collects), so CI keeps this script working.
-Exit status: 0 when every step passed, 1 otherwise.
+for the tests' interpreted cases; pytest only collects; ddp on gloo), so CI keeps this script
+working; its steps get ``DRY_RUN_LIMIT`` each, as a shared CPU is slow and the timing is not
+what a dry run checks.
+Exit status: 0 when every step passed or was skipped, 1 otherwise.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import platform
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -36,6 +47,12 @@ import traceback
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+SCRIPTS = Path(__file__).resolve().parent
+# Each step's time limit in seconds (the step's own process, start-up included). With the header's
+# nvidia-smi call they add up to under 8 minutes.
+LIMITS = {"cuda-tests": 150, "forget-mult": 60, "figure4": 60, "lm": 45, "ptb": 100, "ddp": 45}
+HEADER_LIMIT = 10
+DRY_RUN_LIMIT = 600
 # Long-T/few-lane shapes, where the Triton plan chooses the chunked path on a large GPU.
 LONG_SHAPES = [(4096, 1, 64), (16384, 1, 8), (4096, 2, 512)]
 
@@ -56,7 +73,7 @@ def _versions(device: str) -> list[str]:
                      f"{torch.cuda.get_device_properties(0).multi_processor_count} SMs")
         try:
             driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                                    capture_output=True, text=True, timeout=30).stdout.strip()
+                                    capture_output=True, text=True, timeout=HEADER_LIMIT).stdout.strip()
         except (OSError, subprocess.SubprocessError) as error:
             driver = f"unknown ({error})"
         lines.append(f"driver {driver}")
@@ -65,20 +82,53 @@ def _versions(device: str) -> list[str]:
     return lines
 
 
-def cuda_tests(out: Path, dry_run: bool) -> str:
-    """pytest on every test file that mentions CUDA; dry run: collect only."""
-    files = sorted(str(p.relative_to(REPO)) for p in (REPO / "tests").rglob("test_*.py")
-                   if "cuda" in p.read_text())
-    command = [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
+class Skipped(Exception):
+    """A step that cannot run on this machine (said in the summary; not a failure)."""
+
+
+def cuda_tests(out: Path, dry_run: bool, limit: float, files: list[str] | None = None) -> str:
+    """pytest on every test file that mentions CUDA (not this script's own test, whose dry run
+    would run this whole script again); dry run: collect only."""
+    if files is None:
+        files = sorted(str(p.relative_to(REPO)) for p in (REPO / "tests").rglob("test_*.py")
+                       if "cuda" in p.read_text() and p.name != "test_gpu_check.py")
+    outcomes_file = out / "cuda-tests.json"
+    command = [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "-p", "gpu_check_plugin",
                f"--junitxml={out / 'cuda-tests.xml'}", *files]
     if dry_run:
         command.append("--collect-only")
-    proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=420)
+    env = {**os.environ, "GPU_CHECK_TESTS_JSON": str(outcomes_file),
+           "PYTHONPATH": os.pathsep.join([str(SCRIPTS), str(REPO), os.environ.get("PYTHONPATH", "")])}
+    try:
+        proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=limit - 10)
+    except subprocess.TimeoutExpired as expired:
+        (out / "cuda-tests.log").write_text(_text(expired.stdout) + _text(expired.stderr))
+        raise RuntimeError(f"pytest did not finish within {limit - 10:.0f} s (see cuda-tests.log)") from None
     (out / "cuda-tests.log").write_text(proc.stdout + proc.stderr)
     tail = (proc.stdout.strip().splitlines() or ["(no output)"])[-1]
     if proc.returncode != 0:
         raise RuntimeError(f"pytest exit {proc.returncode}: {tail} (see cuda-tests.log)")
-    return f"{len(files)} files: {tail}"
+    outcomes = json.loads(outcomes_file.read_text())
+    return f"{len(files)} files: {tail}; " + judge_gpu_tests(outcomes, on_cuda=not dry_run)
+
+
+def judge_gpu_tests(outcomes: dict[str, str], on_cuda: bool) -> str:
+    """One line on the tests that need CUDA (``{nodeid: outcome}`` from gpu_check_plugin); raise
+    RuntimeError when there are none, or on a CUDA machine when none of them ran: a run whose
+    GPU cases all skipped (CUDA hidden from pytest, a broken marker) checked nothing on the GPU."""
+    if not outcomes:
+        raise RuntimeError("no test needs CUDA (none has a skipif reason 'needs ... CUDA/GPU')")
+    ran = sum(outcome in ("passed", "failed") for outcome in outcomes.values())
+    reasons = sorted({o.removeprefix("skipped: ") for o in outcomes.values() if o.startswith("skipped")})
+    line = f"{len(outcomes)} tests need CUDA: {ran} ran, {len(outcomes) - ran} did not"
+    line += f" (skip reasons: {'; '.join(reasons)})" if reasons else ""
+    if on_cuda and ran == 0:
+        raise RuntimeError(f"all of them were skipped on a CUDA machine: {line}")
+    return line
+
+
+def _text(output) -> str:
+    return output.decode(errors="replace") if isinstance(output, bytes) else output or ""
 
 
 def forget_mult(out: Path, dry_run: bool, device: str) -> str:
@@ -132,7 +182,7 @@ def lm(out: Path, dry_run: bool, device: str) -> str:
     return text.splitlines()[-1]
 
 
-def ptb(out: Path, dry_run: bool, data_dir: Path | None) -> str:
+def ptb(out: Path, dry_run: bool, data_dir: Path | None, limit: float) -> str:
     """Train through the CLI; the valid losses it prints must fall below ln(V) (uniform model)."""
     if data_dir is None:
         raise RuntimeError("no PTB data: expected ../shared/data/ptb or QRNN_LM_DATA")
@@ -140,18 +190,17 @@ def ptb(out: Path, dry_run: bool, data_dir: Path | None) -> str:
     limits = ["--max-steps", "20"] if dry_run else ["--set", "train.epochs=3"]
     command = [sys.executable, "-m", "qrnn_lm", "train", "--data", "ptb", "--config", config,
                "--data-dir", str(data_dir), "--out", str(out / "ptb-run"), "--no-progress", *limits]
+    cut = limit - 15  # the GPU recipe gets about a minute and a half: 3 epochs, or what ends by then
     start = time.perf_counter()
-    try:  # the GPU recipe gets about a minute: 3 epochs, or what finishes within 90 s
-        proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=90)
+    try:
+        proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=cut)
         log, code = proc.stdout + proc.stderr, proc.returncode
     except subprocess.TimeoutExpired as expired:
-        log = (expired.stdout or b"").decode() + (expired.stderr or b"").decode()
-        code = "timeout (expected: the run is cut at 90 s)"
+        log = _text(expired.stdout) + _text(expired.stderr)
+        code = f"timeout (expected: the run is cut at {cut:.0f} s)"
     seconds = time.perf_counter() - start
     (out / "ptb-run.log").write_text(log)
-    losses = [float(v) for v in re.findall(r"valid loss ([0-9.]+)", log)]
-    if not losses:  # a max_steps stop prints the perplexity only
-        losses = [math.log(float(v)) for v in re.findall(r"valid ppl ([0-9.]+)", log)]
+    losses = _valid_losses(log)
     steps = [int(v) for v in re.findall(r"step (\d+)", log)]
     if not losses:
         raise RuntimeError(f"no validation result in {seconds:.0f} s (exit {code}; see ptb-run.log)")
@@ -163,6 +212,42 @@ def ptb(out: Path, dry_run: bool, data_dir: Path | None) -> str:
     if losses[-1] >= uniform or losses[-1] > losses[0]:
         raise RuntimeError("loss did not fall: " + summary)
     return summary
+
+
+def ddp(out: Path, dry_run: bool, data_dir: Path | None, limit: float) -> str:
+    """``qrnn-lm train --nproc 2`` (torchrun; NCCL, one GPU per process) of the tiny recipe for a
+    few steps: both ranks must finish and the validation loss fall below ln(V). Dry run: gloo on
+    the CPU. Skipped with fewer than 2 GPUs (two NCCL ranks cannot share one)."""
+    import torch
+
+    if not dry_run and torch.cuda.device_count() < 2:
+        raise Skipped(f"needs 2 CUDA devices (one per process), this machine has {torch.cuda.device_count()}")
+    if data_dir is None:
+        raise RuntimeError("no PTB data: expected ../shared/data/ptb or QRNN_LM_DATA")
+    command = [sys.executable, "-m", "qrnn_lm", "train", "--nproc", "2", "--device", "cpu" if dry_run else "cuda",
+               "--data", "ptb", "--config", "configs/tiny.toml", "--data-dir", str(data_dir),
+               "--out", str(out / "ddp-run"), "--no-progress", "--max-steps", "30"]
+    try:
+        proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=limit - 10)
+    except subprocess.TimeoutExpired as expired:
+        (out / "ddp-run.log").write_text(_text(expired.stdout) + _text(expired.stderr))
+        raise RuntimeError(f"the 2-process run did not end within {limit - 10:.0f} s (see ddp-run.log)") from None
+    log = proc.stdout + proc.stderr
+    (out / "ddp-run.log").write_text(log)
+    losses = _valid_losses(log)
+    if proc.returncode != 0 or not losses:
+        raise RuntimeError(f"exit {proc.returncode}, valid losses {losses} (see ddp-run.log)")
+    uniform = math.log(10000)
+    if not losses[-1] < uniform:
+        raise RuntimeError(f"valid loss {losses[-1]:.3f} not below the uniform model's {uniform:.2f}")
+    backend = "gloo on the CPU" if dry_run else "NCCL, 2 GPUs"
+    return f"2 processes ({backend}), 30 steps: valid loss {losses[-1]:.3f} (uniform ln V = {uniform:.2f})"
+
+
+def _valid_losses(log: str) -> list[float]:
+    """The validation losses a training run printed (a max_steps stop prints the perplexity only)."""
+    losses = [float(v) for v in re.findall(r"valid loss ([0-9.]+)", log)]
+    return losses or [math.log(float(v)) for v in re.findall(r"valid ppl ([0-9.]+)", log)]
 
 
 def _write_csv(rows: list[dict], path: Path) -> None:
@@ -182,41 +267,83 @@ def _data_dir() -> Path | None:
     return None
 
 
+def run_step(name: str, out: Path, dry_run: bool, limit: float, command: list[str] | None = None) -> tuple[str, str]:
+    """Run step ``name`` in its own process (its own session, so pytest, torchrun and their
+    children go with it) for at most ``limit`` seconds. Returns (status, detail), status one of
+    "ok", "skipped", "FAILED". ``command`` replaces the step's command line (tests)."""
+    result_file = out / f"{name}.result.json"
+    result_file.unlink(missing_ok=True)
+    command = command or [sys.executable, str(Path(__file__).resolve()), "--step", name, "--out", str(out),
+                          "--limit", str(limit), *(["--dry-run"] if dry_run else [])]
+    with open(out / f"{name}.step.log", "w") as log:
+        proc = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            code = proc.wait(timeout=limit)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            return "FAILED", f"timed out: the step's limit is {limit:.0f} s (see {name}.step.log)"
+    if not result_file.exists():
+        return "FAILED", f"the step's process ended (exit {code}) without a result (see {name}.step.log)"
+    result = json.loads(result_file.read_text())
+    return result["status"], result["detail"]
+
+
+def _step_in_this_process(name: str, out: Path, dry_run: bool, limit: float) -> int:
+    """The body of one step's process: run it, write {status, detail} for the parent."""
+    device = "cpu" if dry_run else "cuda"
+    steps = {"cuda-tests": lambda: cuda_tests(out, dry_run, limit),
+             "forget-mult": lambda: forget_mult(out, dry_run, device),
+             "figure4": lambda: figure4(out, dry_run, device),
+             "lm": lambda: lm(out, dry_run, device),
+             "ptb": lambda: ptb(out, dry_run, _data_dir(), limit),
+             "ddp": lambda: ddp(out, dry_run, _data_dir(), limit)}
+    try:
+        status, detail = "ok", steps[name]()
+    except Skipped as skipped:
+        status, detail = "skipped", str(skipped)
+    except Exception as error:
+        (out / f"{name}-error.txt").write_text(traceback.format_exc())
+        status, detail = "FAILED", f"{type(error).__name__}: {error}"
+    (out / f"{name}.result.json").write_text(json.dumps({"status": status, "detail": detail}))
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=None, help="report folder (default gpu-check-<time>)")
     parser.add_argument("--dry-run", action="store_true", help="CPU, tiny shapes: checks the script")
+    parser.add_argument("--step", choices=list(LIMITS), help=argparse.SUPPRESS)  # one step's own process
+    parser.add_argument("--limit", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    import torch
-
+    try:
+        import torch
+    except ImportError:
+        print(f"error: this Python ({sys.executable}) has no torch; run make gpu-check PYTHON=.venv/bin/python "
+              "(make install creates .venv) or give PYTHON= a Python that has torch", file=sys.stderr)
+        return 1
+    if args.step:
+        return _step_in_this_process(args.step, args.out, args.dry_run, args.limit)
     if not args.dry_run and not torch.cuda.is_available():
         print("error: no CUDA device (torch.cuda.is_available() is False); use --dry-run to check "
               "the script on a CPU", file=sys.stderr)
         return 1
     device = "cpu" if args.dry_run else "cuda"
-    out = args.out or REPO / f"gpu-check-{time.strftime('%Y%m%d-%H%M%S')}"
+    out = (args.out or REPO / f"gpu-check-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     out.mkdir(parents=True, exist_ok=True)
     lines = ["qrnn-lm gpu-check" + (" (dry run)" if args.dry_run else ""), *_versions(device), ""]
-    steps = [("cuda-tests", lambda: cuda_tests(out, args.dry_run)),
-             ("forget-mult", lambda: forget_mult(out, args.dry_run, device)),
-             ("figure4", lambda: figure4(out, args.dry_run, device)),
-             ("lm", lambda: lm(out, args.dry_run, device)),
-             ("ptb", lambda: ptb(out, args.dry_run, _data_dir()))]
-    failed = []
-    for name, step in steps:
+    failed, skipped = [], []
+    for name, limit in LIMITS.items():
         start = time.perf_counter()
-        try:
-            detail = step()
-            result = f"{name}: ok ({time.perf_counter() - start:.0f} s) {detail}"
-        except Exception as error:  # report it and carry on with the next step
-            failed.append(name)
-            (out / f"{name}-error.txt").write_text(traceback.format_exc())
-            result = f"{name}: FAILED {type(error).__name__}: {error}"
+        status, detail = run_step(name, out, args.dry_run, DRY_RUN_LIMIT if args.dry_run else limit)
+        (failed if status == "FAILED" else skipped if status == "skipped" else []).append(name)
+        result = f"{name}: {status} ({time.perf_counter() - start:.0f} s) {detail}"
         lines.append(result)
         print(result, flush=True)
         (out / "summary.txt").write_text("\n".join(lines) + "\n")  # kept current if a step hangs
     lines.append("")
-    lines.append(f"failed: {', '.join(failed)}" if failed else "all steps passed")
+    lines.append(f"failed: {', '.join(failed)}" if failed else
+                 "all steps passed" + (f" (skipped: {', '.join(skipped)})" if skipped else ""))
     (out / "summary.txt").write_text("\n".join(lines) + "\n")
     print(f"report: {out}" + (f" (failed: {', '.join(failed)})" if failed else ""))
     return 1 if failed else 0
