@@ -15,6 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "gpu_check.py"
 sys.path.insert(0, str(SCRIPT.parent))
 import gpu_check  # noqa: E402
+import gpu_check_steps  # noqa: E402
 
 
 def _tiny_ptb(root: Path) -> Path:
@@ -90,26 +91,27 @@ def test_cuda_tests_fail_when_every_gpu_test_was_skipped(tmp_path, gpu_test_skip
     out.mkdir()
     if gpu_test_skipped:
         with pytest.raises(RuntimeError, match="all of them were skipped on a CUDA machine: 1 tests need CUDA: 0 ran"):
-            gpu_check.cuda_tests(out, dry_run=False, limit=120, files=[str(tests)])
+            gpu_check_steps.cuda_tests(out, dry_run=False, limit=120, files=[str(tests)])
     else:
-        detail = gpu_check.cuda_tests(out, dry_run=False, limit=120, files=[str(tests)])
+        detail = gpu_check_steps.cuda_tests(out, dry_run=False, limit=120, files=[str(tests)])
         assert "2 passed" in detail and "1 tests need CUDA: 1 ran, 0 did not" in detail
 
 
 def test_judging_the_gpu_tests():
     two = {"a": "passed", "b": "skipped: needs 2 CUDA devices"}
-    assert gpu_check.judge_gpu_tests(two, on_cuda=True) == \
+    assert gpu_check_steps.judge_gpu_tests(two, on_cuda=True) == \
         "2 tests need CUDA: 1 ran, 1 did not (skip reasons: needs 2 CUDA devices)"
     with pytest.raises(RuntimeError, match="all of them were skipped"):
-        gpu_check.judge_gpu_tests({"a": "skipped: needs a CUDA device"}, on_cuda=True)
-    assert "0 ran" in gpu_check.judge_gpu_tests({"a": "collected"}, on_cuda=False)  # the dry run
+        gpu_check_steps.judge_gpu_tests({"a": "skipped: needs a CUDA device"}, on_cuda=True)
+    assert "0 ran" in gpu_check_steps.judge_gpu_tests({"a": "collected"}, on_cuda=False)  # the dry run
     with pytest.raises(RuntimeError, match="no test needs CUDA"):
-        gpu_check.judge_gpu_tests({}, on_cuda=False)
+        gpu_check_steps.judge_gpu_tests({}, on_cuda=False)
 
 
 def test_a_python_without_torch_gets_one_line_naming_the_python_to_use(tmp_path):
+    # As `python scripts/gpu_check.py` runs it (scripts/ first on sys.path), with torch not importable.
     no_torch = ("import runpy, sys; sys.modules['torch'] = None; sys.argv = [sys.argv[1], '--dry-run']; "
-                "runpy.run_path(sys.argv[0], run_name='__main__')")
+                "sys.path.insert(0, sys.argv[0].rsplit('/', 1)[0]); runpy.run_path(sys.argv[0], run_name='__main__')")
     proc = subprocess.run([sys.executable, "-c", no_torch, str(SCRIPT)], cwd=REPO, capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == 1
