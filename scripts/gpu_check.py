@@ -93,6 +93,9 @@ def run_step(name: str, out: Path, dry_run: bool, limit: float, command: list[st
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
             return "FAILED", f"timed out: the step's limit is {limit:.0f} s (see {name}.step.log)"
+        except BaseException:  # Ctrl-C reaches this process only (the step has its own session)
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise
     if not result_file.exists():
         return "FAILED", f"the step's process ended (exit {code}) without a result (see {name}.step.log)"
     result = json.loads(result_file.read_text())
