@@ -38,9 +38,10 @@ clean:
 	rm -rf $(VENV) .pytest_cache
 
 # The whole GPU verification (tests with CUDA cases, kernel/layer/LM benchmarks, a short PTB
-# run) into one report folder, in at most ~8 minutes; see scripts/gpu_check.py. Runs from the
-# checkout with the python already on the machine (no install, no network); `make gpu-check
-# PYTHON=.venv/bin/python` uses `make test`'s venv instead. GPU_CHECK_ARGS=--dry-run checks it on a CPU.
+# run, two-process NCCL training) into one report folder, in at most 8 minutes (each step has a
+# time limit); see scripts/gpu_check.py. Runs from the checkout with the python already on the
+# machine (no install, no network); `make gpu-check PYTHON=.venv/bin/python` uses `make test`'s
+# venv instead. GPU_CHECK_ARGS=--dry-run checks it on a CPU.
 GPU_CHECK_ARGS ?=
 gpu-check:
 	PYTHONPATH=. $(PYTHON) scripts/gpu_check.py $(GPU_CHECK_ARGS)

@@ -10,9 +10,11 @@ in. (The autocast context and the gradient scaler that apply a precision are
   fp32's exponent range). Works on CPU and CUDA.
 * ``"fp16"``: autocast with float16 and a :class:`torch.amp.GradScaler` against gradient
   underflow; CUDA only (the CPU's float16 matrix products are slow or missing).
-* ``"auto"``: ``"bf16"`` where the device computes bfloat16 products natively (a CUDA GPU that
-  supports it; a CPU with AVX512-BF16 or AMX-BF16, e.g. AMD Zen 4/5, Intel Sapphire Rapids), else
-  ``"fp32"``: on a CPU without those instructions bfloat16 is emulated and slower than float32.
+* ``"auto"``: ``"bf16"`` where the device computes bfloat16 products natively (a CUDA GPU of
+  compute capability 8.0 or more: A100, H100, RTX 30xx on; a CPU with AVX512-BF16 or AMX-BF16,
+  e.g. AMD Zen 4/5, Intel Sapphire Rapids), else ``"fp32"``: elsewhere bfloat16 is emulated and
+  slower than float32. Older GPUs (V100 7.0, T4 7.5) get fp32, not fp16: fp16 needs loss scaling
+  and can overflow where fp32 trains, so it stays a choice the user makes by name.
 
 The weights, optimiser state, checkpoints and evaluation stay float32: autocast only changes the
 dtype the operations compute in, so a run can be resumed or evaluated at any precision.
@@ -26,7 +28,7 @@ import torch
 
 from .config import UserError
 
-__all__ = ["resolve_device", "check_precision", "resolve_precision", "cpu_has_native_bf16"]
+__all__ = ["resolve_device", "check_precision", "resolve_precision", "cpu_has_native_bf16", "cuda_has_native_bf16"]
 
 
 def resolve_device(name: str | torch.device = "auto") -> torch.device:
@@ -59,13 +61,21 @@ def cpu_has_native_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def cuda_has_native_bf16(device: torch.device) -> bool:
+    """Whether the CUDA ``device`` computes bfloat16 natively: compute capability 8.0 or more.
+    Not ``torch.cuda.is_bf16_supported()``: it also says True where bfloat16 is only emulated
+    (V100, T4), which is slower than float32."""
+    major, _ = torch.cuda.get_device_capability(device)
+    return major >= 8
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
     """``train.precision`` as it will run on ``device``: ``"auto"`` becomes ``"bf16"`` or ``"fp32"``
     (see the module docstring), the others stay as they are."""
     if precision != "auto":
         return precision
     if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+        return "bf16" if cuda_has_native_bf16(device) else "fp32"
     if device.type == "cpu":
         return "bf16" if cpu_has_native_bf16() else "fp32"
     return "fp32"

@@ -8,9 +8,10 @@ major version of the torch build (``cupy-cuda12x`` or ``cupy-cuda13x``). Nothing
 install time: the first call on a device compiles ``forget_mult.cu`` (about a second; CuPy also
 keeps the binary in its on-disk kernel cache) and later calls reuse it.
 
-Contract: ``notes/kernel_contract.md`` (same as every backend). Tensors are shared with the kernel
-as raw device pointers and the kernel runs on torch's current CUDA stream, so it is ordered with
-the surrounding torch work and with torch's caching allocator, like a native torch kernel.
+Contract: "Backend contract" in ``README.md`` beside this file (the same for every backend).
+Tensors are shared with the kernel as raw device pointers and the kernel runs on torch's current
+CUDA stream, so it is ordered with the surrounding torch work and with torch's caching allocator,
+like a native torch kernel.
 
 ``HAS_CUPY`` tells whether a usable CuPy was found; if not, ``IMPORT_ERROR`` holds one line saying
 why and which package to install (``INSTALL_HINT``), and :func:`forward` / :func:`backward` raise
@@ -105,7 +106,7 @@ def grid_size(lanes: int) -> int:
 
 
 def _check_tensors(lengths: torch.Tensor | None, states: dict, **sequences: torch.Tensor) -> None:
-    """Raise ValueError unless the tensors follow the backend contract (notes/kernel_contract.md).
+    """Raise ValueError unless the tensors follow the backend contract (README.md beside this file).
 
     ``sequences`` are ``[T, B, H]`` tensors, the first fixes shape, dtype and device for all;
     ``states`` maps names to ``[B, H]`` tensors (h0, grad_h0). The kernels trust these facts

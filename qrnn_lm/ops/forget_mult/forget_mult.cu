@@ -3,7 +3,7 @@
 // Shapes: T = time steps, B = batch, H = hidden lanes. Tensors are time-major [T, B, H] and
 // contiguous, so element (t, lane) with lane = b * H + h sits at t * lanes + lane (lanes = B * H).
 //
-// Recurrence (the contract in notes/kernel_contract.md, ground truth in naive.py):
+// Recurrence (the contract in README.md beside this file, ground truth in naive.py):
 //     h_t = f_t * x_t + (1 - f_t) * h_{t-1},   h_{-1} = h0
 // One thread per lane, a sequential loop over time: neighbouring threads touch neighbouring
 // addresses at every step, so loads and stores coalesce. Arithmetic is done in float (double for
