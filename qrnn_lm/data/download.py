@@ -134,9 +134,10 @@ def _warn_if_changed(spec: DatasetSpec, folder: Path) -> None:
     changed = mismatched_files(spec.name, checksums)
     if changed:
         log.warning(
-            "%s in %s differ from the published %s files (sha256); results will not compare with "
-            "published ones: delete them to download the originals",
-            ", ".join(changed), folder, spec.name,
+            "%s in %s %s from the published %s files (sha256); results will not compare with "
+            "published ones: delete %s to download the originals",
+            ", ".join(changed), folder, "differs" if len(changed) == 1 else "differ", spec.name,
+            "it" if len(changed) == 1 else "them",
         )
 
 

@@ -191,7 +191,7 @@ def test_only_the_missing_file_is_fetched_and_nothing_is_overwritten(server, mon
     assert (folder / "train.txt").read_bytes() == TEXTS["train.txt"]
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "\n" not in warnings[0]
-    assert warnings[0].startswith(f"valid.txt in {folder} differ from the published tiny files")
+    assert warnings[0].startswith(f"valid.txt in {folder} differs from the published tiny files")
 
 
 def test_only_missing_direct_files_are_requested(server, monkeypatch, tmp_path):
