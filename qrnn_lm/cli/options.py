@@ -22,6 +22,8 @@ class Dataset(str, Enum):
     ptb = "ptb"
     wikitext_2 = "wikitext-2"
     wikitext_103 = "wikitext-103"
+    ptb_char = "ptb-char"
+    enwik8 = "enwik8"
 
 
 class Device(str, Enum):
@@ -46,7 +48,7 @@ DataOption = Annotated[
     typer.Option(
         "--data",
         metavar="NAME|PATH",
-        help="ptb, wikitext-2, wikitext-103 (downloaded when missing) or a folder holding train.txt, valid.txt, test.txt.",
+        help="ptb, wikitext-2, wikitext-103, ptb-char, enwik8 (downloaded when missing) or a folder holding train.txt, valid.txt, test.txt.",
         autocompletion=_complete_dataset,
     ),
 ]

@@ -2,17 +2,14 @@
 checksum mismatch, truncation, hostile archives, offline."""
 
 import dataclasses
-import hashlib
-import http.server
 import io
-import socket
 import stat
 import tarfile
-import threading
 import zipfile
 from pathlib import Path
 
 import pytest
+from _http import Server, make_tgz, make_zip, sha256
 
 from qrnn_lm.data import DATASETS, Corpus, DatasetSpec, DataError, Source, prepare_dataset
 from qrnn_lm.data import archive as archive_module
@@ -22,82 +19,6 @@ SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 TEXTS = {"train.txt": b"the cat sat\non the mat\n", "valid.txt": b"the mat\n", "test.txt": b"a cat\n"}
 WIKI_MEMBERS = {name: f"tiny/wiki.{name[:-4]}.tokens" for name in TEXTS}
 
-
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def make_zip(members: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        for name, data in members.items():
-            zf.writestr(name, data)
-    return buffer.getvalue()
-
-
-def make_tgz(members: dict[str, bytes], links: dict[str, tuple[str, bytes]] = {}) -> bytes:
-    """``links``: name -> (target, tarfile.SYMTYPE or LNKTYPE)."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-        for name, (target, kind) in links.items():
-            info = tarfile.TarInfo(name)
-            info.type, info.linkname = kind, target
-            tar.addfile(info)
-    return buffer.getvalue()
-
-
-class Server:
-    """Serves ``routes[path] = body``; paths in ``truncate`` claim a longer Content-Length."""
-
-    def __init__(self):
-        self.routes: dict[str, bytes] = {}
-        self.truncate: set[str] = set()
-        self.requests: list[str] = []
-        server = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):
-                server.requests.append(self.path)
-                body = server.routes.get(self.path)
-                if body is None:
-                    self.send_error(404)
-                    return
-                self.send_response(200)
-                extra = 1000 if self.path in server.truncate else 0
-                self.send_header("Content-Length", str(len(body) + extra))
-                self.end_headers()
-                self.wfile.write(body)  # then the connection closes (HTTP/1.0)
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
-        self.thread.start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-@pytest.fixture
-def server():
-    srv = Server()
-    yield srv
-    srv.close()
-
-
-@pytest.fixture
-def closed_port_url():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
 
 
 def register(monkeypatch, *sources: Source, file_sha256=None) -> None:
@@ -120,7 +41,8 @@ def test_zip_download_places_verified_files(server, monkeypatch, tmp_path):
     register(monkeypatch, zip_source(server, make_zip({WIKI_MEMBERS[k]: v for k, v in TEXTS.items()})))
     folder = prepare_dataset("tiny", tmp_path, progress=False)
     assert folder == tmp_path / "tiny"
-    assert sorted(p.name for p in folder.iterdir()) == ["test.txt", "train.txt", "valid.txt"]
+    # the three files and their checksum record, nothing else (no temporary left behind)
+    assert sorted(p.name for p in folder.iterdir()) == [".qrnn_lm_sha256.json", "test.txt", "train.txt", "valid.txt"]
     assert all((folder / k).read_bytes() == v for k, v in TEXTS.items())
     assert Corpus.load(folder, cache=False).train.tolist() == [0, 1, 2, 3, 4, 0, 5, 3]
     prepare_dataset("tiny", tmp_path, progress=False)
@@ -142,6 +64,7 @@ def test_archive_checksum_mismatch(server, monkeypatch, tmp_path):
     with pytest.raises(DataError, match="sha256 of archive .* expected 0{64}: the download is corrupt") as info:
         prepare_dataset("tiny", tmp_path, progress=False)
     assert "retry later" in str(info.value) and "\n" not in str(info.value)
+    assert "(the downloaded file was removed)" in str(info.value)
     assert_clean(tmp_path)
 
 
@@ -278,7 +201,7 @@ def test_real_ptb_entry_from_a_local_copy_of_the_archive(server, monkeypatch, tm
     archive = spec.sources[0]
     members = {"./" + archive.members[k]: (SHARED_DATA / "ptb" / k).read_bytes() for k in TEXTS}
     server.routes["/simple-examples.tgz"] = make_tgz(members)
-    local = dataclasses.replace(archive, url=server.url + "/simple-examples.tgz", num_bytes=None)
+    local = dataclasses.replace(archive, url=server.url + "/simple-examples.tgz", num_bytes=None, md5=None)
     monkeypatch.setitem(DATASETS, "ptb", dataclasses.replace(spec, sources=(local,)))
     folder = prepare_dataset("ptb", tmp_path, progress=False)
     assert Corpus.load(folder, cache=False).checksums == spec.file_sha256
