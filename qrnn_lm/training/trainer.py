@@ -39,7 +39,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -75,6 +75,7 @@ def train(
     data_dir: str | Path | None = None,
     progress: bool = True,
     init_from: str | Path | None = None,
+    on_validation: Callable[[int, float], None] | None = None,
 ) -> dict[str, Any]:
     """Train ``config`` into ``out_dir`` (checkpoints, ``config.toml``, ``tb/``, ``results.json``).
 
@@ -90,6 +91,8 @@ def train(
             changes, interruptions) are printed on rank 0 either way.
         init_from: finetune: start a fresh run from this checkpoint's weights straight into
             averaged SGD (see :mod:`.finetune`).
+        on_validation: ``on_validation(step, valid_ppl)``, called on rank 0 after each validation
+            (after its checkpoint is saved); its exceptions propagate out of ``train``.
 
     Returns:
         the results dict also written to ``out_dir/results.json``.
@@ -102,6 +105,7 @@ def train(
     with distributed.session(device) as rank_device:
         trainer = Trainer(config, Path(out_dir), rank_device, resume=resume, data_dir=data_dir, progress=progress,
                           init_from=init_from)
+        trainer.on_validation = on_validation if distributed.is_main() else None
         try:
             return trainer.run()
         finally:
@@ -293,13 +297,17 @@ class Trainer:
             state.position = 0
             self.stream.hidden = None
             self._save("last")
+        self._validated(val_loss)
 
     def _finish(self, status: str, seconds: float) -> dict[str, Any]:
         state, config = self.state, self.config
         if status in ("max_steps", "max_minutes"):
+            val_loss = None
             if state.position > 0 or not self.checkpointer.has_best():
-                self._validate_at_stop(status)
+                val_loss = self._validate_at_stop(status)
             self._save("last")  # after the validation: with the best_val_loss a resumed run compares with
+            if val_loss is not None:
+                self._validated(val_loss)
         model, best_val = self.checkpointer.load_best(self.device)
         test_loss, test_tokens = self.evaluator.test_loss(model, progress=self.console.progress)
         results = run_results(config, state, status, best_val, test_loss, test_tokens, self.out_dir, seconds)
@@ -315,7 +323,7 @@ class Trainer:
                           f"{config.data.test_batch_size})")
         return results
 
-    def _validate_at_stop(self, status: str) -> None:
+    def _validate_at_stop(self, status: str) -> float:
         """A limit cut the epoch: validate the steps since the last validation (a schedule's last,
         lowest-rate steps are usually its best) and keep them as best.pt when they are better, or
         when no epoch finished and there is no best.pt yet to test, eval and sample."""
@@ -330,6 +338,12 @@ class Trainer:
                 state.best_val_loss = val_loss
                 with self.schedule.averaged():
                     self._save("best")
+        return val_loss
+
+    def _validated(self, val_loss: float) -> None:
+        """Tell ``on_validation`` (set by :func:`train`) of a validation whose checkpoint is saved."""
+        if getattr(self, "on_validation", None) is not None:
+            self.on_validation(self.state.step, ppl(val_loss))
 
     # -- the pieces the loop calls -----------------------------------------------------------------
 
