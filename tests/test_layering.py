@@ -1,6 +1,6 @@
 """Imports run one way, bottom to top, between the subpackages of qrnn_lm:
 
-    config, malloc_tuning (leaves) -> ops -> nn -> data -> models -> inference -> training -> bench -> cli
+    config, malloc_tuning (leaves) -> ops -> nn -> data -> models -> inference -> training -> bench, tuning -> cli
 
 A module may import only units of a strictly lower rank (and its own unit). config and
 malloc_tuning import nothing of qrnn_lm, nor does ops (the operators stand alone) or
@@ -24,6 +24,7 @@ RANKS = {
     "inference": 4,
     "training": 5,
     "bench": 6,
+    "tuning": 6,
     "cli": 7,
     "__main__": 8,
 }

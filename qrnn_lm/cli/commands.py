@@ -26,6 +26,7 @@ from ..config import UserError
 from .bench import bench_app
 from .export import export_command
 from .plot import plot_command
+from .tune import tune_command
 from .recipes import resolve_train_config
 from .train import EXIT_INTERRUPTED, argv_without_nproc, run_training
 
@@ -349,6 +350,7 @@ def _stream_sample(path, prompt, tokens, temperature, top_k, top_p, seed, device
 app.add_typer(bench_app, name="bench")  # torch loads inside its commands too
 app.command("export")(export_command)  # qrnn_lm.cli.export; torch loads inside it
 app.command("plot")(plot_command)  # qrnn_lm.cli.plot; matplotlib loads inside it
+app.command("tune")(tune_command)  # qrnn_lm.cli.tune; Optuna and torch load inside it
 
 
 def main() -> None:
