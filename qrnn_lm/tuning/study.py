@@ -77,7 +77,7 @@ def open_study(space: Space, storage_url: str, name: str):
     if stored is None and not study.trials:
         study.set_user_attr(SPACE_ATTR, mine)
         for values in space.enqueue:  # only when the study is created, never again on a resume
-            study.enqueue_trial(values, skip_if_exists=True)
+            study.enqueue_trial(values)
     elif stored != mine:
         what = _first_difference(stored or {}, mine)
         raise UserError(f"study {name!r} in {storage_url} was created with another space (it differs at {what}); "
