@@ -72,6 +72,10 @@ def open_study(space: Space, storage_url: str, name: str):
         pruner = optuna.pruners.NopPruner()
     study = optuna.create_study(storage=storage, study_name=name, sampler=sampler, pruner=pruner,
                                 direction="minimize", load_if_exists=True)
+    if study.trials:
+        # A resumed study: the seed alone would draw the same first (random) samples again as the
+        # process that started it; offset it by the trials so far, still reproducible.
+        study.sampler = optuna.samplers.TPESampler(seed=options["seed"] + len(study.trials))
     mine = json.loads(json.dumps(space.fingerprint()))  # as it reads back from the database
     stored = study.user_attrs.get(SPACE_ATTR)
     if stored is None and not study.trials:
