@@ -88,3 +88,21 @@ def test_qrnn_only_keys_are_sampled_for_qrnn_trials_only(tmp_path, corpus):
                        ["model.rnn=\"lstm\"", "model.zoneout=0.0"])
     assert [p.key for p in space.active("lstm")] == ["train.lr"]
     assert [p.key for p in space.active("qrnn")] == ["train.lr", "model.zoneout"]
+
+
+def test_the_ptb_cpu_space_reads_for_both_model_types():
+    """configs/tune-ptb-cpu.toml (issue 24's sweep): one space, the QRNN-only keys aside for an
+    LSTM, and a 2-layer 200-650 LSTM inside it."""
+    from conftest import ROOT
+
+    path = ROOT / "configs" / "tune-ptb-cpu.toml"
+    qrnn, lstm = read_space(path), read_space(path, ["model.rnn=\"lstm\""])
+    assert qrnn.base.train.max_minutes > 0 and lstm.base.model.rnn == "lstm"
+    assert {p.key for p in qrnn.params} - {p.key for p in lstm.active("lstm")} == {"model.zoneout", "model.first_window"}
+    ranges = {p.key: p for p in lstm.active("lstm")}
+    assert ranges["model.num_layers"].low <= 2 <= ranges["model.num_layers"].high
+    for key in ("model.emb_size", "model.hidden_size"):
+        assert ranges[key].low <= 200 and ranges[key].high >= 650
+    for values in qrnn.enqueue:
+        lstm.trial_config(values)  # the enqueued points are valid for both types
+        qrnn.trial_config(values)
