@@ -80,3 +80,33 @@ def test_a_killed_tune_resumes_without_repeating_finished_trials(tmp_path, corpu
     assert again.exit_code == 0, (again.output, again.exception)
     fresh = json.loads((tmp_path / "again" / "results.json").read_text())
     assert math.isclose(fresh["best_val_ppl"], results["best_val_ppl"], rel_tol=1e-9)
+
+
+@pytest.mark.slow
+def test_a_terminated_tune_queues_its_trial_again_and_resumes_at_once(tmp_path, corpus):
+    """SIGTERM (as Ctrl-C): the trainer saves last.pt, the tune exits 143, the trial is queued again
+    with the same parameters, and the next run continues it without waiting for a heartbeat."""
+    space = write_space(tmp_path / "space", corpus, SPACE.replace("heartbeat_seconds = 1", "heartbeat_seconds = 600"),
+                        max_steps=STEPS)
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "qrnn_lm", "tune", str(space), "--out", str(run), "--trials", "2",
+               "--device", "cpu"]
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    stopped = run / "trial-0001"
+    wait_for(lambda: (stopped / "last.pt").exists(), first)
+    first.send_signal(signal.SIGTERM)
+    output, _ = first.communicate(timeout=300)
+    assert first.returncode == 143, output
+    assert "run the same command again" in output and "Traceback" not in output
+    assert not (stopped / "results.json").exists()
+    study = optuna.load_study(study_name="space", storage=default_storage(run))
+    waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert len(waiting) == 1 and waiting[0].params == study.trials[1].params
+
+    second = subprocess.run(command, capture_output=True, text=True, timeout=1200)  # no grace period needed
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "resuming" in second.stdout
+    study = optuna.load_study(study_name="space", storage=default_storage(run))
+    complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert [t.number for t in complete] == [0, 2] and complete[1].params == study.trials[1].params
+    assert json.loads((stopped / "results.json").read_text())["steps"] == STEPS
