@@ -95,7 +95,6 @@ class Objective:
             raise optuna.TrialPruned(f"diverged: {error}") from None
         for key in ("test_ppl", "steps", "seconds", "status"):
             trial.set_user_attr(key, results.get(key))
-        self.current = None
         return results["best_val_ppl"]
 
 
@@ -115,6 +114,7 @@ def run_trials(space: Space, study, run: Path, trials: int, *, device: str = "au
     def tell(study, trial) -> None:
         nonlocal ran
         ran += 1
+        objective.current = None  # told: an interrupt from here on is between trials
         echo(_trial_line(study, trial))
 
     try:
