@@ -122,3 +122,17 @@ def test_a_finished_study_runs_no_more_trials(tuned):
     assert result.exit_code == 0, (result.output, result.exception)
     assert "4 of 4 trials finished" in result.output
     assert len(optuna.load_study(study_name="space", storage=default_storage(run)).trials) == 4
+
+
+def test_the_report_takes_a_database_url_and_says_what_is_missing(tuned, tmp_path):
+    run, study, _ = tuned
+    url = default_storage(run)
+    result = runner.invoke(app, ["tune", "--report", url, "--study", "space", "--out", str(tmp_path / "plots")])
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert (tmp_path / "plots" / "optimization_history.png").is_file()
+    for args, fragment in ((["--report", url], "--out DIR"),
+                           (["--report", url, "--study", "other", "--out", str(tmp_path)], "no study 'other'"),
+                           (["--report", str(tmp_path)], "holds no study.db")):
+        result = runner.invoke(app, ["tune", *args])
+        assert result.exit_code == 1 and result.stderr.startswith("error: ") and fragment in result.stderr, result.output
+        assert len(result.stderr.strip().splitlines()) == 1
