@@ -67,8 +67,10 @@ def _tune(space_path: Path, out: Path, trials: int, storage: str | None, name: s
     run_trials(space, study, out, trials, device=device, data_dir=data_dir, progress=progress, echo=typer.echo)
     try:
         best = study.best_trial
+        again = f"qrnn-lm train --config {Path(best.user_attrs.get('run', '')) / 'config.toml'}"
+        again += f" --data-dir {data_dir}" if data_dir is not None else ""
         typer.echo(f"best: trial {best.number}, valid ppl {best.value:.2f}, run folder {best.user_attrs.get('run')}; "
-                   f"retrain it with: qrnn-lm train --config {Path(best.user_attrs.get('run', '')) / 'config.toml'}")
+                   f"retrain it with: {again}")
     except ValueError:
         typer.echo("no trial completed")
 
