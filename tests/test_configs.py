@@ -7,7 +7,7 @@ import pytest
 from qrnn_lm.config import config_to_dict, load_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-RECIPES = sorted(CONFIGS.glob("*.toml"))
+RECIPES = sorted(path for path in CONFIGS.glob("*.toml") if not path.stem.startswith("tune-"))  # tune-*: search spaces (tests/tuning)
 
 # salesforce/awd-lstm-lm README, QRNN commands (the other values are main.py's defaults).
 AWD_QRNN = {

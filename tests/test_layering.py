@@ -1,6 +1,6 @@
 """Imports run one way, bottom to top, between the subpackages of qrnn_lm:
 
-    config, malloc_tuning (leaves) -> ops, device -> nn -> data -> models -> inference -> training -> bench -> cli
+    config, malloc_tuning (leaves) -> ops, device -> nn -> data -> models -> inference -> training -> bench, tuning -> cli
 
 A module may import only units of a strictly lower rank (and its own unit). device.py (which
 device and precision a run uses) imports only config, so every layer above may ask it. config and
@@ -25,6 +25,7 @@ RANKS = {
     "inference": 4,
     "training": 5,
     "bench": 6,
+    "tuning": 6,
     "cli": 7,
     "__main__": 8,
 }

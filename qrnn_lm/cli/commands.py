@@ -29,6 +29,7 @@ from .generate import generate_command
 from .options import (EXIT_INTERRUPTED, EXIT_USER_ERROR, DataDirOption, DataOption, Dataset, Device, DeviceOption,
                       ProgressOption, check_data, checkpoint_file, error_exit, user_errors)
 from .plot import plot_command
+from .tune import tune_command
 from .recipes import resolve_train_config
 from .train import argv_without_nproc, run_training
 
@@ -152,6 +153,7 @@ app.command("generate")(generate_command)  # qrnn_lm.cli.generate
 app.add_typer(bench_app, name="bench")  # torch loads inside its commands too
 app.command("export")(export_command)  # qrnn_lm.cli.export; torch loads inside it
 app.command("plot")(plot_command)  # qrnn_lm.cli.plot; matplotlib loads inside it
+app.command("tune")(tune_command)  # qrnn_lm.cli.tune; Optuna and torch load inside it
 
 
 def main() -> None:
