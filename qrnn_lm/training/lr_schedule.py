@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["SCHEDULES", "lr_multiplier"]
+from ..config import LR_SCHEDULES as SCHEDULES
 
-SCHEDULES = ("constant", "cosine", "linear")
+__all__ = ["SCHEDULES", "lr_multiplier"]
 
 
 def lr_multiplier(progress: float, schedule: str = "constant", warmup: float = 0.0, floor: float = 0.0) -> float:
