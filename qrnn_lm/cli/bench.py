@@ -49,9 +49,14 @@ def _int_list(text: str, option: str) -> list[int]:
         _fail(str(error))
 
 
-def _positive(value: int, option: str) -> None:
-    if value < 1:
-        _fail(f"{option} must be >= 1, got {value}")
+def _check(**options) -> None:
+    """The options' ranges (``qrnn_lm.rules.OPTIONS``); exit 1 with one line for a bad one."""
+    from ..config import UserError, check_options
+
+    try:
+        check_options(**options)
+    except UserError as error:
+        _fail(str(error))
 
 
 @bench_app.command("layer")
@@ -83,10 +88,7 @@ def layer(
     mode_list = [mode.strip() for mode in modes.split(",") if mode.strip()]
     if not mode_list or any(mode not in layer_bench.MODES for mode in mode_list):
         _fail(f"--modes must be a comma-separated subset of {','.join(layer_bench.MODES)}, got {modes!r}")
-    _positive(hidden_size, "--hidden-size")
-    _positive(repeats, "--repeats")
-    if warmup < 0:
-        _fail(f"--warmup must be >= 0, got {warmup}")
+    _check(hidden_size=hidden_size, repeats=repeats, warmup=warmup)
     if png is not None and str(png) in ("", "."):  # typer turns an empty value into Path(".")
         png = None
     run_device = _device(device)
@@ -136,13 +138,8 @@ def lm(
     from ..bench.timing import machine_description
     from ..config import UserError
 
-    for value, option in ((hidden_size, "--hidden-size"), (emb_size, "--emb-size"), (num_layers, "--num-layers"),
-                          (vocab_size, "--vocab-size"), (bptt, "--bptt"), (batch_size, "--batch-size"),
-                          (repeats, "--repeats"), (peak_size, "--peak-size")):
-        if value is not None:
-            _positive(value, option)
-    if warmup < 0:
-        _fail(f"--warmup must be >= 0, got {warmup}")
+    _check(hidden_size=hidden_size, emb_size=emb_size, num_layers=num_layers, vocab_size=vocab_size, bptt=bptt,
+           batch_size=batch_size, repeats=repeats, warmup=warmup, peak_size=peak_size)
     try:
         resolved = bench_config(config, set_ or [], emb_size=emb_size, hidden_size=hidden_size,
                                 num_layers=num_layers, bptt=bptt, batch_size=batch_size)
@@ -165,7 +162,7 @@ def forget_mult(
     device: Annotated[Device, typer.Option(help="Where to run.")] = Device.auto,
 ) -> None:
     """The ForgetMult kernels against the naive loop and a memory-bandwidth reference."""
-    _positive(repeats, "--repeats")
+    _check(repeats=repeats)
     run_device = _device(device)
     from ..bench import forget_mult as forget_mult_bench
 

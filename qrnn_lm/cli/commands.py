@@ -22,7 +22,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..config import UserError
+from ..config import UserError, check_options
 from .bench import bench_app
 from .export import export_command
 from .plot import plot_command
@@ -144,7 +144,7 @@ def train(
     nproc: Annotated[
         int,
         typer.Option(
-            "--nproc", min=1,
+            "--nproc",
             help="Data-parallel processes on this machine (torchrun's machinery): one GPU each, or gloo "
             "on the CPU. data.batch_size stays the global batch.",
         ),
@@ -155,6 +155,8 @@ def train(
     Example: qrnn-lm train --data ptb --config configs/ptb-small.toml
     (add --set model.rnn=lstm for the same recipe with AWD-LSTM layers)
     """
+    with _user_errors():
+        check_options(nproc=nproc)
     if nproc > 1:
         from ..training.distributed import launch_local
 
@@ -241,8 +243,8 @@ def evaluate(
     With the cache pointer (--cache, --cache-*), the split is scored at batch size 1 without and
     with the cache. Example: qrnn-lm eval runs/ptb-small/best.pt --split test
     """
-    if batch_size < 1:
-        raise _error_exit(f"--batch-size must be >= 1, got {batch_size}")
+    with _user_errors():
+        check_options(batch_size=batch_size, cache_window=cache_window, cache_theta=cache_theta, cache_lambda=cache_lambda)
     _check_data(data)
     if cache or cache_search or any(v is not None for v in (cache_window, cache_theta, cache_lambda)):
         if batch_size != 1:
@@ -317,6 +319,7 @@ def generate(
         from ..inference.generate import check_sampling
 
         check_sampling(num_tokens=tokens, temperature=temperature, top_k=top_k, top_p=top_p)  # before the slow load
+        check_options(seed=seed)
         _stream_sample(_checkpoint_file(checkpoint, "best.pt"), prompt, tokens, temperature, top_k, top_p, seed, device.value)
 
 
