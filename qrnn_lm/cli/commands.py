@@ -195,6 +195,7 @@ def finetune(
     ] = None,
     max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="Stop after N optimizer steps (= --set train.max_steps=N).")] = None,
     device: DeviceOption = Device.auto,
+    data: DataOption = None,
     data_dir: DataDirOption = None,
     progress: ProgressOption = True,
 ):
@@ -203,6 +204,7 @@ def finetune(
     The run's recipe (stored in the checkpoint) applies unless overridden; the finetune stops at
     train.epochs or when validation is worse than the best but the last train.nonmono. Its own run
     folder resumes like any run (qrnn-lm train --resume DIR); results.json compares it with the start.
+    --data finetunes on another corpus, read with the checkpoint's vocabulary (words it lacks as its <unk>).
 
     Example: qrnn-lm finetune runs/ptb-small --epochs 50
     """
@@ -211,12 +213,13 @@ def finetune(
         overrides.append(f"train.epochs={epochs}")
     if max_steps is not None:
         overrides.append(f"train.max_steps={max_steps}")
+    _check_data(data)
     with _user_errors():
         from ..models.checkpoint import load_checkpoint
 
         checkpoint = _checkpoint_file(checkpoint, "best.pt")
         stored = load_checkpoint(checkpoint)["config"]  # fails early on a bad checkpoint
-        run_config = resolve_train_config(None, None, overrides, stored, [d.value for d in Dataset])
+        run_config = resolve_train_config(data, None, overrides, stored, [d.value for d in Dataset])
         if "name" not in {text.split("=", 1)[0].strip() for text in overrides}:
             run_config.name = f"{run_config.name}-finetune"
         out = out if out is not None else Path("runs") / run_config.name

@@ -127,7 +127,11 @@ class Trainer:
             out_dir.mkdir(parents=True, exist_ok=True)  # rank 0 alone writes into it
 
         torch.manual_seed(seed)  # parameters (equal on every rank) and dropout masks
-        self.corpus = load_corpus(config, data_dir, self.console.progress)
+        # A finetune keeps its checkpoint's vocabulary on any data (words it lacks read as its <unk>).
+        init = load_init(init_from, config) if init_from is not None else None
+        finetuned = resumed is not None and read_finetune(out_dir) is not None
+        vocab = init["vocab"] if init is not None else resumed.payload["vocab"] if finetuned else None
+        self.corpus = load_corpus(config, data_dir, self.console.progress, vocab)
         if resumed is not None:
             check_same_data(resumed.payload, self.corpus)
         self.stream = TrainingStream(self.corpus.train, config.data, device, seed)
@@ -140,8 +144,7 @@ class Trainer:
         if resumed is None:
             # A finetune goes straight into averaged SGD from the starting checkpoint's weights.
             self.state = RunState(lr=config.train.lr, optimizer="asgd" if init_from else config.train.optimizer)
-            if init_from is not None:
-                init = load_init(init_from, config, self.corpus.vocab.to_list())
+            if init is not None:
                 self.model.load_state_dict(clean_state_dict(init["model"]))
             self.schedule = Schedule(self.model, config.train, self.state)
         else:
