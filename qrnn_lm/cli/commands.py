@@ -126,7 +126,7 @@ def train(
         Optional[list[str]],
         typer.Option("--set", "-s", metavar="SECTION.KEY=VALUE", help="Override one config value (repeatable), e.g. --set train.lr=10."),
     ] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", metavar="DIR", help="Run folder (default: runs/<name>); a resumed run keeps its folder.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", metavar="DIR", help="Where to write: the run folder (default: runs/<name>; a resumed run keeps its folder).")] = None,
     device: DeviceOption = Device.auto,
     resume: Annotated[
         Optional[Path],
@@ -187,11 +187,11 @@ def train(
 @app.command()
 def finetune(
     checkpoint: Annotated[Path, typer.Argument(metavar="CHECKPOINT", help="A finished run's best.pt, or its run folder.")],
-    epochs: Annotated[Optional[int], typer.Option("--epochs", help="At most N epochs (= --set train.epochs=N; default: the recipe's).")] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", metavar="DIR", help="Run folder (default: runs/<name>-finetune).")] = None,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", help="Train for N epochs (at most; = --set train.epochs=N; default: the recipe's).")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", metavar="DIR", help="Where to write: the run folder (default: runs/<name>-finetune).")] = None,
     set_: Annotated[
         Optional[list[str]],
-        typer.Option("--set", "-s", metavar="SECTION.KEY=VALUE", help="Override one value of the run's recipe (repeatable), e.g. --set train.lr=10."),
+        typer.Option("--set", "-s", metavar="SECTION.KEY=VALUE", help="Override one config value (of the run's recipe; repeatable), e.g. --set train.lr=10."),
     ] = None,
     max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="Stop after N optimizer steps (= --set train.max_steps=N).")] = None,
     device: DeviceOption = Device.auto,
