@@ -1,8 +1,10 @@
 """Run configuration: typed dataclasses mirrored 1:1 by the TOML recipes in ``configs/``.
 
 Precedence: command line (``--set section.key=value``) > TOML file > the defaults below.
-Unknown keys and ill-typed values are errors that name what is valid. Standard library only, so
-``qrnn-lm --help`` stays instant (this module is a leaf: it imports nothing else of qrnn_lm).
+Unknown keys and ill-typed values are errors that name what is valid. Each field declares its valid
+range beside its default (``setting(default, rule)``, the kinds of rule in :mod:`qrnn_lm.rules`);
+:func:`validate` applies them, and :func:`check_options` the command options' rules. Standard
+library only, so ``qrnn-lm --help`` stays instant (it imports only the leaf ``qrnn_lm.rules``).
 """
 
 from __future__ import annotations
@@ -13,6 +15,22 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .rules import (
+    ANY,
+    DECODERS,
+    LR_SCHEDULES,
+    OPTIMIZERS,
+    OPTIONS,
+    PRECISIONS,
+    RNNS,
+    SOFTMAX_MODES,
+    Ints,
+    OneOf,
+    Range,
+    Rule,
+    Text,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -32,14 +50,25 @@ class ConfigError(UserError):
     """A bad recipe file, key or value."""
 
 
+def setting(default: Any = None, rule: Rule = ANY, *, factory: Any = None) -> Any:
+    """A config field: its default (or ``factory`` for a list) and the rule its values obey."""
+    if factory is not None:
+        return field(default_factory=factory, metadata={"rule": rule})
+    return field(default=default, metadata={"rule": rule})
+
+
+_PROBABILITY = Range(0, 1, high_open=True)  # a dropout or zoneout probability
+
+
 @dataclass
 class DataConfig:
-    dataset: str = "ptb"  # a known name (ptb, wikitext-2, wikitext-103) or a folder with train/valid/test.txt
-    batch_size: int = 20  # parallel training streams
-    eval_batch_size: int = 10  # streams for validation during training
-    test_batch_size: int = 1  # streams for the final test evaluation (1, as in the literature)
-    bptt: int = 70  # mean back-propagation-through-time length
-    variable_bptt: bool = True  # awd-lstm-lm's random segment lengths (std 5, halved with p = 0.05)
+    # a known name (ptb, wikitext-2, wikitext-103) or a folder with train/valid/test.txt
+    dataset: str = setting("ptb", Text())
+    batch_size: int = setting(20, Range(1))  # parallel training streams
+    eval_batch_size: int = setting(10, Range(1))  # streams for validation during training
+    test_batch_size: int = setting(1, Range(1))  # streams for the final test evaluation (1, as in the literature)
+    bptt: int = setting(70, Range(1))  # mean back-propagation-through-time length
+    variable_bptt: bool = setting(True)  # awd-lstm-lm's random segment lengths (std 5, halved with p = 0.05)
 
 
 @dataclass
@@ -47,77 +76,87 @@ class ModelConfig:
     # the recurrent layers: "qrnn" (AWD-QRNN) or "lstm" (AWD-LSTM as salesforce/awd-lstm-lm builds it:
     # one single-layer nn.LSTM per layer, weight drop on its hidden-to-hidden weights; see docs/lstm.md).
     # Every other key means the same for both, except first_window, window and zoneout: QRNN only.
-    rnn: str = "qrnn"
-    emb_size: int = 400  # embedding size; also the last layer's hidden size when weights are tied
-    hidden_size: int = 1550  # hidden size of every recurrent layer but the last
-    num_layers: int = 4  # recurrent layers
-    first_window: int = 2  # QRNN only: convolution window of the first layer (sees x_t and x_{t-1})
-    window: int = 1  # QRNN only: convolution window of the other layers
-    zoneout: float = 0.0  # QRNN only: probability of keeping a unit's previous state (on the forget gate)
-    dropout_emb: float = 0.1  # drops whole words from the embedding matrix (awd "dropoute")
-    dropout_input: float = 0.4  # locked dropout on the embedded input (awd "dropouti")
-    dropout_hidden: float = 0.3  # locked dropout between recurrent layers (awd "dropouth")
-    dropout_output: float = 0.4  # locked dropout on the last layer's output (awd "dropout")
+    rnn: str = setting("qrnn", OneOf(RNNS))
+    emb_size: int = setting(400, Range(1))  # embedding size; also the last layer's hidden size when weights are tied
+    hidden_size: int = setting(1550, Range(1))  # hidden size of every recurrent layer but the last
+    num_layers: int = setting(4, Range(1))  # recurrent layers
+    first_window: int = setting(2, Range(1))  # QRNN only: convolution window of the first layer (sees x_t and x_{t-1})
+    window: int = setting(1, Range(1))  # QRNN only: convolution window of the other layers
+    # QRNN only: probability of keeping a unit's previous state (on the forget gate)
+    zoneout: float = setting(0.0, _PROBABILITY)
+    dropout_emb: float = setting(0.1, _PROBABILITY)  # drops whole words from the embedding matrix (awd "dropoute")
+    dropout_input: float = setting(0.4, _PROBABILITY)  # locked dropout on the embedded input (awd "dropouti")
+    dropout_hidden: float = setting(0.3, _PROBABILITY)  # locked dropout between recurrent layers (awd "dropouth")
+    dropout_output: float = setting(0.4, _PROBABILITY)  # locked dropout on the last layer's output (awd "dropout")
     # DropConnect (awd "wdrop") on the QRNN gate weights, or on each LSTM's hidden-to-hidden weights
     # weight_hh_l0 (as awd-lstm-lm's WeightDrop); a fresh mask per segment, in training only.
-    weight_drop: float = 0.1
-    tie_weights: bool = True  # share the embedding matrix with the decoder
+    weight_drop: float = setting(0.1, _PROBABILITY)
+    tie_weights: bool = setting(True)  # share the embedding matrix with the decoder
     # "softmax": a linear decoder (tied when tie_weights) and the exact full softmax, computed whole
     # or in chunks (see train.softmax); "adaptive": torch.nn.AdaptiveLogSoftmaxWithLoss (its own,
     # untied weights; exact log-probabilities of its own factorised distribution).
-    decoder: str = "softmax"
+    decoder: str = setting("softmax", OneOf(DECODERS))
     # the adaptive softmax's cluster boundaries: increasing, below the vocabulary size; the default is
     # awd-lstm-lm's WikiText-103 split.
-    adaptive_cutoffs: list[int] = field(default_factory=lambda: [2800, 20000, 76000])
+    adaptive_cutoffs: list[int] = setting(factory=lambda: [2800, 20000, 76000],
+                                          rule=Ints(1, increasing=True, nonempty=True))
 
 
 @dataclass
 class TrainConfig:
-    optimizer: str = "sgd"  # "sgd" (switching to averaged SGD by NT-ASGD), "adam" or "adamw" (decoupled weight decay)
-    lr: float = 30.0  # learning rate (for SGD, rescaled by each segment's length / bptt)
-    weight_decay: float = 1.2e-6  # L2 penalty
-    clip: float = 0.25  # gradient-norm clipping threshold; 0 disables
-    epochs: int = 550  # passes over the training data
-    max_steps: int = 0  # stop after this many optimizer steps; 0 means no limit
+    # "sgd" (switching to averaged SGD by NT-ASGD), "adam" or "adamw" (decoupled weight decay)
+    optimizer: str = setting("sgd", OneOf(OPTIMIZERS))
+    # learning rate (for SGD, rescaled by each segment's length / bptt)
+    lr: float = setting(30.0, Range(0, low_open=True))
+    weight_decay: float = setting(1.2e-6, Range(0))  # L2 penalty
+    clip: float = setting(0.25, Range(0, hint="0 disables clipping"))  # gradient-norm clipping threshold
+    epochs: int = setting(550, Range(1))  # passes over the training data
+    # stop after this many optimizer steps
+    max_steps: int = setting(0, Range(0, hint="0 means no limit"))
     # stop when this many minutes of training and validation have passed (counted across resumes,
     # checked after each step); 0 = no limit. It stops as max_steps does: save last.pt, test
     # best.pt, results.json (status "max_minutes"). A time-limited run is not bit-reproducible:
     # where it stops, and its lr_schedule, depend on the clock.
-    max_minutes: float = 0.0
-    alpha: float = 2.0  # activation regularisation (AR) on the last layer's dropped output
-    beta: float = 1.0  # temporal activation regularisation (TAR) on the last layer's raw output
-    asgd: bool = True  # with SGD: switch to averaged SGD when validation stops improving
-    nonmono: int = 5  # NT-ASGD's non-monotone interval, in validations
-    lr_decay_epochs: list[int] = field(default_factory=list)  # divide the lr by 10 at these epochs
+    max_minutes: float = setting(0.0, Range(0, hint="0 means no limit"))
+    # activation regularisation (AR) on the last layer's dropped output
+    alpha: float = setting(2.0, Range(0, hint="0 turns AR off"))
+    # temporal activation regularisation (TAR) on the last layer's raw output
+    beta: float = setting(1.0, Range(0, hint="0 turns TAR off"))
+    asgd: bool = setting(True)  # with SGD: switch to averaged SGD when validation stops improving
+    nonmono: int = setting(5, Range(1))  # NT-ASGD's non-monotone interval, in validations
+    lr_decay_epochs: list[int] = setting(factory=list, rule=Ints(1))  # divide the lr by 10 at these epochs
     # A per-step multiplier of the lr, a function of the fraction of the run's budget used (the
     # largest of steps / max_steps, the position in epochs / epochs and minutes / max_minutes, over
     # the whole run, across resumes), so that it reaches its end at the step where the first limit
     # stops the run. It multiplies the lr after lr_decay_epochs and NT-ASGD (and, for SGD, the
     # segment-length rescaling); changing a limit on resume reshapes the rest of the schedule.
     # "constant": 1 (after the warm-up); "cosine" / "linear": decay from lr to lr * lr_floor.
-    lr_schedule: str = "constant"
-    warmup: float = 0.0  # linear warm-up from 0 to lr over this fraction of the budget, in [0, 1]
-    lr_floor: float = 0.0  # where the cosine / linear decay ends, as a fraction of lr, in [0, 1]
-    seed: int = 141  # seeds parameters, dropout masks and BPTT lengths
-    log_interval: int = 200  # steps between console / TensorBoard log points
+    lr_schedule: str = setting("constant", OneOf(LR_SCHEDULES))
+    # linear warm-up from 0 to lr over this fraction of the budget, in [0, 1]
+    warmup: float = setting(0.0, Range(0, 1, hint="a fraction of the run's budget"))
+    # where the cosine / linear decay ends, as a fraction of lr, in [0, 1]
+    lr_floor: float = setting(0.0, Range(0, 1, hint="a fraction of train.lr"))
+    seed: int = setting(141, Range(0))  # seeds parameters, dropout masks and BPTT lengths
+    log_interval: int = setting(200, Range(1))  # steps between console / TensorBoard log points
     # Periodic last.pt inside an epoch, at the exact position (a hard kill loses at most this much):
-    checkpoint_every_steps: int = 0  # every N optimizer steps; 0 = off
-    checkpoint_every_minutes: float = 10.0  # when this many minutes passed since the last save; 0 = off
+    checkpoint_every_steps: int = setting(0, Range(0, hint="0 = off"))  # every N optimizer steps
+    # when this many minutes passed since the last save
+    checkpoint_every_minutes: float = setting(10.0, Range(0, hint="0 = off"))
     # how the softmax decoder's loss is computed in training and evaluation: "full" (all [T*B, V]
     # logits at once), "chunked" (exact, a few tokens at a time, never all logits) or "auto"
     # (chunked when one batch's float32 logits would exceed softmax_memory_mb). Same values either way.
-    softmax: str = "auto"
-    softmax_memory_mb: int = 1024  # the "auto" threshold, in MiB of float32 logits
+    softmax: str = setting("auto", OneOf(SOFTMAX_MODES))
+    softmax_memory_mb: int = setting(1024, Range(0))  # the "auto" threshold, in MiB of float32 logits
     # "fp32", "bf16" (autocast; also on CPU), "fp16" (autocast with a gradient scaler; CUDA only) or
     # "auto": bf16 where the device has native bfloat16 products (a recent GPU; a CPU with
     # AVX512-BF16/AMX such as AMD Zen 4/5), else fp32 (emulated bf16 is slower than fp32).
-    precision: str = "fp32"
-    compile: bool = False  # torch.compile the model for training
+    precision: str = setting("fp32", OneOf(PRECISIONS))
+    compile: bool = setting(False)  # torch.compile the model for training
 
 
 @dataclass
 class Config:
-    name: str = "ptb"  # run name; the default output folder is runs/<name>
+    name: str = setting("ptb", Text(name=True))  # run name; the default output folder is runs/<name>
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -191,15 +230,25 @@ def config_to_dict(config: Config) -> dict:
     return dataclasses.asdict(config)
 
 
-RNNS = ("qrnn", "lstm")  # the values of model.rnn
 QRNN_ONLY_KEYS = ("first_window", "window", "zoneout")  # [model] keys an LSTM model has no use for
+
+
+def _check_field(where: str, rule: Rule, value: Any) -> None:
+    problem = rule.problem(value)
+    if problem is not None:
+        raise ConfigError(f"{where} {problem}, got {value!r}")
+
+
+def check_section(section: str, values: Any) -> None:
+    """Every field of one section (a DataConfig, ModelConfig or TrainConfig) obeys its rule."""
+    for item in dataclasses.fields(values):
+        _check_field(f"{section}.{item.name}", item.metadata["rule"], getattr(values, item.name))
 
 
 def check_rnn(model: ModelConfig) -> None:
     """model.rnn is known, and an LSTM model sets no QRNN-only key away from its default (it
     would silently mean nothing)."""
-    if model.rnn not in RNNS:
-        raise ConfigError(f"model.rnn must be one of {', '.join(repr(name) for name in RNNS)}, got {model.rnn!r}")
+    _check_field("model.rnn", OneOf(RNNS), model.rnn)
     if model.rnn == "qrnn":
         return
     defaults = ModelConfig()
@@ -211,52 +260,22 @@ def check_rnn(model: ModelConfig) -> None:
 
 
 def validate(config: Config) -> None:
-    """Range checks that types alone do not catch."""
+    """Every key obeys the rule its field declares, then the rules between keys."""
+    _check_field("name", dataclasses.fields(Config)[0].metadata["rule"], config.name)
+    for section in _SECTIONS:
+        check_section(section, getattr(config, section))
     check_rnn(config.model)
-    checks = [
-        (config.data.batch_size >= 1, "data.batch_size must be >= 1"),
-        (config.data.eval_batch_size >= 1, "data.eval_batch_size must be >= 1"),
-        (config.data.test_batch_size >= 1, "data.test_batch_size must be >= 1"),
-        (config.data.bptt >= 1, "data.bptt must be >= 1"),
-        (config.model.emb_size >= 1, "model.emb_size must be >= 1"),
-        (config.model.hidden_size >= 1, "model.hidden_size must be >= 1"),
-        (config.model.num_layers >= 1, "model.num_layers must be >= 1"),
-        (config.model.first_window >= 1, "model.first_window must be >= 1"),
-        (config.model.window >= 1, "model.window must be >= 1"),
-        (config.train.optimizer in ("sgd", "adam", "adamw"), "train.optimizer must be 'sgd', 'adam' or 'adamw'"),
-        (config.train.lr > 0, "train.lr must be > 0"),
-        (config.train.epochs >= 1, "train.epochs must be >= 1"),
-        (config.train.max_steps >= 0, "train.max_steps must be >= 0 (0 means no limit)"),
-        (config.train.max_minutes >= 0, "train.max_minutes must be >= 0 (0 means no limit)"),
-        (config.train.lr_schedule in ("constant", "cosine", "linear"),
-         f"train.lr_schedule must be 'constant', 'cosine' or 'linear', got {config.train.lr_schedule!r}"),
-        (0.0 <= config.train.warmup <= 1.0,
-         f"train.warmup is a fraction of the run's budget: it must be in [0, 1], got {config.train.warmup}"),
-        (0.0 <= config.train.lr_floor <= 1.0,
-         f"train.lr_floor is a fraction of train.lr: it must be in [0, 1], got {config.train.lr_floor}"),
-        (config.train.lr_floor == 0.0 or config.train.lr_schedule != "constant",
-         "train.lr_floor is where a decay ends: set train.lr_schedule to 'cosine' or 'linear', or drop lr_floor"),
-        (config.train.nonmono >= 1, "train.nonmono must be >= 1"),
-        (config.train.log_interval >= 1, "train.log_interval must be >= 1"),
-        (config.train.checkpoint_every_steps >= 0, "train.checkpoint_every_steps must be >= 0 (0 = off)"),
-        (config.train.checkpoint_every_minutes >= 0, "train.checkpoint_every_minutes must be >= 0 (0 = off)"),
-        (config.model.decoder in ("softmax", "adaptive"),
-         f"model.decoder must be 'softmax' or 'adaptive', got {config.model.decoder!r}"),
-        (len(config.model.adaptive_cutoffs) >= 1 and config.model.adaptive_cutoffs[0] >= 1
-         and all(a < b for a, b in zip(config.model.adaptive_cutoffs, config.model.adaptive_cutoffs[1:])),
-         f"model.adaptive_cutoffs must be increasing numbers >= 1, got {config.model.adaptive_cutoffs}"),
-        (config.train.softmax in ("auto", "full", "chunked"),
-         f"train.softmax must be 'auto', 'full' or 'chunked', got {config.train.softmax!r}"),
-        (config.train.softmax_memory_mb >= 0, "train.softmax_memory_mb must be >= 0"),
-        (config.train.precision in ("fp32", "bf16", "fp16", "auto"),
-         f"train.precision must be 'fp32', 'bf16', 'fp16' or 'auto', got {config.train.precision!r}"),
-    ]
-    for name in ("zoneout", "dropout_emb", "dropout_input", "dropout_hidden", "dropout_output", "weight_drop"):
-        value = getattr(config.model, name)
-        checks.append((0.0 <= value < 1.0, f"model.{name} must be in [0, 1), got {value}"))
-    for ok, message in checks:
-        if not ok:
-            raise ConfigError(message)
+    if config.train.lr_floor != 0.0 and config.train.lr_schedule == "constant":
+        raise ConfigError("train.lr_floor is where a decay ends: set train.lr_schedule to 'cosine' or 'linear', "
+                          "or drop lr_floor")
+
+
+def check_options(**values: Any) -> None:
+    """ConfigError for a command option out of its range (:data:`qrnn_lm.rules.OPTIONS`), named as
+    on the command line (``top_p`` is ``--top-p``); None means not given."""
+    for name, value in values.items():
+        if value is not None:
+            _check_field(f"--{name.replace('_', '-')}", OPTIONS[name], value)
 
 
 def parse_override(text: str) -> tuple[str, str, Any]:
@@ -301,13 +320,23 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
     return config_from_dict(values)
 
 
+def toml_string(text: str) -> str:
+    """``text`` as a TOML basic string literal (as written in recipes and read by ``--set``)."""
+    escaped = "".join(_TOML_ESCAPES.get(char, f"\\u{ord(char):04x}" if ord(char) < 0x20 or char == "\x7f" else char)
+                      for char in text)
+    return f'"{escaped}"'
+
+
+_TOML_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t", "\r": "\\r", "\b": "\\b", "\f": "\\f"}
+
+
 def _toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):
         return repr(value)
     if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        return toml_string(value)
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(item) for item in value) + "]"
     raise TypeError(f"cannot write {value!r} as TOML")

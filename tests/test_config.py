@@ -1,5 +1,7 @@
 """Config: TOML recipes <-> dataclasses, overrides, and one-line errors for bad keys and values."""
 
+import re
+
 import pytest
 
 from qrnn_lm.config import (
@@ -53,7 +55,7 @@ def test_unknown_key_names_the_valid_ones():
         ("model.tie_weights=\"yes\"", "must be bool"),
         ("train.lr=-1", "must be > 0"),
         ("model.zoneout=1.0", r"must be in \[0, 1\)"),
-        ("train.optimizer=rmsprop", "'sgd', 'adam' or 'adamw'"),
+        ("train.optimizer=rmsprop", "train.optimizer must be one of 'sgd', 'adam', 'adamw', got 'rmsprop'"),
         ("train.lr_decay_epochs=[1.5]", "must be list"),
         ("nodot=3", "section.key=value"),
         ("novalue", "section.key=value"),
@@ -120,7 +122,7 @@ def test_softmax_precision_and_compile_defaults_are_conservative():
 
 
 @pytest.mark.parametrize("override, message", [
-    ("train.lr_schedule=step", "train.lr_schedule must be 'constant', 'cosine' or 'linear'"),
+    ("train.lr_schedule=step", "train.lr_schedule must be one of 'constant', 'cosine', 'linear', got 'step'"),
     ("train.warmup=1.5", r"train.warmup .* \[0, 1\]"),
     ("train.warmup=-0.1", r"train.warmup .* \[0, 1\]"),
     ("train.lr_floor=2", r"train.lr_floor .* \[0, 1\]"),
@@ -140,3 +142,27 @@ def test_schedule_and_time_budget_defaults_change_nothing():
     cosine = load_config(None, ["train.lr_schedule=cosine", "train.warmup=0.05", "train.lr_floor=0.1",
                                 "train.max_minutes=30"]).train
     assert (cosine.lr_schedule, cosine.warmup, cosine.lr_floor, cosine.max_minutes) == ("cosine", 0.05, 0.1, 30.0)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.weight_decay=-1", "train.weight_decay must be >= 0, got -1.0"),  # was a traceback from torch
+    ("train.clip=-0.5", "train.clip must be >= 0 (0 disables clipping), got -0.5"),  # silently no clipping
+    ("train.alpha=-2", "train.alpha must be >= 0"),  # would reward large activations
+    ("train.beta=-1", "train.beta must be >= 0"),
+    ("train.seed=-1", "train.seed must be >= 0"),
+    ("train.lr_decay_epochs=[3, 0]", "train.lr_decay_epochs must be a list of integers >= 1"),
+    ('name="a/b"', "name must be a folder name"),
+    ('name=" "', "name must be a folder name"),
+    ('data.dataset=""', "data.dataset must not be blank"),
+])
+def test_every_key_has_its_range_checked(override, message):
+    with pytest.raises(ConfigError, match=re.escape(message)) as info:
+        load_config(None, [override])
+    assert "\n" not in str(info.value)
+
+
+def test_toml_strings_escape_control_characters(tmp_path):
+    config = load_config(None, ["data.dataset=\"tab\\there\\nand \\\"quoted\\\" \\\\ \\u0001\""])
+    path = tmp_path / "c.toml"
+    path.write_text(to_toml(config))
+    assert load_config(path) == config and config.data.dataset == "tab\there\nand \"quoted\" \\ \x01"

@@ -49,21 +49,26 @@ def _int_list(text: str, option: str) -> list[int]:
         _fail(str(error))
 
 
-def _positive(value: int, option: str) -> None:
-    if value < 1:
-        _fail(f"{option} must be >= 1, got {value}")
+def _check(**options) -> None:
+    """The options' ranges (``qrnn_lm.rules.OPTIONS``); exit 1 with one line for a bad one."""
+    from ..config import UserError, check_options
+
+    try:
+        check_options(**options)
+    except UserError as error:
+        _fail(str(error))
 
 
 @bench_app.command("layer")
 def layer(
-    hidden_size: Annotated[int, typer.Option(help="Hidden (and input) size of the layers.")] = 320,
+    hidden_size: Annotated[int, typer.Option(help="Hidden size (of the layers, also their input size).")] = 320,
     batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "8,16,32,64,128,256",
     seq_lens: Annotated[str, typer.Option(help="Comma-separated sequence lengths.")] = "32,64,128,256,512",
     windows: Annotated[str, typer.Option(help="Comma-separated QRNN windows.")] = "1,2",
     modes: Annotated[str, typer.Option(help="inference, training, or both comma-separated.")] = "inference,training",
-    repeats: Annotated[int, typer.Option(help="Timed repeats per grid point (median).")] = 5,
-    warmup: Annotated[int, typer.Option(help="Untimed warm-up rounds per grid point.")] = 2,
-    device: Annotated[Device, typer.Option(help="Where to run.")] = Device.auto,
+    repeats: Annotated[int, typer.Option(help="Timed repeats (median, per grid point).")] = 5,
+    warmup: Annotated[int, typer.Option(help="Untimed warm-up rounds (per grid point).")] = 2,
+    device: Annotated[Device, typer.Option(help="auto picks CUDA when available.")] = Device.auto,
     csv: Annotated[Path, typer.Option(help="Where to write the CSV.")] = Path("bench_layer.csv"),
     png: Annotated[Optional[Path], typer.Option(
         help="Where to write the heatmap (needs matplotlib); empty for none.")] = Path("bench_layer.png"),
@@ -83,10 +88,7 @@ def layer(
     mode_list = [mode.strip() for mode in modes.split(",") if mode.strip()]
     if not mode_list or any(mode not in layer_bench.MODES for mode in mode_list):
         _fail(f"--modes must be a comma-separated subset of {','.join(layer_bench.MODES)}, got {modes!r}")
-    _positive(hidden_size, "--hidden-size")
-    _positive(repeats, "--repeats")
-    if warmup < 0:
-        _fail(f"--warmup must be >= 0, got {warmup}")
+    _check(hidden_size=hidden_size, repeats=repeats, warmup=warmup)
     if png is not None and str(png) in ("", "."):  # typer turns an empty value into Path(".")
         png = None
     run_device = _device(device)
@@ -102,13 +104,13 @@ def layer(
 def lm(
     config: Annotated[Optional[Path], typer.Option(
         "--config", "-c", metavar="FILE",
-        help="TOML recipe whose shape to time (sizes, windows, dropouts, decoder, data.bptt, data.batch_size, "
-             "train.optimizer, train.softmax, train.precision); default: PTB's AWD-QRNN.")] = None,
+        help="TOML recipe (whose shape to time: sizes, windows, dropouts, decoder, data.bptt, data.batch_size, "
+             "train.optimizer, train.softmax, train.precision; default: PTB's AWD-QRNN).")] = None,
     set_: Annotated[Optional[list[str]], typer.Option(
         "--set", "-s", metavar="SECTION.KEY=VALUE",
         help="Override one config value (repeatable), e.g. --set train.precision=bf16.")] = None,
     hidden_size: Annotated[Optional[int], typer.Option(
-        help="Hidden size of every layer but the last (default: the recipe's, 1550).")] = None,
+        help="Hidden size (of every layer but the last; default: the recipe's, 1550).")] = None,
     emb_size: Annotated[Optional[int], typer.Option(
         help="Embedding size, also the last layer's size (default: the recipe's, 400).")] = None,
     num_layers: Annotated[Optional[int], typer.Option(help="Recurrent layers (default: the recipe's, 4).")] = None,
@@ -116,9 +118,9 @@ def lm(
     bptt: Annotated[Optional[int], typer.Option(help="Segment length (default: the recipe's data.bptt, 70).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(
         help="Parallel streams (default: the recipe's data.batch_size, 20).")] = None,
-    repeats: Annotated[int, typer.Option(help="Timed steps per model (median).")] = 5,
-    warmup: Annotated[int, typer.Option(help="Untimed warm-up steps per model.")] = 2,
-    device: Annotated[Device, typer.Option(help="Where to run.")] = Device.auto,
+    repeats: Annotated[int, typer.Option(help="Timed repeats (median; steps per model).")] = 5,
+    warmup: Annotated[int, typer.Option(help="Untimed warm-up rounds (steps per model).")] = 2,
+    device: Annotated[Device, typer.Option(help="auto picks CUDA when available.")] = Device.auto,
     peak_size: Annotated[Optional[int], typer.Option(
         help="Size of the square product timed as the matmul peak (default: 2048 on CPU, 8192 on CUDA).")] = None,
     json_file: Annotated[Optional[Path], typer.Option(
@@ -136,13 +138,8 @@ def lm(
     from ..bench.timing import machine_description
     from ..config import UserError
 
-    for value, option in ((hidden_size, "--hidden-size"), (emb_size, "--emb-size"), (num_layers, "--num-layers"),
-                          (vocab_size, "--vocab-size"), (bptt, "--bptt"), (batch_size, "--batch-size"),
-                          (repeats, "--repeats"), (peak_size, "--peak-size")):
-        if value is not None:
-            _positive(value, option)
-    if warmup < 0:
-        _fail(f"--warmup must be >= 0, got {warmup}")
+    _check(hidden_size=hidden_size, emb_size=emb_size, num_layers=num_layers, vocab_size=vocab_size, bptt=bptt,
+           batch_size=batch_size, repeats=repeats, warmup=warmup, peak_size=peak_size)
     try:
         resolved = bench_config(config, set_ or [], emb_size=emb_size, hidden_size=hidden_size,
                                 num_layers=num_layers, bptt=bptt, batch_size=batch_size)
@@ -160,12 +157,12 @@ def lm(
 
 @bench_app.command("forget-mult")
 def forget_mult(
-    repeats: Annotated[int, typer.Option(help="Timed calls per candidate (median).")] = 20,
+    repeats: Annotated[int, typer.Option(help="Timed repeats (median; calls per candidate).")] = 20,
     quick: Annotated[bool, typer.Option(help="At most 5 repeats, fewer chunked shapes.")] = False,
-    device: Annotated[Device, typer.Option(help="Where to run.")] = Device.auto,
+    device: Annotated[Device, typer.Option(help="auto picks CUDA when available.")] = Device.auto,
 ) -> None:
     """The ForgetMult kernels against the naive loop and a memory-bandwidth reference."""
-    _positive(repeats, "--repeats")
+    _check(repeats=repeats)
     run_device = _device(device)
     from ..bench import forget_mult as forget_mult_bench
 

@@ -22,6 +22,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from ..config import check_options
 from .bench import bench_app
 from .evaluate import eval_command
 from .export import export_command
@@ -29,9 +30,9 @@ from .generate import generate_command
 from .options import (EXIT_INTERRUPTED, EXIT_USER_ERROR, DataDirOption, DataOption, Dataset, Device, DeviceOption,
                       ProgressOption, check_data, checkpoint_file, error_exit, user_errors)
 from .plot import plot_command
-from .tune import tune_command
 from .recipes import resolve_train_config
 from .train import argv_without_nproc, run_training
+from .tune import tune_command
 
 __all__ = ["app", "main", "Dataset", "EXIT_INTERRUPTED", "EXIT_USER_ERROR"]
 
@@ -53,7 +54,7 @@ def train(
         Optional[list[str]],
         typer.Option("--set", "-s", metavar="SECTION.KEY=VALUE", help="Override one config value (repeatable), e.g. --set train.lr=10."),
     ] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", metavar="DIR", help="Run folder (default: runs/<name>); a resumed run keeps its folder.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", metavar="DIR", help="Where to write: the run folder (default: runs/<name>; a resumed run keeps its folder).")] = None,
     device: DeviceOption = Device.auto,
     resume: Annotated[
         Optional[Path],
@@ -71,7 +72,7 @@ def train(
     nproc: Annotated[
         int,
         typer.Option(
-            "--nproc", min=1,
+            "--nproc",
             help="Data-parallel processes on this machine (torchrun's machinery): one GPU each, or gloo "
             "on the CPU. data.batch_size stays the global batch.",
         ),
@@ -98,6 +99,7 @@ def train(
         raise error_exit("say what to train on: --data ptb|wikitext-2|wikitext-103|PATH, or --config FILE, or --resume DIR")
     check_data(data)
     with user_errors():
+        check_options(nproc=nproc)
         resumed, payload = None, None
         if resume is not None:
             from ..training.checkpointer import resume_checkpoint
@@ -112,13 +114,14 @@ def train(
 @app.command()
 def finetune(
     checkpoint: Annotated[Path, typer.Argument(metavar="CHECKPOINT", help="A finished run's best.pt, or its run folder.")],
-    epochs: Annotated[Optional[int], typer.Option("--epochs", help="At most N epochs (= --set train.epochs=N; default: the recipe's).")] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", metavar="DIR", help="Run folder (default: runs/<name>-finetune).")] = None,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", help="Train for N epochs (at most; = --set train.epochs=N; default: the recipe's).")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", metavar="DIR", help="Where to write: the run folder (default: runs/<name>-finetune).")] = None,
     set_: Annotated[
         Optional[list[str]],
-        typer.Option("--set", "-s", metavar="SECTION.KEY=VALUE", help="Override one value of the run's recipe (repeatable), e.g. --set train.lr=10."),
+        typer.Option("--set", "-s", metavar="SECTION.KEY=VALUE", help="Override one config value (of the run's recipe; repeatable), e.g. --set train.lr=10."),
     ] = None,
     max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="Stop after N optimizer steps (= --set train.max_steps=N).")] = None,
+    data: DataOption = None,
     device: DeviceOption = Device.auto,
     data_dir: DataDirOption = None,
     progress: ProgressOption = True,
@@ -128,6 +131,7 @@ def finetune(
     The run's recipe (stored in the checkpoint) applies unless overridden; the finetune stops at
     train.epochs or when validation is worse than the best but the last train.nonmono. Its own run
     folder resumes like any run (qrnn-lm train --resume DIR); results.json compares it with the start.
+    --data finetunes on another corpus, read with the checkpoint's vocabulary (words it lacks as its <unk>).
 
     Example: qrnn-lm finetune runs/ptb-small --epochs 50
     """
@@ -136,12 +140,13 @@ def finetune(
         overrides.append(f"train.epochs={epochs}")
     if max_steps is not None:
         overrides.append(f"train.max_steps={max_steps}")
+    check_data(data)
     with user_errors():
         from ..models.checkpoint_file import load_checkpoint
 
         checkpoint = checkpoint_file(checkpoint, "best.pt")
         stored = load_checkpoint(checkpoint)["config"]  # fails early on a bad checkpoint
-        run_config = resolve_train_config(None, None, overrides, stored, [d.value for d in Dataset])
+        run_config = resolve_train_config(data, None, overrides, stored, [d.value for d in Dataset])
         if "name" not in {text.split("=", 1)[0].strip() for text in overrides}:
             run_config.name = f"{run_config.name}-finetune"
         out = out if out is not None else Path("runs") / run_config.name

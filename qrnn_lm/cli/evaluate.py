@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from ..config import check_options
 from .options import DataDirOption, DataOption, Device, DeviceOption, ProgressOption, Split, check_data, checkpoint_file, error_exit, user_errors
 
 
@@ -29,8 +30,8 @@ def eval_command(
     With the cache pointer (--cache, --cache-*), the split is scored at batch size 1 without and
     with the cache. Example: qrnn-lm eval runs/ptb-small/best.pt --split test
     """
-    if batch_size < 1:
-        raise error_exit(f"--batch-size must be >= 1, got {batch_size}")
+    with user_errors():
+        check_options(batch_size=batch_size, cache_window=cache_window, cache_theta=cache_theta, cache_lambda=cache_lambda)
     check_data(data)
     if cache or cache_search or any(v is not None for v in (cache_window, cache_theta, cache_lambda)):
         if batch_size != 1:

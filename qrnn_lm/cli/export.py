@@ -18,7 +18,7 @@ class ExportFormat(str, Enum):
 
 def export_command(
     checkpoint: Annotated[Path, typer.Argument(metavar="CHECKPOINT", help="A .pt file, or a run folder (its best.pt).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="The file to write (e.g. model.onnx, model.pt2).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write: the file (e.g. model.onnx, model.pt2).")],
     format: Annotated[ExportFormat, typer.Option("--format", "-f", help="onnx (onnxruntime etc.) or pt2 (torch.export).")] = ExportFormat.onnx,
 ):
     """Export a trained language model for inference without the training code; print its inputs and outputs.

@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from ..config import check_options
 from .options import Device, DeviceOption, checkpoint_file, user_errors
 
 
@@ -30,6 +31,7 @@ def generate_command(
         from ..inference.generate import check_sampling
 
         check_sampling(num_tokens=tokens, temperature=temperature, top_k=top_k, top_p=top_p)  # before the slow load
+        check_options(seed=seed)
         _stream_sample(checkpoint_file(checkpoint, "best.pt"), prompt, tokens, temperature, top_k, top_p, seed, device.value)
 
 

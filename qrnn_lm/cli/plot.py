@@ -115,7 +115,7 @@ def plot_curves(curves: list[Curve], out: Path) -> Any:
 
 def plot_command(
     runs: Annotated[list[Path], typer.Argument(metavar="RUN...", help="Run folders (each with metrics.csv).")],
-    out: Annotated[Path, typer.Option("--out", "-o", metavar="FILE", help="The image to write (.png, .pdf, .svg).")],
+    out: Annotated[Path, typer.Option("--out", "-o", metavar="FILE", help="Where to write: the image (.png, .pdf, .svg).")],
 ):
     """Plot validation perplexity against wall-clock minutes (left) and tokens seen (right), one line per run.
 

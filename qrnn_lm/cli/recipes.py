@@ -7,7 +7,7 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-from ..config import Config, config_from_dict, load_config, parse_override
+from ..config import Config, config_from_dict, load_config, parse_override, toml_string
 
 __all__ = ["resolve_train_config", "recipe_dir"]
 
@@ -35,7 +35,7 @@ def resolve_train_config(data: str | None, config_file: Path | None, overrides: 
     if data is not None and data not in named:
         data = str(Path(data).expanduser().absolute())  # the checkpoint's data stays findable from any folder
     if data is not None:
-        overrides.insert(0, f"data.dataset={_toml_string(data)}")
+        overrides.insert(0, f"data.dataset={toml_string(data)}")
     if config_file is None and resumed is not None:
         return _config_with_overrides(resumed, overrides)
     if config_file is None and data is not None:
@@ -44,7 +44,7 @@ def resolve_train_config(data: str | None, config_file: Path | None, overrides: 
         if recipe is not None and recipe.is_file():
             config_file = recipe
         else:
-            overrides.insert(0, f"name={_toml_string(Path(data).name or data)}")
+            overrides.insert(0, f"name={toml_string(Path(data).name or data)}")
     return load_config(config_file, overrides)
 
 
@@ -56,8 +56,3 @@ def _config_with_overrides(values: dict, overrides: list[str]) -> Config:
         table = values.setdefault(section, {}) if section else values
         table[key] = value
     return config_from_dict(values)
-
-
-def _toml_string(text: str) -> str:
-    """``text`` as a TOML string literal (``--set`` values are read as TOML)."""
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'

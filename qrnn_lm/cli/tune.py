@@ -12,25 +12,27 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..config import UserError
+from ..config import UserError, toml_string
+from .options import DataDirOption, DataOption, Device, DeviceOption, ProgressOption, check_data
 
 
 def tune_command(
     space: Annotated[Optional[Path], typer.Argument(metavar="SPACE.toml", help="The search space file (e.g. configs/tune-ptb-cpu.toml).")] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", metavar="RUN", help="The tune's folder: trial-NNNN run folders, study.db, report plots.")] = None,
-    trials: Annotated[Optional[int], typer.Option("--trials", "-n", min=1, help="Finished (complete or pruned) trials the study should hold; a resumed tune runs only the rest.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", metavar="RUN", help="Where to write: the tune's folder (trial-NNNN run folders, study.db, report plots).")] = None,
+    trials: Annotated[Optional[int], typer.Option("--trials", min=1, help="Finished (complete or pruned) trials the study should hold; a resumed tune runs only the rest.")] = None,
     storage: Annotated[Optional[str], typer.Option("--storage", metavar="URL", help="The study's database (default: sqlite:///RUN/study.db); share one URL to tune from several processes.")] = None,
     study: Annotated[Optional[str], typer.Option("--study", metavar="NAME", help="The study's name (default: the space file's name).")] = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", "-s", metavar="SECTION.KEY=VALUE", help="Override a base config value for every trial (repeatable), e.g. --set model.rnn=lstm.")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", "-s", metavar="SECTION.KEY=VALUE", help="Override one config value (of every trial's base; repeatable), e.g. --set model.rnn=lstm.")] = None,
     report: Annotated[Optional[str], typer.Option("--report", metavar="RUN|URL", help="Instead of tuning: print the best trials of the study in RUN (or at URL) and write its plots (to --out, default RUN).")] = None,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda: where each trial trains.")] = "auto",
-    data_dir: Annotated[Optional[Path], typer.Option("--data-dir", metavar="DIR", help="Where named datasets live (default: $QRNN_LM_DATA, else ./data).")] = None,
-    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show each trial's progress bars.")] = False,
+    device: DeviceOption = Device.auto,
+    data: DataOption = None,
+    data_dir: DataDirOption = None,
+    progress: ProgressOption = False,
 ):
     """Search hyperparameters with Optuna: each trial is a training run, the objective its validation perplexity.
 
     Interrupted (Ctrl-C, a kill)? Run the same command again: finished trials stay, the one in
-    progress continues from its last.pt. Examples:
+    progress continues from its last.pt. --data trains every trial on that corpus. Examples:
     qrnn-lm tune configs/tune-ptb-cpu.toml --out runs/tune-qrnn --trials 8
     qrnn-lm tune --report runs/tune-qrnn
     """
@@ -40,9 +42,9 @@ def tune_command(
             return
         if space is None or out is None or trials is None:
             raise UserError("tune needs SPACE.toml, --out RUN and --trials N (or --report RUN)")
-        if device not in ("auto", "cpu", "cuda"):
-            raise UserError(f"--device must be auto, cpu or cuda, got {device!r}")
-        _tune(space, out, trials, storage, study, list(set_ or []), device, data_dir, progress)
+        check_data(data)
+        overrides = ([f"data.dataset={toml_string(data)}"] if data is not None else []) + list(set_ or [])
+        _tune(space, out, trials, storage, study, overrides, device.value, data_dir, progress)
     except UserError as error:
         message = " ".join(part.strip() for part in str(error).splitlines() if part.strip())
         typer.echo(f"error: {message}", err=True)

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..config import UserError
+from ..config import UserError, check_options
 from ..data import get_batch
 
 __all__ = ["CacheParams", "Collected", "collect", "cache_log_probs", "mixed_loss", "search", "THETAS", "LAMBDAS"]
@@ -45,12 +45,8 @@ class CacheParams:
     lambd: float = 0.1  # weight of the cache in the mixture
 
     def check(self) -> None:
-        if self.window < 1:
-            raise UserError(f"--cache-window must be >= 1, got {self.window}")
-        if not math.isfinite(self.theta) or self.theta < 0:
-            raise UserError(f"--cache-theta must be a finite number >= 0, got {self.theta}")
-        if not 0.0 <= self.lambd <= 1.0:
-            raise UserError(f"--cache-lambda must be in [0, 1], got {self.lambd}")
+        """ConfigError (a UserError) for a value out of ``qrnn-lm eval``'s option ranges."""
+        check_options(cache_window=self.window, cache_theta=self.theta, cache_lambda=self.lambd)
 
 
 @dataclass

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config import UserError
+from ..config import ConfigError, UserError, check_options
 
 EOS = "<eos>"  # the end-of-line token the corpus adds to every line
 UNK = "<unk>"  # the token unknown words map to
@@ -60,15 +60,12 @@ def encode_prompt(vocab, prompt: str | None) -> EncodedPrompt:
 
 
 def check_sampling(*, num_tokens: int, temperature: float, top_k: int, top_p: float) -> None:
-    """Raise GenerationError naming the expected and the actual value for a bad sampling option."""
-    if not num_tokens >= 1:
-        raise GenerationError(f"the number of tokens must be >= 1, got {num_tokens}")
-    if not temperature > 0 or temperature != temperature or temperature == float("inf"):
-        raise GenerationError(f"temperature must be a finite number > 0, got {temperature}")
-    if not top_k >= 0:
-        raise GenerationError(f"top-k must be >= 0 (0 keeps every token), got {top_k}")
-    if not 0 < top_p <= 1:
-        raise GenerationError(f"top-p must be in (0, 1] (1 keeps every token), got {top_p}")
+    """Raise GenerationError naming the expected and the actual value for a bad sampling option
+    (the ranges of ``qrnn-lm generate``'s options, :data:`qrnn_lm.rules.OPTIONS`)."""
+    try:
+        check_options(tokens=num_tokens, temperature=temperature, top_k=top_k, top_p=top_p)
+    except ConfigError as error:
+        raise GenerationError(str(error)) from None
 
 
 def filter_logits(logits: torch.Tensor, *, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
@@ -82,9 +79,13 @@ def filter_logits(logits: torch.Tensor, *, temperature: float = 1.0, top_k: int 
             likely token is always kept, 1 keeps all.
 
     Returns:
-        ``[V]`` float32 logits with removed tokens at ``-inf`` (softmax gives them probability 0).
+        ``[V]`` float32 logits, shifted so that the largest is 0 (the same softmax), with removed
+        tokens at ``-inf`` (softmax gives them probability 0).
     """
-    logits = logits.float() / temperature
+    # Shift before dividing: any temperature > 0, however small, then gives 0 for the best tokens and
+    # at worst -inf for the others (greedy), never inf - inf = NaN.
+    logits = logits.float()
+    logits = (logits - logits.max()) / temperature
     vocab_size = logits.shape[-1]
     if 0 < top_k < vocab_size:
         values, indices = torch.topk(logits, top_k)

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from ..config import Config, DataConfig, UserError
-from ..data import Corpus, batchify, get_batch, prepare_dataset, sample_seq_len
+from ..data import Corpus, Vocab, batchify, get_batch, prepare_dataset, sample_seq_len
 from ..inference.evaluate import loss_sum
 from . import distributed
 
@@ -53,8 +53,9 @@ def make_stream(ids: torch.Tensor, batch_size: int, device: torch.device, rank: 
     return batchify(ids, batch_size)[:, start:stop].contiguous().to(device)
 
 
-def load_corpus(config: Config, data_dir: str | Path | None, progress: bool) -> Corpus:
-    """The run's corpus. Rank 0 prepares (maybe downloads) and tokenises the dataset first, then
+def load_corpus(config: Config, data_dir: str | Path | None, progress: bool, vocab: list[str] | None = None) -> Corpus:
+    """The run's corpus, over ``vocab`` when given (a finetune's checkpoint's; words it lacks read as
+    its ``<unk>``), else the training text's own vocabulary. Rank 0 prepares (maybe downloads) and tokenises the dataset first, then
     each other machine's first rank, then all the others, which find the files and the token cache
     ready: no two processes download into one folder, nor tokenise a large corpus, at once."""
     rank, local_rank = distributed.get_rank(), distributed.get_local_rank()
@@ -62,7 +63,8 @@ def load_corpus(config: Config, data_dir: str | Path | None, progress: bool) -> 
     corpus = None
     for current in range(3 if distributed.get_world_size() > 1 else 1):
         if turn == current:
-            corpus = Corpus.load(prepare_dataset(config.data.dataset, data_dir, progress=progress), progress=progress)
+            folder = prepare_dataset(config.data.dataset, data_dir, progress=progress)
+            corpus = Corpus.load(folder, None if vocab is None else Vocab.from_list(vocab), progress=progress)
         distributed.barrier()
     return corpus
 

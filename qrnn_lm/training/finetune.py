@@ -33,18 +33,15 @@ __all__ = ["FINETUNE_FILE", "load_init", "read_finetune", "start_finetune", "con
 FINETUNE_FILE = "finetune.json"
 
 
-def load_init(path: str | Path, config: Config, vocab: list[str]) -> dict[str, Any]:
+def load_init(path: str | Path, config: Config) -> dict[str, Any]:
     """The starting checkpoint's payload (a run folder means its ``best.pt``), checked to hold the
-    model ``config`` describes, over the corpus' vocabulary ``vocab``."""
+    model ``config`` describes; the finetune reads its data with the payload's ``vocab``."""
     path = Path(path)
     payload = load_checkpoint(path / "best.pt" if path.is_dir() else path)
     saved = config_from_dict(payload["config"])
     if config_to_dict(saved)["model"] != config_to_dict(config)["model"]:
         raise UserError(f"cannot finetune {path}: its [model] section differs from the config's; "
                         "finetuning keeps the model (drop the model.* overrides)")
-    if payload["vocab"] != vocab:
-        raise UserError(f"cannot finetune {path}: it was trained with another vocabulary than this "
-                        "dataset's; finetune on the data it was trained on")
     return payload
 
 

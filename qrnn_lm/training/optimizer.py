@@ -16,10 +16,12 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from ..config import OPTIMIZERS as CONFIG_OPTIMIZERS
+
 
 __all__ = ["make_optimizer", "switch_to_asgd", "should_switch_to_asgd", "averaged_weights", "OPTIMIZERS"]
 
-OPTIMIZERS = ("sgd", "asgd", "adam", "adamw")  # the names stored in checkpoints
+OPTIMIZERS = (*CONFIG_OPTIMIZERS, "asgd")  # the names stored in checkpoints: train.optimizer's, and NT-ASGD's
 
 
 def make_optimizer(name: str, model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:

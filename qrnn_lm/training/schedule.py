@@ -15,13 +15,13 @@ from typing import Any
 
 from torch import nn
 
+from ..config import LR_SCHEDULES as SCHEDULES
 from ..config import TrainConfig
 from . import optimizer as optim
 from .state import History
 
 __all__ = ["SCHEDULES", "lr_multiplier", "Schedule"]
 
-SCHEDULES = ("constant", "cosine", "linear")
 
 
 def lr_multiplier(progress: float, schedule: str = "constant", warmup: float = 0.0, floor: float = 0.0) -> float:

@@ -80,7 +80,11 @@ class Trainer:
             out_dir.mkdir(parents=True, exist_ok=True)  # rank 0 alone writes into it
 
         torch.manual_seed(seed)  # parameters (equal on every rank) and dropout masks
-        self.corpus = load_corpus(config, data_dir, self.console.progress)
+        # A finetune keeps its checkpoint's vocabulary on any data (words it lacks read as its <unk>).
+        init = load_init(init_from, config) if init_from is not None else None
+        finetuned = resumed is not None and read_finetune(out_dir) is not None
+        vocab = init["vocab"] if init is not None else resumed.payload["vocab"] if finetuned else None
+        self.corpus = load_corpus(config, data_dir, self.console.progress, vocab)
         if resumed is not None:
             check_same_data(resumed.payload, self.corpus)
         self.model = LanguageModel(len(self.corpus.vocab), config.model, config.train.softmax,
@@ -108,7 +112,7 @@ class Trainer:
         if resumed is not None:
             self.checkpointer.load(resumed.payload)
         elif init_from is not None:
-            self.checkpointer.load_weights(load_init(init_from, config, self.corpus.vocab.to_list()))
+            self.checkpointer.load_weights(init)
         self.evaluator = Evaluator(self.corpus, config.data, device)
         # torch.compile'd for training only: validation, test and checkpoints use the eager model.
         trained = torch.compile(self.model) if config.train.compile else self.model

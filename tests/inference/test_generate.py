@@ -140,7 +140,18 @@ def test_filter_logits_top_p_keeps_the_smallest_nucleus(top_p, kept):
 
 def test_filter_logits_temperature_scales():
     logits = torch.tensor([2.0, -4.0, 1.0])
-    assert torch.allclose(filter_logits(logits, temperature=0.5), logits * 2)
+    assert torch.allclose(torch.softmax(filter_logits(logits, temperature=0.5), -1), torch.softmax(logits * 2, -1))
+
+
+@pytest.mark.parametrize("temperature", [1e-45, 1e-30, 1e-8])
+def test_a_tiny_temperature_samples_greedily_without_nan(vocab, temperature):
+    """logits / 1e-45 overflowed to inf and inf - inf to NaN, which crashed the sampling."""
+    model = FakeModel(len(vocab))
+    logits = model.table[vocab.stoi["the"], 0].detach()
+    filtered = filter_logits(logits, temperature=temperature, top_p=0.9)
+    assert not filtered.isnan().any() and torch.softmax(filtered, -1).max() == 1.0
+    first = next(generate(model, vocab, "the", num_tokens=1, temperature=temperature, seed=0))
+    assert vocab.stoi[first] == int(logits.argmax())
 
 
 def test_sampled_tokens_stay_inside_the_nucleus(vocab):
@@ -181,7 +192,8 @@ def test_empty_prompt_is_a_one_line_user_error(vocab, prompt):
     "options, message",
     [
         (dict(num_tokens=0), "tokens must be >= 1, got 0"),
-        (dict(temperature=0.0), "temperature must be a finite number > 0, got 0.0"),
+        (dict(temperature=0.0), "--temperature must be > 0, got 0.0"),
+        (dict(temperature=math.inf), "--temperature must be > 0, got inf"),
         (dict(temperature=-1.0), "temperature"),
         (dict(temperature=math.nan), "temperature"),
         (dict(top_k=-1), "top-k must be >= 0"),

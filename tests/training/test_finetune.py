@@ -95,3 +95,36 @@ def test_the_finetune_command(corpus, start, tmp_path):
     assert result.exit_code == 1 and "already holds a run" in result.stderr
     result = runner.invoke(app, ["finetune", str(tmp_path / "missing.pt"), "--device", "cpu"])
     assert result.exit_code == 1 and result.stderr.startswith("error: ")
+
+
+def test_finetune_on_another_corpus_keeps_the_checkpoints_vocabulary(corpus, start, tmp_path):
+    """`finetune --data` as `train --data`: another corpus, read with the checkpoint's vocabulary
+    (as eval reads foreign text); before, finetune had no --data and refused another vocabulary."""
+    from typer.testing import CliRunner
+
+    from qrnn_lm.cli.commands import app
+
+    vocab = load_checkpoint(start / "best.pt")["vocab"]
+    words = [word for word in vocab if not word.startswith("<")]
+
+    def foreign(name, extra):
+        folder = tmp_path / name
+        folder.mkdir()
+        for split, shift in (("train.txt", 0), ("valid.txt", 3), ("test.txt", 5)):  # other text, other order
+            lines = [" ".join(words[(shift + 7 * i) % len(words):][:8] + extra) for i in range(40)]
+            (folder / split).write_text("\n".join(lines) + "\n")
+        return folder
+
+    def finetune_on(folder):
+        return CliRunner().invoke(app, ["finetune", str(start), "--data", str(folder), "--epochs", "1",
+                                        "--out", str(tmp_path / f"ft-{folder.name}"), "--device", "cpu", "--no-progress"])
+
+    folder = foreign("known", [])
+    result = finetune_on(folder)
+    assert result.exit_code == 0, (result.output, result.exception)
+    out = tmp_path / "ft-known"
+    assert load_checkpoint(out / "best.pt")["vocab"] == vocab  # the model's own vocabulary, not the text's order
+    assert f'dataset = "{folder}"' in (out / "config.toml").read_text()
+    if "<unk>" not in vocab:  # a word the model cannot read is a one-line error, not a traceback
+        result = finetune_on(foreign("unseen", ["zebraword"]))
+        assert result.exit_code == 1 and "zebraword" in result.stderr and len(result.stderr.splitlines()) == 1
