@@ -34,12 +34,20 @@ class ConfigError(UserError):
 
 @dataclass
 class DataConfig:
-    dataset: str = "ptb"  # a known name (ptb, wikitext-2, wikitext-103) or a folder with train/valid/test.txt
+    # a known name (ptb, wikitext-2, wikitext-103), a folder with train/valid/test.txt, or one text file
+    # (split by lines into train/valid/test, see qrnn_lm/data/single_file.py)
+    dataset: str = "ptb"
     batch_size: int = 20  # parallel training streams
     eval_batch_size: int = 10  # streams for validation during training
     test_batch_size: int = 1  # streams for the final test evaluation (1, as in the literature)
     bptt: int = 70  # mean back-propagation-through-time length
     variable_bptt: bool = True  # awd-lstm-lm's random segment lengths (std 5, halved with p = 0.05)
+    # what a token is: "word" (whitespace-separated, <eos> per line), "char" (Unicode code points;
+    # newlines are tokens), "byte" (UTF-8 bytes) or "subword" (sentencepiece BPE trained on train.txt)
+    tokenizer: str = "word"
+    max_vocab: int = 0  # word only: keep the most frequent words of train.txt, the rest -> <unk>; 0 = all
+    min_count: int = 1  # word only: words seen fewer times in train.txt become <unk>
+    vocab_size: int = 8000  # subword only: pieces in the model (256 byte pieces, <unk>, <eos> included)
 
 
 @dataclass
@@ -192,6 +200,7 @@ def config_to_dict(config: Config) -> dict:
 
 
 RNNS = ("qrnn", "lstm")  # the values of model.rnn
+TOKENIZERS = ("word", "char", "byte", "subword")  # the values of data.tokenizer
 QRNN_ONLY_KEYS = ("first_window", "window", "zoneout")  # [model] keys an LSTM model has no use for
 
 
@@ -218,6 +227,15 @@ def validate(config: Config) -> None:
         (config.data.eval_batch_size >= 1, "data.eval_batch_size must be >= 1"),
         (config.data.test_batch_size >= 1, "data.test_batch_size must be >= 1"),
         (config.data.bptt >= 1, "data.bptt must be >= 1"),
+        (config.data.tokenizer in TOKENIZERS,
+         f"data.tokenizer must be one of {', '.join(TOKENIZERS)}, got {config.data.tokenizer!r}"),
+        (config.data.max_vocab == 0 or config.data.max_vocab >= 3,
+         f"data.max_vocab must be 0 (keep every word) or >= 3 (<eos>, <unk> and a word), got {config.data.max_vocab}"),
+        (config.data.min_count >= 1, "data.min_count must be >= 1"),
+        (config.data.vocab_size >= 1, "data.vocab_size must be >= 1"),
+        (config.data.tokenizer == "word" or (config.data.max_vocab, config.data.min_count) == (0, 1),
+         f"data.max_vocab and data.min_count cap a word vocabulary; drop them or use data.tokenizer=\"word\" "
+         f"(data.tokenizer is {config.data.tokenizer!r})"),
         (config.model.emb_size >= 1, "model.emb_size must be >= 1"),
         (config.model.hidden_size >= 1, "model.hidden_size must be >= 1"),
         (config.model.num_layers >= 1, "model.num_layers must be >= 1"),

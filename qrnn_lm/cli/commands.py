@@ -68,7 +68,7 @@ DataOption = Annotated[
     typer.Option(
         "--data",
         metavar="NAME|PATH",
-        help="ptb, wikitext-2, wikitext-103 (downloaded when missing) or a folder holding train.txt, valid.txt, test.txt.",
+        help="ptb, wikitext-2, wikitext-103 (downloaded when missing), a folder holding train.txt, valid.txt, test.txt, or one text file (split 90/5/5% by lines).",
         autocompletion=_complete_dataset,
     ),
 ]
@@ -103,11 +103,12 @@ def _user_errors():
 
 
 def _check_data(data: str | None) -> None:
-    """Fail fast (before torch loads) on a --data that is neither a known name nor a folder."""
-    if data is None or data in {item.value for item in Dataset} or Path(data).expanduser().is_dir():
+    """Fail fast (before torch loads) on a --data that is neither a known name, a folder nor a file."""
+    if data is None or data in {item.value for item in Dataset} or Path(data).expanduser().exists():
         return
     names = ", ".join(item.value for item in Dataset)
-    raise _error_exit(f"unknown dataset or missing folder '{data}': use {names} or a folder holding train.txt, valid.txt, test.txt")
+    raise _error_exit(f"unknown dataset or missing folder '{data}': use {names}, a folder holding train.txt, "
+                      "valid.txt, test.txt, or one text file (split by lines)")
 
 
 def _checkpoint_file(path: Path, default_name: str) -> Path:
@@ -265,9 +266,12 @@ def evaluate(
             device=device.value,
             progress=progress,
         )
+        units = f"  bpc {result['bpc']:.4f}" if "bpc" in result else ""
+        if "word_ppl" in result:
+            units = f"  per-word ppl {result['word_ppl']:.2f} ({result['words']:,} words)"
         typer.echo(
             f"{result['dataset']} {result['split']}: loss {result['loss']:.4f}  "
-            f"ppl {result['ppl']:.2f}  ({result['tokens']:,} tokens)"
+            f"ppl {result['ppl']:.2f}{units}  ({result['tokens']:,} tokens)"
         )
         if result.get("unknown_words"):
             typer.echo(f"note: {result['unknown_words']:,} tokens are not in the checkpoint's vocabulary "
@@ -325,9 +329,14 @@ def _stream_sample(path, prompt, tokens, temperature, top_k, top_p, seed, device
     from ..inference.generate import encode_prompt
     from ..inference.generate import generate as sample
     from ..inference.generate import render
-    from ..models.checkpoint import load_checkpoint, model_from_checkpoint
+    from ..models.checkpoint import load_checkpoint, model_from_checkpoint, tokenizer_from_checkpoint
 
-    model, vocab, _ = model_from_checkpoint(load_checkpoint(path), device=resolve_device(device))
+    payload = load_checkpoint(path)
+    model, vocab, _ = model_from_checkpoint(payload, device=resolve_device(device))
+    tokenizer = tokenizer_from_checkpoint(payload)
+    if tokenizer.kind != "word":
+        _stream_text(model, tokenizer, prompt, tokens, temperature, top_k, top_p, seed)
+        return
     encoded = encode_prompt(vocab, prompt)
     if encoded.unknown:
         words = ", ".join(dict.fromkeys(encoded.unknown))
@@ -341,6 +350,25 @@ def _stream_sample(path, prompt, tokens, temperature, top_k, top_p, seed, device
             typer.echo(piece, nl=False)  # click's echo flushes: text appears as it is sampled
             ended_with_newline = piece == "\n"
         if not ended_with_newline:
+            typer.echo()
+    except BrokenPipeError:  # e.g. `qrnn-lm generate ... | head`: stop quietly
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - Python flushes stdout again at exit
+
+
+def _stream_text(model, tokenizer, prompt, tokens, temperature, top_k, top_p, seed) -> None:
+    """Char, byte and subword models: the prompt as typed, then the decoded continuation."""
+    from ..inference.generate import encode_text_prompt, generate_text
+
+    encoded = encode_text_prompt(tokenizer, prompt)
+    if encoded.unknown:
+        typer.echo(f"warning: not in the model's alphabet, read as <unk>: {''.join(dict.fromkeys(encoded.unknown))}", err=True)
+    typer.echo(prompt or "", nl=False)
+    text = ""
+    try:
+        for text in generate_text(model, tokenizer, prompt, num_tokens=tokens, temperature=temperature,
+                                  top_k=top_k, top_p=top_p, seed=seed):
+            typer.echo(text, nl=False)
+        if not text.endswith("\n"):
             typer.echo()
     except BrokenPipeError:  # e.g. `qrnn-lm generate ... | head`: stop quietly
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - Python flushes stdout again at exit

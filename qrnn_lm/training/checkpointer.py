@@ -194,6 +194,7 @@ class Checkpointer:
             "kind": kind,
             "config": config_to_dict(self.config),
             "vocab": self.corpus.vocab.to_list(),
+            "tokenizer": self.corpus.tokenizer.state(),
             "model": clean_state_dict(model.state_dict()),
             "optimizer": {"name": snapshot.state.optimizer, "state": optimizer.state_dict()},
             "rng": rng,

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ..config import Config, DataConfig, UserError
-from ..data import Corpus, batchify, get_batch, prepare_dataset, sample_seq_len
+from ..data import Corpus, batchify, get_batch, make_tokenizer, prepare_data, sample_seq_len
 from . import distributed
 
 __all__ = [
@@ -66,7 +66,8 @@ def load_corpus(config: Config, data_dir: str | Path | None, progress: bool) -> 
     corpus = None
     for current in range(3 if distributed.get_world_size() > 1 else 1):
         if turn == current:
-            corpus = Corpus.load(prepare_dataset(config.data.dataset, data_dir, progress=progress), progress=progress)
+            corpus = Corpus.load(prepare_data(config.data.dataset, data_dir, progress=progress),
+                                 tokenizer=make_tokenizer(config.data), progress=progress)
         distributed.barrier()
     return corpus
 
