@@ -15,6 +15,7 @@ from pathlib import Path
 from .corpus import _marked_writable, file_sha256, user_cache_dir
 from .errors import DataError
 from .registry import SPLIT_FILES
+from .split_names import split_folder_name
 
 FRACTIONS = (0.90, 0.05, 0.05)  # train, valid, test, by lines
 
@@ -41,7 +42,7 @@ def split_text_file(path: str | os.PathLike) -> Path:
             f"{path} cannot be split into train/valid/test by lines (90/5/5%): {what}; give it at least 3 "
             "lines with text in the last 10%, or pass a folder holding train.txt, valid.txt, test.txt"
         )
-    name = f".{path.name}.qrnn_lm_split-{file_sha256(path)[:16]}"
+    name = split_folder_name(path, file_sha256(path))
     for base in ([path.parent] if _marked_writable(path.parent) else []) + [user_cache_dir()]:
         folder = base / name
         if all((folder / file).is_file() for file in SPLIT_FILES):

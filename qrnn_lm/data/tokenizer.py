@@ -26,6 +26,7 @@ import numpy as np
 
 from ..config import TOKENIZERS, DataConfig
 from .errors import DataError
+from .split_names import original_location
 from .vocab import EOS, UNK, Vocab
 
 REPLACEMENT = "\ufffd"  # printed for <unk> and for invalid UTF-8
@@ -89,8 +90,9 @@ def read_utf8(path: Path) -> str:
         return raw.decode("utf-8")
     except UnicodeDecodeError as error:
         bad = raw[error.start : error.start + 4]
+        path, offset = original_location(path, error.start)  # a split of one text file: that file
         raise DataError(
-            f"{path} is not UTF-8 text (bytes {bad!r} at byte offset {error.start}); convert it to UTF-8 "
+            f"{path} is not UTF-8 text (bytes {bad!r} at byte offset {offset}); convert it to UTF-8 "
             "(e.g. iconv -f latin1 -t utf-8) or read it as bytes with --set data.tokenizer=byte"
         ) from None
 

@@ -32,3 +32,14 @@ def test_an_empty_split_is_one_line_saying_what_to_do(tmp_path, text, problem):
     with pytest.raises(DataError, match=problem) as error:
         prepare_data(path)
     assert "\n" not in str(error.value) and "at least 3" in str(error.value)
+
+
+def test_a_bad_byte_in_a_split_is_named_at_its_offset_in_the_users_file(tmp_path):
+    from qrnn_lm.data import Corpus
+    from qrnn_lm.data.tokenizer import CharTokenizer
+
+    path = tmp_path / "notes.txt"
+    good = "".join(f"строка {i}\n" for i in range(40)).encode()
+    path.write_bytes(good + b"bad \xff line\n")  # the last line: in test.txt
+    with pytest.raises(DataError, match=rf"{path} is not UTF-8 text .* at byte offset {len(good) + 4}\)"):
+        Corpus.load(prepare_data(path), tokenizer=CharTokenizer(), cache=False)
