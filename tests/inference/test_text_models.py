@@ -116,3 +116,17 @@ def test_cli_one_line_errors(tmp_path):
     assert result.exit_code == 1 and result.output.count("\n") == 1, result.output
     assert f"{latin} is not UTF-8 text" in result.output and "byte offset 63)" in result.output
     assert "data.tokenizer=byte" in result.output
+
+
+def test_a_dataset_registered_for_another_tokenizer_is_refused(runs, book, monkeypatch):
+    """Where the registry names a dataset's tokenizer (enwik8: bytes, say), a model of another kind
+    is refused before anything is read or downloaded."""
+    from types import SimpleNamespace
+
+    from qrnn_lm.inference import checkpoint_data
+
+    monkeypatch.setattr(checkpoint_data, "DATASETS", {"enwik8": SimpleNamespace(tokenizer="byte")})
+    with pytest.raises(UserError, match=r"character tokenizer does not match enwik8: that dataset is read as byte "
+                                        r"tokens; evaluate it on data like its own \(--data .*book.txt\)"):
+        evaluate_checkpoint(runs["char"] / "best.pt", data="enwik8", device="cpu", progress=False)
+    evaluate_checkpoint(runs["byte"] / "best.pt", data=str(book), device="cpu", progress=False)  # its own data
