@@ -29,7 +29,9 @@ from .rules import (
     OneOf,
     Range,
     Rule,
+    TOKENIZERS,
     Text,
+    ZeroOrAtLeast,
 )
 
 if sys.version_info >= (3, 11):
@@ -62,13 +64,21 @@ _PROBABILITY = Range(0, 1, high_open=True)  # a dropout or zoneout probability
 
 @dataclass
 class DataConfig:
-    # a known name (ptb, wikitext-2, wikitext-103) or a folder with train/valid/test.txt
+    # a known name (ptb, wikitext-2, wikitext-103, ...), a folder with train/valid/test.txt, or one text file
+    # (split by lines into train/valid/test, see qrnn_lm/data/single_file.py)
     dataset: str = setting("ptb", Text())
     batch_size: int = setting(20, Range(1))  # parallel training streams
     eval_batch_size: int = setting(10, Range(1))  # streams for validation during training
     test_batch_size: int = setting(1, Range(1))  # streams for the final test evaluation (1, as in the literature)
     bptt: int = setting(70, Range(1))  # mean back-propagation-through-time length
     variable_bptt: bool = setting(True)  # awd-lstm-lm's random segment lengths (std 5, halved with p = 0.05)
+    # what a token is: "word" (whitespace-separated, <eos> per line), "char" (Unicode code points;
+    # newlines are tokens), "byte" (UTF-8 bytes) or "subword" (sentencepiece BPE trained on train.txt)
+    tokenizer: str = setting("word", OneOf(TOKENIZERS))
+    # word only: keep the most frequent words of train.txt, the rest -> <unk>; 0 = all
+    max_vocab: int = setting(0, ZeroOrAtLeast(3, hint="<eos>, <unk> and a word; 0 = every word"))
+    min_count: int = setting(1, Range(1))  # word only: words seen fewer times in train.txt become <unk>
+    vocab_size: int = setting(8000, Range(1))  # subword only: pieces in the model (256 byte pieces, <unk>, <eos> included)
 
 
 @dataclass
@@ -268,6 +278,9 @@ def validate(config: Config) -> None:
     if config.train.lr_floor != 0.0 and config.train.lr_schedule == "constant":
         raise ConfigError("train.lr_floor is where a decay ends: set train.lr_schedule to 'cosine' or 'linear', "
                           "or drop lr_floor")
+    if config.data.tokenizer != "word" and (config.data.max_vocab, config.data.min_count) != (0, 1):
+        raise ConfigError("data.max_vocab and data.min_count cap a word vocabulary; drop them or use "
+                          f"data.tokenizer=\"word\" (data.tokenizer is {config.data.tokenizer!r})")
 
 
 def check_options(**values: Any) -> None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["Rule", "Range", "OneOf", "Ints", "Text", "ANY", "RNNS", "DECODERS", "OPTIMIZERS", "LR_SCHEDULES",
-           "SOFTMAX_MODES", "PRECISIONS", "OPTIONS"]
+           "SOFTMAX_MODES", "PRECISIONS", "TOKENIZERS", "ZeroOrAtLeast", "OPTIONS"]
 
 # Allowed values of the config keys that name a choice; the training code imports these.
 RNNS = ("qrnn", "lstm")  # model.rnn
@@ -27,6 +27,7 @@ OPTIMIZERS = ("sgd", "adam", "adamw")  # train.optimizer (NT-ASGD's "asgd" is re
 LR_SCHEDULES = ("constant", "cosine", "linear")  # train.lr_schedule
 SOFTMAX_MODES = ("auto", "full", "chunked")  # train.softmax
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")  # train.precision
+TOKENIZERS = ("word", "char", "byte", "subword")  # data.tokenizer
 
 
 class Rule:
@@ -64,6 +65,19 @@ class Range(Rule):
         if ok and self.high is not None:
             ok = value < self.high if self.high_open else value <= self.high
         return None if ok else f"must be {self.describe()}"
+
+
+@dataclass(frozen=True)
+class ZeroOrAtLeast(Rule):
+    """An integer that is 0 (off) or at least ``low``; ``hint`` says why, e.g. what the low end holds."""
+
+    low: int
+    hint: str = ""
+
+    def problem(self, value: Any) -> str | None:
+        if value == 0 or value >= self.low:
+            return None
+        return f"must be 0 or >= {self.low}" + (f" ({self.hint})" if self.hint else "")
 
 
 @dataclass(frozen=True)

@@ -54,9 +54,12 @@ def eval_command(
             device=device.value,
             progress=progress,
         )
+        units = f"  bpc {result['bpc']:.4f}" if "bpc" in result else ""
+        if "word_ppl" in result:
+            units = f"  per-word ppl {result['word_ppl']:.2f} ({result['words']:,} words)"
         typer.echo(
             f"{result['dataset']} {result['split']}: loss {result['loss']:.4f}  "
-            f"ppl {result['ppl']:.2f}  ({result['tokens']:,} tokens)"
+            f"ppl {result['ppl']:.2f}{units}  ({result['tokens']:,} tokens)"
         )
         if result.get("unknown_words"):
             typer.echo(f"note: {result['unknown_words']:,} tokens are not in the checkpoint's vocabulary "

@@ -40,9 +40,14 @@ def _stream_sample(path, prompt, tokens, temperature, top_k, top_p, seed, device
     from ..inference.generate import encode_prompt
     from ..inference.generate import generate as sample
     from ..inference.generate import render
-    from ..models.checkpoint_file import load_checkpoint, model_from_checkpoint
+    from ..models.checkpoint_file import load_checkpoint, model_from_checkpoint, tokenizer_from_checkpoint
 
-    model, vocab, _ = model_from_checkpoint(load_checkpoint(path), device=resolve_device(device))
+    payload = load_checkpoint(path)
+    model, vocab, _ = model_from_checkpoint(payload, device=resolve_device(device))
+    tokenizer = tokenizer_from_checkpoint(payload)
+    if tokenizer.kind != "word":
+        _stream_text(model, tokenizer, prompt, tokens, temperature, top_k, top_p, seed)
+        return
     encoded = encode_prompt(vocab, prompt)
     if encoded.unknown:
         words = ", ".join(dict.fromkeys(encoded.unknown))
@@ -56,6 +61,25 @@ def _stream_sample(path, prompt, tokens, temperature, top_k, top_p, seed, device
             typer.echo(piece, nl=False)  # click's echo flushes: text appears as it is sampled
             ended_with_newline = piece == "\n"
         if not ended_with_newline:
+            typer.echo()
+    except BrokenPipeError:  # e.g. `qrnn-lm generate ... | head`: stop quietly
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - Python flushes stdout again at exit
+
+
+def _stream_text(model, tokenizer, prompt, tokens, temperature, top_k, top_p, seed) -> None:
+    """Char, byte and subword models: the prompt as typed, then the decoded continuation."""
+    from ..inference.generate import encode_text_prompt, generate_text
+
+    encoded = encode_text_prompt(tokenizer, prompt)
+    if encoded.unknown:
+        typer.echo(f"warning: not in the model's alphabet, read as <unk>: {''.join(dict.fromkeys(encoded.unknown))}", err=True)
+    typer.echo(prompt or "", nl=False)
+    text = ""
+    try:
+        for text in generate_text(model, tokenizer, prompt, num_tokens=tokens, temperature=temperature,
+                                  top_k=top_k, top_p=top_p, seed=seed):
+            typer.echo(text, nl=False)
+        if not text.endswith("\n"):
             typer.echo()
     except BrokenPipeError:  # e.g. `qrnn-lm generate ... | head`: stop quietly
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - Python flushes stdout again at exit

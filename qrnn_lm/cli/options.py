@@ -48,7 +48,7 @@ DataOption = Annotated[
     typer.Option(
         "--data",
         metavar="NAME|PATH",
-        help="ptb, wikitext-2, wikitext-103, ptb-char, enwik8 (downloaded when missing) or a folder holding train.txt, valid.txt, test.txt.",
+        help="ptb, wikitext-2, wikitext-103, ptb-char, enwik8 (downloaded when missing), a folder holding train.txt, valid.txt, test.txt, or one text file (split 90/5/5% by lines).",
         autocompletion=_complete_dataset,
     ),
 ]
@@ -83,11 +83,12 @@ def user_errors():
 
 
 def check_data(data: str | None) -> None:
-    """Fail fast (before torch loads) on a --data that is neither a known name nor a folder."""
-    if data is None or data in {item.value for item in Dataset} or Path(data).expanduser().is_dir():
+    """Fail fast (before torch loads) on a --data that is neither a known name, a folder nor a file."""
+    if data is None or data in {item.value for item in Dataset} or Path(data).expanduser().exists():
         return
     names = ", ".join(item.value for item in Dataset)
-    raise error_exit(f"unknown dataset or missing folder '{data}': use {names} or a folder holding train.txt, valid.txt, test.txt")
+    raise error_exit(f"unknown dataset or missing folder '{data}': use {names}, a folder holding train.txt, "
+                     "valid.txt, test.txt, or one text file (split by lines)")
 
 
 def checkpoint_file(path: Path, default_name: str) -> Path:

@@ -1,7 +1,7 @@
 """Data for the language model: named datasets (download + checksum), vocabulary, corpus, batching.
 
-``prepare_dataset("ptb")`` gives a folder with train/valid/test.txt, ``Corpus.load(folder)`` the
-token ids, ``batchify``/``get_batch``/``sample_seq_len`` the BPTT segments. Every user-facing
+``prepare_data("ptb")`` gives a folder with train/valid/test.txt (a single text file is split),
+``Corpus.load(folder, tokenizer=...)`` the token ids (words, characters, bytes or subwords), ``batchify``/``get_batch``/``sample_seq_len`` the BPTT segments. Every user-facing
 problem is a :class:`DataError` whose message is one line saying what to do.
 """
 
@@ -10,11 +10,15 @@ from .corpus import CACHE_PREFIX, Corpus, file_sha256, user_cache_dir
 from .download import DATA_ENV, prepare_dataset, resolve_data_dir
 from .errors import DataError
 from .registry import DATASETS, SPLIT_FILES, DatasetSpec, Source, mismatched_files
+from .single_file import prepare_data, split_text_file
+from .tokenizer import Tokenizer, make_tokenizer, tokenizer_from_state
+from .units import bits_per_character, count_words, word_perplexity
 from .vocab import EOS, UNK, Vocab, tokenize_line
 
 __all__ = [
     "CACHE_PREFIX", "DATA_ENV", "DATASETS", "EOS", "SPLIT_FILES", "UNK",
-    "Corpus", "DataError", "DatasetSpec", "Source", "Vocab",
-    "batchify", "file_sha256", "get_batch", "mismatched_files", "prepare_dataset", "resolve_data_dir",
-    "sample_seq_len", "tokenize_line", "user_cache_dir",
+    "Corpus", "DataError", "DatasetSpec", "Source", "Tokenizer", "Vocab",
+    "batchify", "bits_per_character", "count_words", "file_sha256", "get_batch", "make_tokenizer",
+    "mismatched_files", "prepare_data", "prepare_dataset", "resolve_data_dir", "sample_seq_len",
+    "split_text_file", "tokenize_line", "tokenizer_from_state", "user_cache_dir", "word_perplexity",
 ]

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from .errors import DataError
 from .registry import SPLIT_FILES
+from .tokenizer import Tokenizer, WordTokenizer, tokenizer_from_state
 from .vocab import EOS, UNK, Vocab
 
 log = logging.getLogger(__name__)
@@ -121,12 +122,25 @@ def _build(folder: Path, progress: bool) -> dict:
     return {"vocab": list(stoi), "train_vocab_size": train_vocab_size, "splits": splits}
 
 
-def _cache_name(checksums: dict[str, str]) -> str:
-    key = json.dumps({"format": CACHE_FORMAT, "files": checksums}, sort_keys=True)
+def _build_tokenized(folder: Path, tokenizer: Tokenizer) -> dict:
+    """Char, byte and subword data: fit ``tokenizer`` on train.txt unless it is fitted already
+    (a checkpoint's), then encode the three files with it."""
+    if tokenizer.vocab is None:
+        tokenizer.fit(folder / "train.txt")
+    splits = {name: torch.from_numpy(tokenizer.encode_file(folder / name)) for name in SPLIT_FILES}
+    return {"vocab": tokenizer.vocab.to_list(), "train_vocab_size": len(tokenizer.vocab), "splits": splits,
+            "tokenizer": tokenizer.state()}
+
+
+def _cache_name(checksums: dict[str, str], tokenizer: Tokenizer) -> str:
+    key = {"format": CACHE_FORMAT, "files": checksums}
+    if tokenizer.kind != "word":  # word data does not depend on max_vocab/min_count (applied on load)
+        key["tokenizer"] = tokenizer.cache_key()
+    key = json.dumps(key, sort_keys=True)
     return f"{CACHE_PREFIX}{hashlib.sha256(key.encode()).hexdigest()[:20]}.pt"
 
 
-def _load_cache(path: Path, checksums: dict[str, str]) -> dict | None:
+def _load_cache(path: Path, checksums: dict[str, str], kind: str) -> dict | None:
     """The cached build, or None when it is missing, corrupt or stale (never raises)."""
     if not path.is_file():
         return None
@@ -134,6 +148,7 @@ def _load_cache(path: Path, checksums: dict[str, str]) -> dict | None:
         payload = torch.load(path, map_location="cpu", weights_only=True)
         _expect(payload["format"] == CACHE_FORMAT, "another cache format")
         _expect(payload["checksums"] == checksums, "made from other files")
+        _expect((payload.get("tokenizer") or {"kind": "word"})["kind"] == kind, "another tokenizer")
         vocab = payload["vocab"]
         _expect(isinstance(vocab, list) and all(isinstance(t, str) for t in vocab), "bad vocabulary")
         _expect(0 < payload["train_vocab_size"] <= len(vocab), "bad train vocabulary size")
@@ -184,6 +199,7 @@ class Corpus:
     test: torch.Tensor
     checksums: dict[str, str] = field(default_factory=dict)  # sha256 per file name ("train.txt")
     folder: Path | None = None
+    tokenizer: Tokenizer = field(default_factory=WordTokenizer)  # fitted: its vocab is ``vocab``
 
     @classmethod
     def load(
@@ -191,6 +207,7 @@ class Corpus:
         folder: str | os.PathLike,
         vocab: Vocab | None = None,
         *,
+        tokenizer: Tokenizer | None = None,
         progress: bool = False,
         cache: bool = True,
         cache_dir: str | os.PathLike | None = None,
@@ -200,10 +217,14 @@ class Corpus:
         Without ``vocab`` the vocabulary is train's tokens in order of first appearance (as
         awd-lstm-lm); words of valid/test missing from train map to ``<unk>``, which is appended
         to the vocabulary if train lacks it. With ``vocab`` (a checkpoint's), every word absent
-        from it maps to its ``<unk>``; without ``<unk>`` that is a :class:`DataError`.
+        from it maps to its ``<unk>``; without ``<unk>`` that is a :class:`DataError`. A word
+        ``tokenizer`` with ``max_vocab``/``min_count`` caps train's vocabulary (the rest -> ``<unk>``).
+
+        ``tokenizer`` (default: word): a char, byte or subword tokenizer is fitted on train.txt
+        unless it is fitted already (a checkpoint's, whose vocabulary ``vocab`` then must be).
 
         The tokenised files are cached as ``<folder>/.qrnn_lm_cache-<key>.pt``, keyed by the files'
-        sha256 (in ``cache_dir`` if given; in ``$XDG_CACHE_HOME/qrnn_lm``, default
+        sha256 and the tokenizer (in ``cache_dir`` if given; in ``$XDG_CACHE_HOME/qrnn_lm``, default
         ``~/.cache/qrnn_lm``, when the folder is read-only); ``cache=False`` neither reads nor
         writes it. A damaged cache is rebuilt.
 
@@ -223,22 +244,31 @@ class Corpus:
             directories = [folder, user_cache_dir()]
         else:
             directories = [user_cache_dir()]
-        name = _cache_name(checksums)
+        tokenizer = tokenizer or WordTokenizer()
+        name = _cache_name(checksums, tokenizer)
         payload = None
         if cache:
-            payload = next(filter(None, (_load_cache(d / name, checksums) for d in directories)), None)
+            payload = next(filter(None, (_load_cache(d / name, checksums, tokenizer.kind) for d in directories)), None)
         if payload is None:
-            payload = _build(folder, progress)
+            payload = _build(folder, progress) if tokenizer.kind == "word" else _build_tokenized(folder, tokenizer)
             if cache:
                 _save_cache(directories, name, {"format": CACHE_FORMAT, "checksums": checksums, **payload})
         splits = {key: ids.long() for key, ids in payload["splits"].items()}
         full = payload["vocab"]
-        if vocab is None:
+        if tokenizer.kind != "word":
+            tokenizer = tokenizer_from_state(payload["tokenizer"], full)
+            vocab = tokenizer.vocab
+        elif vocab is None:
             vocab = _train_vocab(full, payload["train_vocab_size"], splits)
+            if tokenizer.max_vocab or tokenizer.min_count > 1:
+                vocab = _cap_vocab(vocab, splits, tokenizer.max_vocab, tokenizer.min_count)
         elif vocab.itos != full:
             for key in SPLIT_FILES:
                 splits[key] = _remap(splits[key], full, vocab, folder / key)
-        return cls(vocab, splits["train.txt"], splits["valid.txt"], splits["test.txt"], checksums, folder)
+        if tokenizer.kind == "word":
+            tokenizer = WordTokenizer(tokenizer.max_vocab, tokenizer.min_count)
+            tokenizer.vocab = vocab
+        return cls(vocab, splits["train.txt"], splits["valid.txt"], splits["test.txt"], checksums, folder, tokenizer)
 
 
 def _train_vocab(full: list[str], num_train: int, splits: dict[str, torch.Tensor]) -> Vocab:
@@ -254,6 +284,34 @@ def _train_vocab(full: list[str], num_train: int, splits: dict[str, torch.Tensor
         ids = splits[key]
         splits[key] = torch.where(ids >= num_train, vocab.unk_index, ids)
     return vocab
+
+
+def _cap_vocab(vocab: Vocab, splits: dict[str, torch.Tensor], max_vocab: int, min_count: int) -> Vocab:
+    """Keep the words seen at least ``min_count`` times in train, at most ``max_vocab`` tokens
+    with ``<eos>`` and ``<unk>`` (the most frequent; ties to the earlier word), in the original
+    order; every other word of every split becomes ``<unk>``. ``splits`` is re-indexed in place."""
+    counts = torch.bincount(splits["train.txt"], minlength=len(vocab))  # [V] train counts
+    keep = counts >= min_count
+    for special in (EOS, UNK):
+        if special in vocab:
+            keep[vocab.stoi[special]] = True
+    if max_vocab:
+        room = max_vocab - (0 if UNK in vocab else 1)  # a new <unk> takes one place
+        # stable sort by count, specials first: the words to keep are the first ``room``
+        priority = counts.double() + torch.tensor([t in (EOS, UNK) for t in vocab.itos], dtype=torch.double) * 1e18
+        order = torch.sort(priority, descending=True, stable=True).indices
+        capped = torch.zeros_like(keep)
+        capped[order[:room]] = True
+        keep &= capped
+    if bool(keep.all()):
+        return vocab
+    tokens = [token for token, kept in zip(vocab.itos, keep.tolist()) if kept]
+    if UNK not in tokens:
+        tokens.append(UNK)
+    capped_vocab = Vocab(tokens)
+    for key in SPLIT_FILES:
+        splits[key] = _remap(splits[key], vocab.itos, capped_vocab, Path(key))
+    return capped_vocab
 
 
 def _remap(ids: torch.Tensor, old: list[str], vocab: Vocab, path: Path) -> torch.Tensor:

@@ -52,8 +52,9 @@ class DatasetSpec:
     description: str = ""
     # The data.tokenizer that reproduces the published benchmark on these files. ptb-char and enwik8
     # are stored as awd-lstm-lm stores them: one character (enwik8: one byte, as its decimal value)
-    # per space-separated symbol, so the whitespace "word" rule gives exactly awd's tokens: each
-    # symbol is one character and each line's <eos> its newline.
+    # per space-separated symbol. The "char" tokenizer reads PTB-char's spaced layout as awd does (a
+    # symbol a token, a newline <eos>) and decodes it as text; enwik8's decimal bytes need the
+    # whitespace "word" rule, which gives awd's tokens exactly.
     tokenizer: str = "word"
     # What the benchmark reports: "perplexity" per token, or "bpc" (bits per character: the mean
     # loss / ln 2, each token being one character or byte).
@@ -147,7 +148,7 @@ DATASETS: dict[str, DatasetSpec] = {
         # Characters separated by spaces, "_" between words, one sentence per line, as published. No
         # per-file checksum is published: the archive's md5 and size protect them.
         sources=_simple_examples("ptb.char."),
-        tokenizer="word",
+        tokenizer="char",  # reads the spaced layout: a symbol a token, "_" decoded as a space
         unit="bpc",
     ),
     "enwik8": DatasetSpec(

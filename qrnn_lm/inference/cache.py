@@ -146,9 +146,10 @@ def evaluate_cache_checkpoint(checkpoint, *, split: str = "test", params: CacheP
     ``cache_loss``/``cache_ppl`` for the split scored, plus ``theta``, ``lambda``, ``window``,
     ``tokens``, ``split``, ``dataset`` (and ``valid_loss``/``valid_cache_loss`` with a search).
     """
-    from ..data import Corpus, batchify, prepare_dataset
-    from ..models.checkpoint_file import load_checkpoint, model_from_checkpoint
+    from ..data import batchify
     from ..device import resolve_device
+    from ..models.checkpoint_file import load_checkpoint, model_from_checkpoint
+    from .checkpoint_data import checkpoint_corpus
     from .evaluate import SPLITS, perplexity
 
     params.check()
@@ -156,9 +157,9 @@ def evaluate_cache_checkpoint(checkpoint, *, split: str = "test", params: CacheP
         raise UserError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     payload = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
     torch_device = resolve_device(device)
-    model, vocab, config = model_from_checkpoint(payload, torch_device)
+    model, _, config = model_from_checkpoint(payload, torch_device)
     dataset = str(data) if data is not None else config.data.dataset
-    corpus = Corpus.load(prepare_dataset(dataset, data_dir, progress=progress), vocab=vocab, progress=progress)
+    corpus, _ = checkpoint_corpus(payload, dataset, data_dir, progress=progress)
 
     def run(name: str) -> Collected:
         if getattr(corpus, name).numel() < 2:

@@ -17,10 +17,11 @@ from typing import Any
 
 import torch
 
-from ..models.checkpoint_file import load_checkpoint, model_from_checkpoint
+from ..models.checkpoint_file import load_checkpoint, model_from_checkpoint, tokenizer_from_checkpoint
 from ..config import UserError
 from ..device import resolve_device
-from ..data import Corpus, batchify, get_batch, prepare_dataset
+from ..data import Corpus, batchify, bits_per_character, count_words, get_batch, prepare_data, word_perplexity
+from .checkpoint_data import checkpoint_corpus
 
 __all__ = ["perplexity", "evaluate", "loss_sum", "evaluate_checkpoint", "count_unknown_words", "SPLITS"]
 
@@ -110,13 +111,23 @@ def evaluate_checkpoint(
     torch_device = resolve_device(device)
     model, vocab, config = model_from_checkpoint(payload, torch_device)
     dataset = str(data) if data is not None else config.data.dataset
-    folder = prepare_dataset(dataset, data_dir, progress=progress)
-    unknown = count_unknown_words(Corpus.load(folder, progress=progress), split, vocab, dataset)
-    corpus = Corpus.load(folder, vocab=vocab, progress=progress)
+    unknown = 0
+    if tokenizer_from_checkpoint(payload).kind == "word":  # first: it names a word the model lacks
+        own = Corpus.load(prepare_data(dataset, data_dir, progress=progress), progress=progress)
+        unknown = count_unknown_words(own, split, vocab, dataset)
+    corpus, folder = checkpoint_corpus(payload, dataset, data_dir, progress=progress)
     ids = getattr(corpus, split)
     source = batchify(ids, batch_size).to(torch_device)  # [N, B]
     loss = evaluate(model, source, config.data.bptt, progress=progress)
+    units: dict[str, Any] = {}
+    if corpus.tokenizer.unit == "bpc":
+        units["bpc"] = bits_per_character(loss)
+    elif corpus.tokenizer.unit == "word_ppl":
+        words = count_words(folder / f"{split}.txt")
+        units.update(words=words, word_ppl=word_perplexity(loss * ids.numel(), words))
     return {
+        **units,
+        "tokenizer": corpus.tokenizer.kind,
         "loss": loss,
         "ppl": perplexity(loss),
         "tokens": (source.size(0) - 1) * source.size(1),

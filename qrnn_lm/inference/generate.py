@@ -139,10 +139,55 @@ def generate(
     """
     check_sampling(num_tokens=num_tokens, temperature=temperature, top_k=top_k, top_p=top_p)
     encoded = encode_prompt(vocab, prompt)
-    return _sample(model, vocab, encoded.ids, num_tokens, temperature, top_k, top_p, seed)
+    return (vocab.itos[i] for i in _sample(model, encoded.ids, num_tokens, temperature, top_k, top_p, seed))
 
 
-def _sample(model, vocab, prompt_ids, num_tokens, temperature, top_k, top_p, seed) -> Iterator[str]:
+def encode_text_prompt(tokenizer, prompt: str | None) -> EncodedPrompt:
+    """A char, byte or subword ``prompt`` through the checkpoint's tokenizer; ``None`` starts
+    after a line end (a newline token or ``<eos>``). ``unknown``: characters outside a char
+    model's alphabet (each read as ``<unk>``)."""
+    if prompt == "":
+        raise GenerationError("the prompt is empty; give some text or omit --prompt")
+    ids = tokenizer.encode("\n" if prompt is None else prompt)
+    unknown = []
+    if tokenizer.kind == "char":
+        unk = tokenizer.vocab.unk_index
+        if prompt is None and ids == [unk]:
+            raise GenerationError("the model never saw a line end, so it cannot start a fresh line; pass --prompt TEXT")
+        unknown = [c for c, i in zip(prompt or "", ids) if i == unk] if not tokenizer.spaced else []
+    return EncodedPrompt(ids=ids, unknown=unknown)
+
+
+def generate_text(
+    model,
+    tokenizer,
+    prompt: str | None = None,
+    *,
+    num_tokens: int = 100,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    seed: int | None = None,
+) -> Iterator[str]:
+    """As :func:`generate` for char, byte and subword models: yield readable text, decoded as it
+    is sampled (PTB-char's ``_`` as a space; bytes as UTF-8 with invalid sequences replaced, an
+    unfinished sequence held back until it completes)."""
+    check_sampling(num_tokens=num_tokens, temperature=temperature, top_k=top_k, top_p=top_p)
+    encoded = encode_text_prompt(tokenizer, prompt)
+    return _decoded(tokenizer.decoder(), _sample(model, encoded.ids, num_tokens, temperature, top_k, top_p, seed))
+
+
+def _decoded(step, ids: Iterator[int]) -> Iterator[str]:
+    for token_id in ids:
+        piece = step(token_id)
+        if piece:
+            yield piece
+    tail = step(None)  # an unfinished UTF-8 sequence at the end, replaced
+    if tail:
+        yield tail
+
+
+def _sample(model, prompt_ids, num_tokens, temperature, top_k, top_p, seed) -> Iterator[int]:
     device = _model_device(model)
     generator = torch.Generator(device=device)
     if seed is None:
@@ -158,7 +203,7 @@ def _sample(model, vocab, prompt_ids, num_tokens, temperature, top_k, top_p, see
         for step in range(num_tokens):
             probs = torch.softmax(filter_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p), dim=-1)
             token_id = int(torch.multinomial(probs, 1, generator=generator))
-            yield vocab.itos[token_id]
+            yield token_id
             if step + 1 < num_tokens:  # the last token needs no forward pass
                 logits, hidden = _last_logits(model, [token_id], hidden, device)
     finally:

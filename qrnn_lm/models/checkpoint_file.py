@@ -11,7 +11,10 @@ Payload keys (``format_version`` 1):
 ``kind``                  ``"last"`` (resumable, raw weights) or ``"best"`` (best validation;
                           holds the averaged weights when NT-ASGD was active)
 ``config``                the resolved Config as nested dicts (``config_to_dict``)
-``vocab``                 ``list[str]``, index -> word
+``vocab``                 ``list[str]``, index -> token (word, character, byte name, piece)
+``tokenizer``             the tokenizer's settings as plain data (``{"kind": "word"|"char"|"byte"|
+                          "subword", ...}``; a subword model's bytes as a uint8 tensor); absent
+                          in checkpoints written before it existed, which read as word
 ``model``                 the model's state_dict (``module.``/``_orig_mod.`` prefixes stripped)
 ``optimizer``             ``{"name": "sgd"|"asgd"|"adam"|"adamw", "lr": base rate, "state":
                           optimizer.state_dict(), "recipe": {"optimizer", "lr"}}`` (the config's)
@@ -45,7 +48,7 @@ from typing import Any
 import torch
 
 from ..config import Config, ConfigError, UserError, config_from_dict
-from ..data import Vocab
+from ..data import Tokenizer, Vocab, tokenizer_from_state
 from .language_model import LanguageModel
 
 __all__ = [
@@ -54,6 +57,7 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "model_from_checkpoint",
+    "tokenizer_from_checkpoint",
     "clean_state_dict",
 ]
 
@@ -223,3 +227,8 @@ def model_from_checkpoint(
     model.to(device)
     model.eval()
     return model, vocab, config
+
+
+def tokenizer_from_checkpoint(payload: dict[str, Any]) -> Tokenizer:
+    """The fitted tokenizer a loaded payload holds (word for a checkpoint without one)."""
+    return tokenizer_from_state(payload.get("tokenizer"), payload["vocab"])

@@ -43,10 +43,11 @@ __all__ = ["PREVIOUS", "STATE_VERSION", "Stateful", "components", "upgrade", "to
 
 PREVIOUS = "last.prev.pt"  # the training state before the newest last.pt, kept beside it
 
-# The keys of a training checkpoint. The file's own (format_version, config, vocab, model) are
+# The keys of a training checkpoint. The file's own (format_version, config, vocab, tokenizer, model) are
 # what inference reads (qrnn_lm.models.checkpoint_file); the rest is the trainer's.
 STATE_VERSION = 2  # 2: every component's state under its name (1: base rate and clock in "history")
 KIND, CONFIG, VOCAB, DATA, VERSION = "kind", "config", "vocab", "data", "state_version"
+TOKENIZER = "tokenizer"  # plain data (qrnn_lm.data.Tokenizer.state()); absent in older files: word
 MODEL, OPTIMIZER, COUNTERS, HISTORY = "model", "optimizer", "counters", "history"
 BUDGET, RNG, STREAM, SCALER = "budget", "rng", "stream", "scaler"
 # What a step changes before its weight update: taken at the start of every step, so that a
@@ -267,6 +268,7 @@ class Checkpointer:
         if not distributed.is_main():
             return path
         payload = {KIND: kind, CONFIG: config_to_dict(self.config), VOCAB: self.corpus.vocab.to_list(),
+                   TOKENIZER: self.corpus.tokenizer.state(),
                    DATA: {"dataset": self.config.data.dataset, "checksums": dict(self.corpus.checksums)},
                    VERSION: STATE_VERSION, **states}
         try:

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from ..config import Config, DataConfig, UserError
-from ..data import Corpus, Vocab, batchify, get_batch, prepare_dataset, sample_seq_len
+from ..data import Corpus, Vocab, batchify, get_batch, make_tokenizer, prepare_data, sample_seq_len
 from ..inference.evaluate import loss_sum
 from . import distributed
 
@@ -63,8 +63,9 @@ def load_corpus(config: Config, data_dir: str | Path | None, progress: bool, voc
     corpus = None
     for current in range(3 if distributed.get_world_size() > 1 else 1):
         if turn == current:
-            folder = prepare_dataset(config.data.dataset, data_dir, progress=progress)
-            corpus = Corpus.load(folder, None if vocab is None else Vocab.from_list(vocab), progress=progress)
+            folder = prepare_data(config.data.dataset, data_dir, progress=progress)
+            corpus = Corpus.load(folder, None if vocab is None else Vocab.from_list(vocab),
+                                 tokenizer=make_tokenizer(config.data), progress=progress)
         distributed.barrier()
     return corpus
 

@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 
 from qrnn_lm.cli.commands import app
 from qrnn_lm.config import Config, check_options, toml_string
-from qrnn_lm.rules import ANY, OPTIONS, Ints, OneOf, Range, Text
+from qrnn_lm.rules import ANY, OPTIONS, Ints, OneOf, Range, Text, ZeroOrAtLeast
 
 runner = CliRunner()
 COMMAND = typer.main.get_command(app)  # built once: typer rebuilds it on every CliRunner.invoke (~50 ms)
@@ -74,6 +74,8 @@ def in_range(declared: str, rule) -> st.SearchStrategy:
     if isinstance(rule, Range):
         return st.floats(rule.low, rule.high, exclude_min=rule.low_open, exclude_max=rule.high_open,
                          allow_nan=False, allow_infinity=False)
+    if isinstance(rule, ZeroOrAtLeast):
+        return st.just(0) | st.integers(rule.low, INT64[1])
     if isinstance(rule, OneOf):
         return st.sampled_from(rule.choices)
     if isinstance(rule, Ints):
@@ -99,6 +101,8 @@ def out_of_range(declared: str, rule) -> st.SearchStrategy | None:
         if rule.high is not None:
             bad |= st.floats(min_value=rule.high, exclude_min=not rule.high_open, allow_nan=False, allow_infinity=False)
         return bad
+    if isinstance(rule, ZeroOrAtLeast):
+        return st.integers(INT64[0], -1) | st.integers(1, rule.low - 1)
     if isinstance(rule, OneOf):
         return TEXT.filter(lambda text: text not in rule.choices)
     if isinstance(rule, Ints):

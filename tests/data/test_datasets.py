@@ -92,7 +92,7 @@ def simple_examples() -> dict[str, bytes]:
 def test_ptb_char_comes_from_the_ptb_archive(server, monkeypatch, tmp_path):
     spec = DATASETS["ptb-char"]
     assert [s.url for s in spec.sources] == [s.url for s in DATASETS["ptb"].sources if s.format == "tar"]
-    assert (spec.tokenizer, spec.unit) == ("word", "bpc")
+    assert (spec.tokenizer, spec.unit) == ("char", "bpc")
     chars, members = simple_examples()
     monkeypatch.setitem(DATASETS, "ptb-char", local("ptb-char", server, make_tgz(members), path="/se.tgz"))
     folder = prepare_dataset("ptb-char", tmp_path, progress=False)
