@@ -1,7 +1,8 @@
-"""The README's library examples, run as written and checked against direct loops.
+"""The library examples of the README and docs/recurrences.md, run as written and checked against
+direct loops.
 
-Each snippet below is the exact text of a README code block. The tests execute it and compare what
-it computes with a plain step-by-step loop; when README.md shows a snippet, it must show it verbatim.
+Each snippet below is the exact text of a code block there. The tests execute it and compare what
+it computes with a plain step-by-step loop; the page that shows a snippet must show it verbatim.
 """
 
 from pathlib import Path
@@ -9,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README, RECURRENCES = ROOT / "README.md", ROOT / "docs" / "recurrences.md"
 
 REPLACE_LSTM = '''\
 import torch
@@ -119,16 +121,16 @@ def test_min_gru_example_matches_a_direct_loop():
     assert layer.linear.weight.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("snippet,marker", [
-    (REPLACE_LSTM, "qrnn = QRNN(hidden_size, hidden_size, num_layers=2"),
-    (BIDIRECTIONAL_PACKED, "bidirectional=True)\npacked_output"),
-    (EMA, "def ema("),
-    (MIN_GRU, "class MinGRU"),
+@pytest.mark.parametrize("snippet,marker,page", [
+    (REPLACE_LSTM, "qrnn = QRNN(hidden_size, hidden_size, num_layers=2", README),
+    (BIDIRECTIONAL_PACKED, "bidirectional=True)\npacked_output", README),
+    (EMA, "def ema(", RECURRENCES),
+    (MIN_GRU, "class MinGRU", RECURRENCES),
 ])
-def test_readme_shows_the_snippets_verbatim(snippet, marker):
-    # Every example is in the README: one removed (or renamed) there fails here rather than
+def test_the_pages_show_the_snippets_verbatim(snippet, marker, page):
+    # Every example is on its page: one removed (or renamed) there fails here rather than
     # skipping, so the tested snippet and the shown one cannot part silently.
-    text = README.read_text(encoding="utf-8")
-    assert marker in text, (f"README.md no longer shows this example (no {marker!r}): put it back, "
+    text = page.read_text(encoding="utf-8")
+    assert marker in text, (f"{page.name} no longer shows this example (no {marker!r}): put it back, "
                             "or remove it from tests/test_recurrence_examples.py too")
-    assert snippet in text, "README.md and tests/test_recurrence_examples.py disagree on this example"
+    assert snippet in text, f"{page.name} and tests/test_recurrence_examples.py disagree on this example"
