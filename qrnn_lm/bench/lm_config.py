@@ -1,5 +1,5 @@
 """Which shape ``qrnn-lm bench lm`` times: a recipe (``--config FILE``, else the defaults of
-``qrnn_lm/config.py``, which are PTB's AWD-QRNN), then each ``--set section.key=value``, then the
+``qrnn_lm/config/sections.py``, which are PTB's AWD-QRNN), then each ``--set section.key=value``, then the
 explicit size options (``--emb-size``, ``--hidden-size``, ``--num-layers``, ``--bptt``,
 ``--batch-size``), which win over both.
 

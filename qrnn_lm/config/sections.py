@@ -1,27 +1,18 @@
-"""Run configuration: typed dataclasses mirrored 1:1 by the TOML recipes in ``configs/``.
-
-Precedence: command line (``--set section.key=value``) > TOML file > the defaults below.
-Unknown keys and ill-typed values are errors that name what is valid. Each field declares its valid
-range beside its default (``setting(default, rule)``, the kinds of rule in :mod:`qrnn_lm.rules`);
-:func:`validate` applies them, and :func:`check_options` the command options' rules. Standard
-library only, so ``qrnn-lm --help`` stays instant (it imports only the leaf ``qrnn_lm.rules``).
+"""The run configuration's sections: typed dataclasses mirrored 1:1 by the TOML recipes in
+``configs/``. Each field declares its default and its valid range (``setting(default, rule)``, the
+kinds of rule in :mod:`qrnn_lm.rules`), with a comment saying what it means.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
-import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from .rules import (
+from ..rules import (
     ANY,
     DECODERS,
     LR_SCHEDULES,
     OPTIMIZERS,
-    OPTIONS,
     PRECISIONS,
     RNNS,
     SOFTMAX_MODES,
@@ -33,11 +24,6 @@ from .rules import (
     Text,
     ZeroOrAtLeast,
 )
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on Python 3.10 only
-    import tomli as tomllib
 
 
 class UserError(Exception):
@@ -173,193 +159,3 @@ class Config:
 
 
 _SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
-
-
-def _type_name(tp: Any) -> str:
-    return tp if isinstance(tp, str) else getattr(tp, "__name__", str(tp))
-
-
-def _coerce(where: str, declared: str, value: Any) -> Any:
-    """Check ``value`` against the dataclass field's declared type (a string under
-    ``from __future__ import annotations``); ints are accepted where floats are expected."""
-    if declared == "bool":
-        ok = isinstance(value, bool)
-    elif declared == "int":
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif declared == "float":
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if ok:
-            value = float(value)
-            ok = math.isfinite(value)
-    elif declared == "str":
-        ok = isinstance(value, str)
-    elif declared == "list[int]":
-        ok = isinstance(value, list) and all(
-            isinstance(item, int) and not isinstance(item, bool) for item in value
-        )
-    else:  # pragma: no cover - a new field type must be added above
-        raise TypeError(f"unsupported config field type {declared} for {where}")
-    if not ok:
-        raise ConfigError(f"config key '{where}' must be {declared}, got {value!r}")
-    return value
-
-
-def _section_from_dict(section: str, cls: type, values: Any) -> Any:
-    if not isinstance(values, dict):
-        raise ConfigError(f"config section [{section}] must be a table, got {values!r}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for key, value in values.items():
-        if key not in fields:
-            valid = ", ".join(sorted(fields))
-            raise ConfigError(f"unknown config key '{section}.{key}'; valid keys in [{section}]: {valid}")
-        kwargs[key] = _coerce(f"{section}.{key}", _type_name(fields[key].type), value)
-    return cls(**kwargs)
-
-
-def config_from_dict(values: dict) -> Config:
-    """Build a Config from nested dicts (a parsed TOML file); unknown keys raise ConfigError."""
-    if not isinstance(values, dict):
-        raise ConfigError(f"a config must be a table of sections, got {values!r}")
-    kwargs: dict[str, Any] = {}
-    for key, value in values.items():
-        if key == "name":
-            kwargs["name"] = _coerce("name", "str", value)
-        elif key in _SECTIONS:
-            kwargs[key] = _section_from_dict(key, _SECTIONS[key], value)
-        else:
-            valid = ", ".join(["name", *(f"[{s}]" for s in _SECTIONS)])
-            raise ConfigError(f"unknown config key '{key}'; valid top-level keys: {valid}")
-    config = Config(**kwargs)
-    validate(config)
-    return config
-
-
-def config_to_dict(config: Config) -> dict:
-    """Nested plain dicts (the form stored in checkpoints and written as TOML)."""
-    return dataclasses.asdict(config)
-
-
-QRNN_ONLY_KEYS = ("first_window", "window", "zoneout")  # [model] keys an LSTM model has no use for
-
-
-def _check_field(where: str, rule: Rule, value: Any) -> None:
-    problem = rule.problem(value)
-    if problem is not None:
-        raise ConfigError(f"{where} {problem}, got {value!r}")
-
-
-def check_section(section: str, values: Any) -> None:
-    """Every field of one section (a DataConfig, ModelConfig or TrainConfig) obeys its rule."""
-    for item in dataclasses.fields(values):
-        _check_field(f"{section}.{item.name}", item.metadata["rule"], getattr(values, item.name))
-
-
-def check_rnn(model: ModelConfig) -> None:
-    """model.rnn is known, and an LSTM model sets no QRNN-only key away from its default (it
-    would silently mean nothing)."""
-    _check_field("model.rnn", OneOf(RNNS), model.rnn)
-    if model.rnn == "qrnn":
-        return
-    defaults = ModelConfig()
-    for key in QRNN_ONLY_KEYS:
-        value = getattr(model, key)
-        if value != getattr(defaults, key):
-            raise ConfigError(f"model.{key} = {value!r} is a QRNN setting that model.rnn = \"{model.rnn}\" has no use for; "
-                              f"remove it (or --set model.{key}={getattr(defaults, key)!r}), or use model.rnn=\"qrnn\"")
-
-
-def validate(config: Config) -> None:
-    """Every key obeys the rule its field declares, then the rules between keys."""
-    _check_field("name", dataclasses.fields(Config)[0].metadata["rule"], config.name)
-    for section in _SECTIONS:
-        check_section(section, getattr(config, section))
-    check_rnn(config.model)
-    if config.train.lr_floor != 0.0 and config.train.lr_schedule == "constant":
-        raise ConfigError("train.lr_floor is where a decay ends: set train.lr_schedule to 'cosine' or 'linear', "
-                          "or drop lr_floor")
-    if config.data.tokenizer != "word" and (config.data.max_vocab, config.data.min_count) != (0, 1):
-        raise ConfigError("data.max_vocab and data.min_count cap a word vocabulary; drop them or use "
-                          f"data.tokenizer=\"word\" (data.tokenizer is {config.data.tokenizer!r})")
-
-
-def check_options(**values: Any) -> None:
-    """ConfigError for a command option out of its range (:data:`qrnn_lm.rules.OPTIONS`), named as
-    on the command line (``top_p`` is ``--top-p``); None means not given."""
-    for name, value in values.items():
-        if value is not None:
-            _check_field(f"--{name.replace('_', '-')}", OPTIONS[name], value)
-
-
-def parse_override(text: str) -> tuple[str, str, Any]:
-    """Split ``section.key=value``; the value is read as a TOML literal (``3``, ``0.5``,
-    ``true``, ``[1, 2]``, ``"text"``), falling back to a bare string (``--set data.dataset=ptb``)."""
-    target, sep, raw = text.partition("=")
-    if not sep or not target.strip():
-        raise ConfigError(f"--set expects section.key=value, got {text!r}")
-    target, raw = target.strip(), raw.strip()
-    try:
-        value = tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = raw
-    if target == "name":
-        return "", "name", value
-    section, dot, key = target.partition(".")
-    if not dot or not key:
-        raise ConfigError(f"--set expects section.key=value (e.g. train.lr=10), got {text!r}")
-    return section, key, value
-
-
-def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
-    """Read a TOML recipe (or the defaults when ``path`` is None) and apply ``--set`` overrides."""
-    values: dict = {}
-    if path is not None:
-        path = Path(path)
-        try:
-            values = tomllib.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"config file {path} does not exist; pick one from configs/") from None
-        except (UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
-            raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
-    for text in overrides:
-        section, key, value = parse_override(text)
-        if section:
-            table = values.setdefault(section, {})
-            if not isinstance(table, dict):
-                raise ConfigError(f"config section [{section}] must be a table")
-            table[key] = value
-        else:
-            values[key] = value
-    return config_from_dict(values)
-
-
-def toml_string(text: str) -> str:
-    """``text`` as a TOML basic string literal (as written in recipes and read by ``--set``)."""
-    escaped = "".join(_TOML_ESCAPES.get(char, f"\\u{ord(char):04x}" if ord(char) < 0x20 or char == "\x7f" else char)
-                      for char in text)
-    return f'"{escaped}"'
-
-
-_TOML_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t", "\r": "\\r", "\b": "\\b", "\f": "\\f"}
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return toml_string(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
-    raise TypeError(f"cannot write {value!r} as TOML")
-
-
-def to_toml(config: Config) -> str:
-    """The resolved config as a TOML recipe that ``load_config`` reads back to an equal Config."""
-    data = config_to_dict(config)
-    lines = [f"name = {_toml_value(data.pop('name'))}"]
-    for section, values in data.items():
-        lines.append(f"\n[{section}]")
-        lines.extend(f"{key} = {_toml_value(value)}" for key, value in values.items())
-    return "\n".join(lines) + "\n"
