@@ -269,7 +269,8 @@ class Trainer:
             write_results(self.out_dir, results)
         self.log.test(test_loss, state.step)
         self.console.echo(f"test loss {test_loss:.3f} | test ppl {perplexity(test_loss):.2f}"
-                          f"{self.units.text(test_loss, 'test', 'test')} (best.pt, batch size {config.data.test_batch_size})")
+                          + self.units.text(test_loss, "test", "test")
+                          + f" (best.pt, batch size {config.data.test_batch_size})")
         return results
 
     def _validate_at_stop(self, status: str) -> float:

@@ -1,6 +1,6 @@
-"""``qrnn-lm plot``: one PNG, two panels, one labelled line per run (name and model type), character runs
-in bits per character, subword runs per word, and
-one-line errors for a missing matplotlib, a folder without metrics.csv or without validations."""
+"""``qrnn-lm plot``: one PNG, two panels, one labelled line per run (name and model type), character
+runs in bits per character, subword runs per word, and one-line errors for a missing matplotlib, a
+folder without metrics.csv or without validations, and bits beside perplexities."""
 
 import sys
 from pathlib import Path

@@ -109,3 +109,14 @@ def test_resuming_a_file_written_before_the_unit_column_keeps_its_rows(tmp_path)
     csv.close()
     assert path.read_text() == (f"{HEADER},valid_bpc\n5,1,200,1.000,2.5,,5,\n6,1,240,1.200,,12.5,5,\n"
                                 "7,1,0,2.000,2,,5,\n7,1,0,2.500,,8,5,3\n")
+
+
+def test_the_cli_summary_line_names_the_unit(runs):
+    from qrnn_lm.cli.train import _format_results
+
+    folder, results, _ = runs["char"]
+    line = _format_results(results, folder)
+    assert f"best valid bpc {results['best_val_bpc']:.4f}, test bpc {results['test_bpc']:.4f}" in line
+    folder, results, _ = runs["subword"]
+    assert f"test word ppl {results['test_word_ppl']:.2f};" in _format_results(results, folder)
+    assert "bpc" not in _format_results(runs["word"][1], folder)
