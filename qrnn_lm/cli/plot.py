@@ -70,8 +70,18 @@ def _column(fields: list[str], tokenizer: Any) -> tuple[str, str]:
     for unit in ("bpc", "word_ppl"):
         if f"valid_{unit}" in fields:
             return f"valid_{unit}", unit
-    # a file written before the unit columns: a character run's bpc is log2 of its perplexity
     return "valid_ppl", "bpc" if tokenizer in ("char", "byte") else "ppl"
+
+
+def _value(row: dict[str, str], column: str, unit: str) -> float | None:
+    """A validation row's value in ``unit``; None for a subword row without its per-word cell."""
+    if column != "valid_ppl" and row.get(column):
+        return float(row[column])
+    # a row written before the unit columns (an old file, or the rows an old run resumed with):
+    # a character run's bpc is log2 of its perplexity; a subword run's words are not in the file
+    if unit == "bpc":
+        return math.log2(float(row["valid_ppl"]))
+    return float(row["valid_ppl"]) if unit == "ppl" else None
 
 
 def read_curve(folder: Path) -> Curve:
@@ -91,12 +101,14 @@ def read_curve(folder: Path) -> Curve:
             if not row.get("valid_ppl"):
                 continue  # a training row
             try:
-                minutes, tokens, value = float(row["wall_s"]) / 60, int(row["tokens"]), float(row[column])
+                minutes, tokens, value = float(row["wall_s"]) / 60, int(row["tokens"]), _value(row, column, curve.unit)
             except (TypeError, ValueError):
                 raise UserError(f"{path} has a damaged row ({row}); delete that line and plot again") from None
+            if value is None:
+                continue
             curve.minutes.append(minutes)
             curve.tokens.append(tokens)
-            curve.values.append(math.log2(value) if column == "valid_ppl" and curve.unit == "bpc" else value)
+            curve.values.append(value)
     if curve.unit == "ppl" and tokenizer == "subword":
         curve.label += " per token"  # not per word: not comparable with a word run
     if not curve.values:
