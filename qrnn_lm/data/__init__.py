@@ -6,7 +6,8 @@ problem is a :class:`DataError` whose message is one line saying what to do.
 """
 
 from .batching import batchify, get_batch, sample_seq_len
-from .corpus import CACHE_PREFIX, Corpus, file_sha256, user_cache_dir
+from .checksums import file_sha256
+from .corpus import CACHE_PREFIX, Corpus, user_cache_dir
 from .download import DATA_ENV, prepare_dataset, resolve_data_dir
 from .errors import DataError
 from .registry import DATASETS, SPLIT_FILES, DatasetSpec, Source, mismatched_files

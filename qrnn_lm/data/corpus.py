@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .checksums import file_sha256
 from .errors import DataError
 from .registry import SPLIT_FILES
 from .tokenizer import Tokenizer, WordTokenizer, tokenizer_from_state
@@ -32,15 +33,6 @@ log = logging.getLogger(__name__)
 CACHE_FORMAT = 1  # bump when the cached content or the tokenisation rule changes
 CACHE_PREFIX = ".qrnn_lm_cache-"
 _CHUNK_BYTES = 8 << 20  # read about 8 MiB of whole lines at a time
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def user_cache_dir() -> Path:

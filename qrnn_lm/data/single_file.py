@@ -12,7 +12,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .corpus import _marked_writable, file_sha256, user_cache_dir
+from .checksums import file_sha256
+from .corpus import _marked_writable, user_cache_dir
 from .errors import DataError
 from .registry import SPLIT_FILES
 from .split_names import split_folder_name
