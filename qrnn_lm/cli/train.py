@@ -91,7 +91,8 @@ def _format_results(results: dict, out: Path) -> str:
     line = f"done ({results.get('status', 'finished')}) after {results.get('steps', '?')} steps"
     if isinstance(results.get("seconds"), (int, float)):
         line += f" in {results['seconds']:.0f} s"
-    for key, label in (("best_val_ppl", "best valid ppl"), ("test_ppl", "test ppl")):
+    for key, label in (("best_val_ppl", "best valid ppl"), ("test_ppl", "test ppl"),
+                       ("test_cache_ppl", "with the cache pointer")):
         if isinstance(results.get(key), (int, float)):
             line += f", {label} {results[key]:.2f}"
     return f"{line}; run folder {out}"
