@@ -55,3 +55,11 @@ def test_bad_values_are_one_line_config_errors(override, key):
     with pytest.raises(ConfigError) as error:
         load_config(TINY, [override])
     assert key in str(error.value) and "\n" not in str(error.value)
+
+
+def test_train_summary_line_carries_the_cache_ppl():
+    from qrnn_lm.cli.train import _format_results
+
+    line = _format_results({"status": "completed", "steps": 3, "test_ppl": 80.0, "test_cache_ppl": 70.5}, Path("r"))
+    assert "test ppl 80.00, with the cache pointer 70.50" in line
+    assert "cache" not in _format_results({"status": "completed", "steps": 3, "test_ppl": 80.0}, Path("r"))
