@@ -1,6 +1,8 @@
 """``qrnn-lm plot``: the validation perplexity of one or more runs against wall-clock minutes and
 against training tokens, one line per run, from each run folder's ``metrics.csv`` and
-``config.toml``.
+``config.toml``. Character and byte runs are drawn in bits per character (the ``valid_bpc`` column;
+in files written before it, ``log2(valid_ppl)``), subword runs in per-word perplexity
+(``valid_word_ppl``), so they sit on one axis with word runs; bits and perplexities never share one.
 
 A reader of run folders: standard library only, and matplotlib (the optional ``plot`` extra),
 imported inside the command. It does not import torch, so it starts at once.
@@ -9,6 +11,7 @@ imported inside the command. It does not import torch, so it starts at once.
 from __future__ import annotations
 
 import csv
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,27 +31,57 @@ INSTALL = "pip install 'qrnn-lm[plot]'"
 
 @dataclass
 class Curve:
-    """One run's validation points: its label, wall-clock minutes, tokens seen, perplexities."""
+    """One run's validation points: its label, wall-clock minutes, tokens seen, and values in
+    ``unit``: "bpc", "word_ppl" (a subword run's per-word perplexity) or "ppl" (a word run's, or
+    the per-token perplexity of a subword run written before ``valid_word_ppl``)."""
 
     label: str
     minutes: list[float]
     tokens: list[int]
-    ppl: list[float]
+    values: list[float]
+    unit: str = "ppl"
+
+
+def _config(folder: Path) -> dict[str, Any]:
+    """The run's raw ``config.toml`` ({} without the file)."""
+    path = folder / "config.toml"
+    if not path.is_file():
+        return {}
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
+        raise UserError(f"{path} is not valid TOML ({error}); pass run folders written by qrnn-lm train") from None
+
+
+def _section(values: dict[str, Any], name: str) -> dict[str, Any]:
+    section = values.get(name, {})
+    return section if isinstance(section, dict) else {}
 
 
 def run_label(folder: Path) -> str:
     """``"<name> (<model type>)"`` from the run's ``config.toml`` (the raw TOML: ``model.rnn``
     defaults to "qrnn"; without the file, the folder's name)."""
-    path = folder / "config.toml"
-    if not path.is_file():
-        return f"{folder.name} (qrnn)"
-    try:
-        values = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
-        raise UserError(f"{path} is not valid TOML ({error}); pass run folders written by qrnn-lm train") from None
-    model = values.get("model", {})
-    rnn = model.get("rnn", "qrnn") if isinstance(model, dict) else "qrnn"
-    return f"{values.get('name', folder.name)} ({rnn})"
+    values = _config(folder)
+    return f"{values.get('name', folder.name)} ({_section(values, 'model').get('rnn', 'qrnn')})"
+
+
+def _column(fields: list[str], tokenizer: Any) -> tuple[str, str]:
+    """``(column, unit)``: the column of ``metrics.csv`` to plot and the curve's unit."""
+    for unit in ("bpc", "word_ppl"):
+        if f"valid_{unit}" in fields:
+            return f"valid_{unit}", unit
+    return "valid_ppl", "bpc" if tokenizer in ("char", "byte") else "ppl"
+
+
+def _value(row: dict[str, str], column: str, unit: str) -> float | None:
+    """A validation row's value in ``unit``; None for a subword row without its per-word cell."""
+    if column != "valid_ppl" and row.get(column):
+        return float(row[column])
+    # a row written before the unit columns (an old file, or the rows an old run resumed with):
+    # a character run's bpc is log2 of its perplexity; a subword run's words are not in the file
+    if unit == "bpc":
+        return math.log2(float(row["valid_ppl"]))
+    return float(row["valid_ppl"]) if unit == "ppl" else None
 
 
 def read_curve(folder: Path) -> Curve:
@@ -60,18 +93,25 @@ def read_curve(folder: Path) -> Curve:
         raise UserError(f"{folder} holds no metrics.csv: plot needs a run trained by a qrnn-lm that writes it "
                         "(train or resume it once)")
     curve = Curve(run_label(folder), [], [], [])
+    tokenizer = _section(_config(folder), "data").get("tokenizer", "word")
     with path.open(newline="", encoding="utf-8") as file:
-        for row in csv.DictReader(file):
+        reader = csv.DictReader(file)
+        column, curve.unit = _column(reader.fieldnames or [], tokenizer)
+        for row in reader:
             if not row.get("valid_ppl"):
                 continue  # a training row
             try:
-                minutes, tokens, ppl = float(row["wall_s"]) / 60, int(row["tokens"]), float(row["valid_ppl"])
+                minutes, tokens, value = float(row["wall_s"]) / 60, int(row["tokens"]), _value(row, column, curve.unit)
             except (TypeError, ValueError):
                 raise UserError(f"{path} has a damaged row ({row}); delete that line and plot again") from None
+            if value is None:
+                continue
             curve.minutes.append(minutes)
             curve.tokens.append(tokens)
-            curve.ppl.append(ppl)
-    if not curve.ppl:
+            curve.values.append(value)
+    if curve.unit == "ppl" and tokenizer == "subword":
+        curve.label += " per token"  # not per word: not comparable with a word run
+    if not curve.values:
         raise UserError(f"{folder}/metrics.csv has no validation rows yet: plot it after its first validation "
                         "(the end of an epoch)")
     return curve
@@ -87,22 +127,36 @@ def _figure_class() -> Any:
     return Figure
 
 
+def _y_label(curves: list[Curve]) -> str:
+    """The y axis of ``curves``: bits per character or perplexity (UserError when they mix)."""
+    bits = [curve.label for curve in curves if curve.unit == "bpc"]
+    others = [curve.label for curve in curves if curve.unit != "bpc"]
+    if bits and others:
+        raise UserError(f"cannot draw bits per character ({bits[0]}) and perplexity ({others[0]}) on one axis; "
+                        "plot the character and byte runs apart from the word and subword runs")
+    if bits:
+        return "validation bits per character"
+    return "validation perplexity per word" if any(c.unit == "word_ppl" for c in curves) else "validation perplexity"
+
+
 def plot_curves(curves: list[Curve], out: Path) -> Any:
     """Draw ``curves`` into ``out`` (format from its suffix: .png, .pdf, .svg); returns the Figure."""
     from matplotlib.ticker import LogFormatter
 
+    ylabel = _y_label(curves)
     figure = _figure_class()(figsize=(11, 4.5), layout="constrained")
     by_time, by_tokens = figure.subplots(1, 2, sharey=True)
     for curve in curves:
-        by_time.plot(curve.minutes, curve.ppl, marker="o", markersize=3, label=curve.label)
-        by_tokens.plot(curve.tokens, curve.ppl, marker="o", markersize=3, label=curve.label)
+        by_time.plot(curve.minutes, curve.values, marker="o", markersize=3, label=curve.label)
+        by_tokens.plot(curve.tokens, curve.values, marker="o", markersize=3, label=curve.label)
     for axes, xlabel in ((by_time, "wall-clock minutes"), (by_tokens, "training tokens seen")):
         axes.set_xlabel(xlabel)
-        axes.set_yscale("log")
-        for ticks in (axes.yaxis.set_major_formatter, axes.yaxis.set_minor_formatter):
-            ticks(LogFormatter(labelOnlyBase=False))  # plain numbers (180, 250), not 1.8 x 10^2
+        if "perplexity" in ylabel:  # bits per character: a linear axis, as the field's tables
+            axes.set_yscale("log")
+            for ticks in (axes.yaxis.set_major_formatter, axes.yaxis.set_minor_formatter):
+                ticks(LogFormatter(labelOnlyBase=False))  # plain numbers (180, 250), not 1.8 x 10^2
         axes.grid(True, which="both", alpha=0.3)
-    by_time.set_ylabel("validation perplexity")
+    by_time.set_ylabel(ylabel)
     by_tokens.legend()
     try:
         figure.savefig(out, dpi=120)
@@ -118,6 +172,8 @@ def plot_command(
     out: Annotated[Path, typer.Option("--out", "-o", metavar="FILE", help="Where to write: the image (.png, .pdf, .svg).")],
 ):
     """Plot validation perplexity against wall-clock minutes (left) and tokens seen (right), one line per run.
+
+    Character and byte runs are drawn in bits per character, subword runs in perplexity per word.
 
     Needs matplotlib (pip install 'qrnn-lm[plot]'). Example:
     qrnn-lm plot runs/ptb-small runs/ptb-small-lstm --out ptb.png

@@ -12,7 +12,9 @@ Columns (exactly :data:`COLUMNS`): ``step`` (optimizer steps since the run began
 epoch in progress, 1-based), ``tokens`` (training tokens seen), ``wall_s`` (seconds of training and
 validation since the run began, across resumes), ``train_loss`` (mean loss since the previous
 log row; empty in validation rows), ``valid_ppl`` (empty in training rows), ``lr`` (the scheduled
-learning rate, before SGD's segment-length rescaling).
+learning rate, before SGD's segment-length rescaling); then, for a run with a unit
+(:mod:`.units`), ``valid_bpc`` (character and byte models) or ``valid_word_ppl`` (subword
+models), empty in training rows. A word run's file has exactly :data:`COLUMNS`.
 
 Each row is written and flushed at once, so a killed run loses nothing it had logged. A resumed
 run appends to the file after dropping its rows with a ``step`` beyond the checkpoint it resumes
@@ -36,8 +38,9 @@ from typing import Any, Callable, Protocol
 from ..config import Config
 from ..inference.evaluate import perplexity
 from .state import Counters
+from .units import RunUnits
 
-__all__ = ["MetricsLogger", "NullLogger", "TensorBoardLogger", "make_logger", "Meter", "COLUMNS", "MetricsCsv", "read_rows", "RunLog", "Console", "run_results", "write_results"]
+__all__ = ["MetricsLogger", "NullLogger", "TensorBoardLogger", "make_logger", "Meter", "COLUMNS", "columns", "MetricsCsv", "read_rows", "RunLog", "Console", "run_results", "write_results"]
 
 
 class MetricsLogger(Protocol):
@@ -116,23 +119,32 @@ COLUMNS = ("step", "epoch", "tokens", "wall_s", "train_loss", "valid_ppl", "lr")
 HEADER = ",".join(COLUMNS)
 
 
+def columns(unit: str | None = None) -> tuple[str, ...]:
+    """The columns of a run's ``metrics.csv``: :data:`COLUMNS`, then ``valid_<unit>`` when it has one."""
+    return COLUMNS if unit is None else (*COLUMNS, f"valid_{unit}")
+
+
 def read_rows(path: Path) -> list[dict[str, str]]:
     """The rows of a ``metrics.csv`` as dicts of strings (empty string: no value)."""
     with path.open(newline="", encoding="utf-8") as file:
         return list(csv.DictReader(file))
 
 
-def _kept_lines(text: str, resume_step: int) -> list[str]:
-    """The complete data lines of a metrics.csv's ``text`` up to ``resume_step`` ([] when the
-    file is not ours). A line cut short by a kill mid-write has too few cells and goes too."""
+def _kept_lines(text: str, resume_step: int, header: str) -> list[str]:
+    """The complete data lines of a metrics.csv's ``text`` up to ``resume_step``, in the columns of
+    ``header`` ([] when the file is not ours). A line cut short by a kill mid-write has too few cells
+    and goes too. A file written before the unit column (:data:`HEADER` alone) keeps its lines, each
+    with an empty unit cell."""
     lines = text.splitlines()
-    if not lines or lines[0] != HEADER:
+    if not lines or lines[0] not in (header, HEADER):
         return []
+    cells = lines[0].count(",")
+    pad = "," * (header.count(",") - cells)
     kept = []
     for line in lines[1:]:
         step = line.split(",", 1)[0]
-        if line.count(",") == len(COLUMNS) - 1 and step.isdigit() and int(step) <= resume_step:
-            kept.append(line)
+        if line.count(",") == cells and step.isdigit() and int(step) <= resume_step:
+            kept.append(line + pad)
     return kept
 
 
@@ -143,14 +155,18 @@ class MetricsCsv:
         path: the file.
         resume_step: the step of the checkpoint a resumed run continues from (rows after it go);
             None for a fresh run (any old file is replaced).
+        unit: the run's unit ("bpc", "word_ppl"), whose column ``valid_<unit>`` ends each row;
+            None: a word run, :data:`COLUMNS` alone.
     """
 
-    def __init__(self, path: Path | None, resume_step: int | None = None):
+    def __init__(self, path: Path | None, resume_step: int | None = None, unit: str | None = None):
         self._file = None
+        self._unit = unit
         if path is None:
             return
+        header = ",".join(columns(unit))
         text = path.read_text(encoding="utf-8") if resume_step is not None and path.is_file() else ""
-        content = "\n".join([HEADER, *_kept_lines(text, resume_step)]) + "\n" if text else HEADER + "\n"
+        content = "\n".join([header, *_kept_lines(text, resume_step, header)]) + "\n" if text else header + "\n"
         if content != text:  # fresh, or rows to drop: rewrite (atomically: never half of the old rows)
             temp = path.with_name(f".{path.name}.new")
             temp.write_text(content, encoding="utf-8")
@@ -158,14 +174,16 @@ class MetricsCsv:
         self._file = path.open("a", newline="", encoding="utf-8")
 
     def row(self, state: Counters, wall_s: float, lr: float, *, train_loss: float | None = None,
-            valid_ppl: float | None = None) -> None:
+            valid_ppl: float | None = None, valid_unit: float | None = None) -> None:
         """Append one row at ``state``'s counters (a training row gives ``train_loss``, a
-        validation row ``valid_ppl``)."""
+        validation row ``valid_ppl`` and, in a run with a unit, ``valid_unit``)."""
         if self._file is None:
             return
         cells = [str(state.step), str(state.epoch), str(state.tokens), f"{wall_s:.3f}",
                  "" if train_loss is None else f"{train_loss:.6g}",
                  "" if valid_ppl is None else f"{valid_ppl:.6g}", f"{lr:.8g}"]
+        if self._unit is not None:
+            cells.append("" if valid_unit is None else f"{valid_unit:.6g}")
         self._file.write(",".join(cells) + "\n")
         self._file.flush()
 
@@ -178,11 +196,14 @@ class MetricsCsv:
 class RunLog:
     """A run's logs: TensorBoard scalars (``tb/``) and ``metrics.csv`` in ``out_dir`` (on rank 0;
     ``out_dir`` None elsewhere: nothing is written), the training metrics averaged by a
-    :class:`Meter` between two log points. ``resume_step``: the step a resumed run continues from."""
+    :class:`Meter` between two log points. ``resume_step``: the step a resumed run continues from;
+    ``units``: the run's unit beside perplexity (None: none, as a word run)."""
 
-    def __init__(self, out_dir: Path | None, resume_step: int | None = None):
+    def __init__(self, out_dir: Path | None, resume_step: int | None = None, units: RunUnits | None = None):
+        self.units = units
+        unit = None if units is None else units.unit
         self.logger = make_logger(out_dir / "tb" if out_dir is not None else None)
-        self.csv = MetricsCsv(out_dir / "metrics.csv" if out_dir is not None else None, resume_step)
+        self.csv = MetricsCsv(out_dir / "metrics.csv" if out_dir is not None else None, resume_step, unit)
         self.meter = Meter()
 
     def step(self, loss: float, grad_norm: float, tokens: int, counters: Counters, wall_s: float, lr: float,
@@ -196,12 +217,22 @@ class RunLog:
         self.csv.row(counters, wall_s, metrics["lr"], train_loss=metrics["train/loss"])
         return metrics
 
+    def _scalars(self, loss: float, split: str, prefix: str) -> dict[str, float]:
+        """``{prefix}/loss``, ``{prefix}/ppl`` and, in a run with a unit, ``{prefix}/bpc`` or ``{prefix}/word_ppl``."""
+        scalars = {f"{prefix}/loss": loss, f"{prefix}/ppl": perplexity(loss)}
+        value = None if self.units is None else self.units.value(loss, split)
+        if value is not None:
+            scalars[f"{prefix}/{self.units.unit}"] = value
+        return scalars
+
     def validation(self, val_loss: float, counters: Counters, wall_s: float, lr: float) -> None:
-        self.logger.log({"val/loss": val_loss, "val/ppl": perplexity(val_loss)}, counters.step)
-        self.csv.row(counters, wall_s, lr, valid_ppl=perplexity(val_loss))
+        scalars = self._scalars(val_loss, "valid", "val")
+        self.logger.log(scalars, counters.step)
+        unit = None if self.units is None else self.units.unit
+        self.csv.row(counters, wall_s, lr, valid_ppl=scalars["val/ppl"], valid_unit=scalars.get(f"val/{unit}"))
 
     def test(self, test_loss: float, step: int) -> None:
-        self.logger.log({"test/loss": test_loss, "test/ppl": perplexity(test_loss)}, step)
+        self.logger.log(self._scalars(test_loss, "test", "test"), step)
 
     def close(self) -> None:
         self.logger.close()
@@ -242,8 +273,9 @@ def _echo(progress: bool, enabled: bool) -> Callable[[str], None]:
 
 
 def run_results(config: Config, state: Counters, optimizer: str, status: str, best_val: float, test_loss: float,
-                test_tokens: int, out_dir: Path, seconds: float) -> dict[str, Any]:
-    """The results dict (the keys of ``results.json``) of a run that ended with ``status``."""
+                test_tokens: int, out_dir: Path, seconds: float, units: RunUnits | None = None) -> dict[str, Any]:
+    """The results dict (the keys of ``results.json``) of a run that ended with ``status``; a run
+    with ``units`` also gets their keys (:meth:`RunUnits.results`) at the end."""
     return {
         "name": config.name,
         "dataset": config.data.dataset,
@@ -260,6 +292,7 @@ def run_results(config: Config, state: Counters, optimizer: str, status: str, be
         "test_batch_size": config.data.test_batch_size,
         "checkpoint": str(out_dir / "best.pt"),
         "seconds": round(seconds, 1),
+        **({} if units is None else units.results(best_val, test_loss)),
     }
 
 

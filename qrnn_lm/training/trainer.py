@@ -56,6 +56,7 @@ from .schedule import Schedule
 from .state import Counters, History, RandomState, SharedMasks
 from .step import make_scaler, train_step
 from .stopping import Budget, Interrupted, StopSignals, sigint_deferred
+from .units import RunUnits
 
 __all__ = ["Trainer"]
 
@@ -122,7 +123,8 @@ class Trainer:
         self.step_state: dict[str, Any] | None = None  # the state a step in progress started from
         if main:
             (out_dir / "config.toml").write_text(to_toml(config), encoding="utf-8")
-        self.log = RunLog(out_dir if main else None, None if resumed is None else self.state.step)
+        self.units = RunUnits(self.corpus)  # bits per character, per-word perplexity, or none (words)
+        self.log = RunLog(out_dir if main else None, None if resumed is None else self.state.step, self.units)
         if resumed is not None:
             self.console.echo(f"resuming {resume}: epoch {self.state.epoch}, step {self.state.step}")
         self.finetune = read_finetune(out_dir) if resumed is not None else None  # a finetune run's start
@@ -232,7 +234,8 @@ class Trainer:
         val_loss = self.validate()
         self._log_validation(val_loss)
         self.console.echo(f"epoch {state.epoch:3d} | step {state.step} | valid loss {val_loss:.3f} | "
-                          f"valid ppl {perplexity(val_loss):.2f}" + (" | averaged" if self.schedule.name == "asgd" else ""))
+                          f"valid ppl {perplexity(val_loss):.2f}" + self.units.text(val_loss, "valid", "valid")
+                          + (" | averaged" if self.schedule.name == "asgd" else ""))
         with sigint_deferred():
             if val_loss < self.history.best_val_loss:
                 self.history.best_val_loss = val_loss
@@ -256,7 +259,8 @@ class Trainer:
                 self._validated(val_loss)
         model, best_val = self.checkpointer.load_best(self.device)
         test_loss, test_tokens = self.evaluator.test_loss(model, progress=self.console.progress)
-        results = run_results(config, state, self.schedule.name, status, best_val, test_loss, test_tokens, self.out_dir, seconds)
+        results = run_results(config, state, self.schedule.name, status, best_val, test_loss, test_tokens, self.out_dir,
+                              seconds, self.units)
         if self.finetune is not None:
             results["finetune"] = compare(self.finetune, results)
             self.console.echo(f"finetune: valid ppl {results['finetune']['start_val_ppl']:.2f} -> "
@@ -266,8 +270,9 @@ class Trainer:
             results.update(cache_results(config, model, self.corpus, self.device))  # {} when cache_at_end is off
             write_results(self.out_dir, results)
         self.log.test(test_loss, state.step)
-        self.console.echo(f"test loss {test_loss:.3f} | test ppl {perplexity(test_loss):.2f} (best.pt, batch size "
-                          f"{config.data.test_batch_size})")
+        self.console.echo(f"test loss {test_loss:.3f} | test ppl {perplexity(test_loss):.2f}"
+                          + self.units.text(test_loss, "test", "test")
+                          + f" (best.pt, batch size {config.data.test_batch_size})")
         if "test_cache_ppl" in results:
             self.console.echo(cache_summary(results))
         return results
@@ -282,7 +287,8 @@ class Trainer:
             val_loss = self.validate()
             restore_stream(self.model, carried, self.device)  # evaluation reset the layers' saved inputs
             self._log_validation(val_loss)
-            self.console.echo(f"stopped at step {state.step} ({status}): valid ppl {perplexity(val_loss):.2f}")
+            self.console.echo(f"stopped at step {state.step} ({status}): valid ppl {perplexity(val_loss):.2f}"
+                              + self.units.text(val_loss, "valid", "valid"))
             if val_loss < self.history.best_val_loss or not self.checkpointer.has_best():
                 self.history.best_val_loss = val_loss
                 with self.schedule.averaged():

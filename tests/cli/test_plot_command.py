@@ -1,5 +1,6 @@
-"""``qrnn-lm plot``: one PNG, two panels, one labelled line per run (name and model type), and
-one-line errors for a missing matplotlib, a folder without metrics.csv or without validations."""
+"""``qrnn-lm plot``: one PNG, two panels, one labelled line per run (name and model type), character
+runs in bits per character, subword runs per word, and one-line errors for a missing matplotlib, a
+folder without metrics.csv or without validations, and bits beside perplexities."""
 
 import sys
 from pathlib import Path
@@ -90,4 +91,37 @@ def test_runs_without_validations_are_one_line_errors_naming_the_folder(runs, tm
     assert_one_line_error(result, str(tmp_path / "missing"), "not a run folder")
     result = runner.invoke(app, ["plot", str(runs[0]), "--out", str(tmp_path / "x.unknown")])
     assert_one_line_error(result, "x.unknown", ".png")
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_character_runs_are_drawn_in_bits_per_character(tmp_path):
+    """The valid_bpc column on a linear axis; a file written before it: log2 of its perplexity."""
+    char = tmp_path / "char"
+    char.mkdir()
+    (char / "config.toml").write_text('name = "ptb-char"\n[data]\ntokenizer = "char"\n')
+    (char / "metrics.csv").write_text(HEADER.strip() + ",valid_bpc\n10,1,400,30.000,1.2,,30,\n"
+                                      "17,1,624,60.000,,8,30,\n"  # logged before the column, kept by a resume
+                                      "34,2,1248,90.000,,3.2,30,1.678\n")
+    old = write_run(tmp_path / "old", 'name = "old-char"\n[data]\ntokenizer = "byte"\n', "17,1,624,60.000,,4,30\n")
+    figure = plot_curves([read_curve(char), read_curve(old)], tmp_path / "bits.png")
+    by_time, _ = figure.axes
+    assert by_time.get_ylabel() == "validation bits per character" and by_time.get_yscale() == "linear"
+    assert list(by_time.lines[0].get_ydata()) == [3.0, 1.678] and list(by_time.lines[1].get_ydata()) == [2.0]
+
+
+def test_subword_runs_are_drawn_per_word_beside_word_runs_but_never_beside_bits(runs, tmp_path):
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    (sub / "config.toml").write_text('name = "wt2-bpe"\n[data]\ntokenizer = "subword"\n')
+    (sub / "metrics.csv").write_text(HEADER.strip() + ",valid_word_ppl\n10,1,400,30.000,,50,30,\n"
+                                     "17,1,624,60.000,,40.5,30,200.25\n")  # its first row: no word count, no point
+    figure = plot_curves([read_curve(runs[0]), read_curve(sub)], tmp_path / "words.png")
+    by_time, _ = figure.axes
+    assert by_time.get_ylabel() == "validation perplexity per word" and by_time.get_yscale() == "log"
+    assert list(by_time.lines[1].get_ydata()) == [200.25]
+    old = write_run(tmp_path / "old-sub", '[data]\ntokenizer = "subword"\n', "17,1,624,60.000,,40.5,30\n")
+    assert read_curve(old).label.endswith("per token") and read_curve(old).values == [40.5]
+    char = write_run(tmp_path / "char", '[data]\ntokenizer = "char"\n', "17,1,624,60.000,,4,30\n")
+    result = runner.invoke(app, ["plot", str(runs[0]), str(char), "--out", str(tmp_path / "x.png")])
+    assert_one_line_error(result, "bits per character", "perplexity", "apart")
     assert not (tmp_path / "x.png").exists()
