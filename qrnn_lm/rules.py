@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["Rule", "Range", "OneOf", "Ints", "Text", "ANY", "RNNS", "DECODERS", "OPTIMIZERS", "LR_SCHEDULES",
-           "SOFTMAX_MODES", "PRECISIONS", "TOKENIZERS", "ZeroOrAtLeast", "OPTIONS"]
+           "SOFTMAX_MODES", "PRECISIONS", "TOKENIZERS", "CACHE_AT_END", "ZeroOrAtLeast", "OPTIONS"]
 
 # Allowed values of the config keys that name a choice; the training code imports these.
 RNNS = ("qrnn", "lstm")  # model.rnn
@@ -28,6 +28,7 @@ LR_SCHEDULES = ("constant", "cosine", "linear")  # train.lr_schedule
 SOFTMAX_MODES = ("auto", "full", "chunked")  # train.softmax
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")  # train.precision
 TOKENIZERS = ("word", "char", "byte", "subword")  # data.tokenizer
+CACHE_AT_END = ("off", "fixed", "search")  # train.cache_at_end
 
 
 class Rule:

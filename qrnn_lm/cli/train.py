@@ -93,7 +93,7 @@ def _format_results(results: dict, out: Path) -> str:
         line += f" in {results['seconds']:.0f} s"
     for key, label, digits in (("best_val_ppl", "best valid ppl", 2), ("test_ppl", "test ppl", 2),
                                ("best_val_bpc", "best valid bpc", 4), ("test_bpc", "test bpc", 4),
-                               ("test_word_ppl", "test word ppl", 2)):
+                               ("test_word_ppl", "test word ppl", 2), ("test_cache_ppl", "with the cache pointer", 2)):
         if isinstance(results.get(key), (int, float)):
             line += f", {label} {results[key]:.{digits}f}"
     return f"{line}; run folder {out}"

@@ -10,6 +10,7 @@ from typing import Any
 
 from ..rules import (
     ANY,
+    CACHE_AT_END,
     DECODERS,
     LR_SCHEDULES,
     OPTIMIZERS,
@@ -148,6 +149,13 @@ class TrainConfig:
     # AVX512-BF16/AMX such as AMD Zen 4/5), else fp32 (emulated bf16 is slower than fp32).
     precision: str = setting("fp32", OneOf(PRECISIONS))
     compile: bool = setting(False)  # torch.compile the model for training
+    # After the final test of best.pt, also score test with the continuous cache pointer (as
+    # `qrnn-lm eval --cache`, batch size 1; results.json's test_cache_ppl): "off", "fixed" (at
+    # cache_theta and cache_lambda) or "search" (the pair chosen on valid, as `eval --cache-search`).
+    cache_at_end: str = setting("off", OneOf(CACHE_AT_END))
+    cache_window: int = setting(500, Range(1))  # cache size in steps (awd-lstm-lm's PTB command)
+    cache_theta: float = setting(1.0, Range(0))  # "fixed": flatness of the cache's attention
+    cache_lambda: float = setting(0.1, Range(0, 1))  # "fixed": weight of the cache in the mixture
 
 
 @dataclass

@@ -30,9 +30,9 @@ import torch
 import torch.nn.functional as F
 
 from ..config import UserError, check_options
-from ..data import get_batch
+from ..data import batchify, get_batch
 
-__all__ = ["CacheParams", "Collected", "collect", "cache_log_probs", "mixed_loss", "search", "THETAS", "LAMBDAS"]
+__all__ = ["CacheParams", "Collected", "collect", "cache_log_probs", "mixed_loss", "search", "evaluate_cache_checkpoint", "score_corpus", "THETAS", "LAMBDAS"]
 
 THETAS = (0.1, 0.25, 0.5, 0.75, 1.0, 1.5)  # the --cache-search grid (awd's PTB/WT2 picks lie inside)
 LAMBDAS = (0.05, 0.1, 0.15, 0.2, 0.3)
@@ -146,11 +146,10 @@ def evaluate_cache_checkpoint(checkpoint, *, split: str = "test", params: CacheP
     ``cache_loss``/``cache_ppl`` for the split scored, plus ``theta``, ``lambda``, ``window``,
     ``tokens``, ``split``, ``dataset`` (and ``valid_loss``/``valid_cache_loss`` with a search).
     """
-    from ..data import batchify
     from ..device import resolve_device
     from ..models.checkpoint_file import load_checkpoint, model_from_checkpoint
     from .checkpoint_data import checkpoint_corpus
-    from .evaluate import SPLITS, perplexity
+    from .evaluate import SPLITS
 
     params.check()
     if split not in SPLITS:
@@ -160,11 +159,20 @@ def evaluate_cache_checkpoint(checkpoint, *, split: str = "test", params: CacheP
     model, _, config = model_from_checkpoint(payload, torch_device)
     dataset = str(data) if data is not None else config.data.dataset
     corpus, _ = checkpoint_corpus(payload, dataset, data_dir, progress=progress)
+    return score_corpus(model, corpus, config.data.bptt, torch_device, split=split, params=params,
+                        search_grid=search_grid, dataset=dataset)
+
+
+def score_corpus(model: torch.nn.Module, corpus, bptt: int, device: torch.device, *, split: str = "test",
+                 params: CacheParams = CacheParams(), search_grid: bool = False, dataset: str = "") -> dict:
+    """The scoring of :func:`evaluate_cache_checkpoint` on a model and corpus already loaded (the
+    trainer's ``train.cache_at_end`` calls it on best.pt's model): the same dict."""
+    from .evaluate import perplexity
 
     def run(name: str) -> Collected:
         if getattr(corpus, name).numel() < 2:
             raise UserError(f"the {name} split of {dataset} holds fewer than 2 tokens: nothing to score")
-        return collect(model, batchify(getattr(corpus, name), 1).to(torch_device), config.data.bptt)
+        return collect(model, batchify(getattr(corpus, name), 1).to(device), bptt)
 
     result = {"dataset": dataset, "window": params.window, "batch_size": 1}
     theta, lambd = params.theta, params.lambd

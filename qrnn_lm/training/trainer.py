@@ -47,6 +47,7 @@ from ..device import resolve_precision
 from ..inference.evaluate import perplexity
 from ..models import LanguageModel, WeightDrop
 from . import distributed
+from .cache_end import cache_results, cache_summary
 from .checkpointer import Checkpointer, check_same_data, components, read_resume_point
 from .data_stream import Evaluator, TrainingStream, load_corpus, restore_stream
 from .finetune import compare, converged, load_init, read_finetune, start_finetune
@@ -266,11 +267,14 @@ class Trainer:
                               f"{results['best_val_ppl']:.2f}, test ppl {results['finetune']['start_test_ppl']:.2f}"
                               f" -> {results['test_ppl']:.2f}")
         if distributed.is_main():
+            results.update(cache_results(config, model, self.corpus, self.device))  # {} when cache_at_end is off
             write_results(self.out_dir, results)
         self.log.test(test_loss, state.step)
         self.console.echo(f"test loss {test_loss:.3f} | test ppl {perplexity(test_loss):.2f}"
                           + self.units.text(test_loss, "test", "test")
                           + f" (best.pt, batch size {config.data.test_batch_size})")
+        if "test_cache_ppl" in results:
+            self.console.echo(cache_summary(results))
         return results
 
     def _validate_at_stop(self, status: str) -> float:
