@@ -82,6 +82,7 @@ def settle_peak(size: int, spread: dict, products: list[dict]) -> dict:
     fastest = max(products, key=lambda item: item["gflops"], default=None)
     if fastest is not None and fastest["gflops"] > spread["best"]:
         peak["gflops"] = fastest["gflops"]
-        peak["bad"] = (f"bad measurement: the {size}^3 product's best ({spread['best']:.1f} GFLOP/s) is below the "
-                       f"step's {fastest['name']} shape ({fastest['gflops']:.1f} GFLOP/s); using the higher as the peak")
+        peak["bad"] = (f"bad measurement: the {size}^3 product's best ({spread['best']:.1f} GFLOP/s) is below "
+                       f"the step's {fastest['name']} shape ({fastest['gflops']:.1f} GFLOP/s); "
+                       "using the higher as the peak")
     return peak

@@ -1,5 +1,6 @@
 """The optimiser and its learning-rate schedule: SGD with the non-monotonically triggered switch to
-averaged SGD (NT-ASGD, Merity et al. 2017), and Adam/AdamW (torch's fused kernel on the CPU); :class:`~.schedule.Schedule` owns them for a run.
+averaged SGD (NT-ASGD, Merity et al. 2017), and Adam/AdamW (torch's fused kernel on the CPU);
+:class:`~.schedule.Schedule` owns them for a run.
 
 NT-ASGD as salesforce/awd-lstm-lm's main.py: train with plain SGD; after each validation, if the
 validation loss is worse than the best of all validations except the last ``nonmono`` ones, replace

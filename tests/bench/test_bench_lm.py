@@ -193,7 +193,8 @@ def test_report_rows_have_throughput_shares_and_consistent_flop_rates(report):
     assert report["peak"]["size"] == 32 and peak > 0
     spread = report["peak"]
     assert spread["repeats"] >= 10 and 0 < spread["min"] <= spread["median"] <= spread["best"] <= peak
-    assert peak == max([spread["best"]] + [p["gflops"] for p in report["products"]])  # the higher, if the square was slow
+    # The higher, if the square product was slow:
+    assert peak == max([spread["best"]] + [p["gflops"] for p in report["products"]])
     for row in rows:
         assert row["tokens_per_s"] == pytest.approx(5 * 3 / (row["step_ms"] / 1e3))
         assert sum(row[f"share_{s}"] for s in lm_bench.SECTIONS) == pytest.approx(1.0)

@@ -56,7 +56,8 @@ PRODUCTS = [dict(name="decoder", m=700, k=400, n=10000, gflops=150.0),
 def test_a_good_peak_is_the_square_products_best_with_its_spread_reported():
     peak = settle_peak(2048, SPREAD, PRODUCTS)
     assert peak == dict(size=2048, **SPREAD, gflops=200.0, bad=None)
-    report = dict(peak=peak, dtype="float32", products=[dict(item, peak_fraction=item["gflops"] / 200) for item in PRODUCTS])
+    products = [dict(item, peak_fraction=item["gflops"] / 200) for item in PRODUCTS]
+    report = dict(peak=peak, dtype="float32", products=products)
     lines = lm_report.format_peak(report).splitlines()
     assert lines[0] == "matmul peak (2048 x 2048 x 2048, float32): 200.0 GFLOP/s best of 10 (min 100.0, median 180.0)"
     assert lines[1].startswith("  at the step's decoder shape") and "75.0% of peak" in lines[1]
