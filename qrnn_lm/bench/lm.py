@@ -28,7 +28,8 @@ optimizer (clipping + optimizer step + zeroing the gradients).
 FLOPs per part are counted analytically (``flops.py``, ``model_flops.py``); achieved GFLOP/s =
 FLOPs / median time (the whole step: over the round-robin median; a part: over its instrumented
 median), and the fraction of the matmul peak measured right before the models, on the same device,
-in the step's dtype (``peak.py``).
+in the step's dtype (``peak.py``: the best of at least 10 calls after 3 warm-ups, checked against
+the step's own product shapes).
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ from ..training.optimizer import make_optimizer
 from ..training.step import precision_context, regularized_loss, train_step
 from .lm_config import check_bench_precision
 from .model_flops import find_lstm, step_flops
-from .peak import default_peak_size, matmul_gflops
+from .peak import PEAK_REPEATS, PEAK_WARMUP, default_peak_size, matmul_gflops, matmul_spread, settle_peak
 from .timing import SectionTimer, time_round_robin
 
 __all__ = ["build_models", "run", "SECTIONS", "DTYPES"]
@@ -128,9 +129,11 @@ def run(config: Config | None = None, vocab_size: int = 10000, repeats: int = 5,
         device: str = "cpu", seed: int = 0, peak_size: int | None = None) -> dict:
     """Measure the matmul peak, then time both models (``config``: default the defaults).
 
-    Returns a report: ``shape`` (what was timed), ``dtype``, ``peak`` (``size``, ``gflops``: the
-    square product's rate), ``products`` (the step's own product shapes timed alone: ``name``,
-    ``m``, ``k``, ``n``, ``gflops``, ``peak_fraction``), ``speedup`` (QRNN tokens/s over LSTM
+    Returns a report: ``shape`` (what was timed), ``dtype``, ``peak`` (``peak.settle_peak``: the
+    square product's ``min``/``median``/``best`` GFLOP/s, ``gflops`` the rate divided by, ``bad``
+    None or the line saying the square's best fell below a step shape's), ``products`` (the step's
+    own product shapes timed alone, best of the repeats: ``name``, ``m``, ``k``, ``n``, ``gflops``,
+    ``peak_fraction``), ``speedup`` (QRNN tokens/s over LSTM
     tokens/s) and ``models``: one row per model with ``model``, ``step_ms``, ``tokens_per_s``,
     ``speedup``, ``share_<part>`` (fractions summing to 1), ``parts_ms`` (the instrumented step's
     time), ``gflop`` (FLOPs per step / 1e9), ``gflops``, ``peak_fraction`` and ``parts``:
@@ -146,22 +149,26 @@ def run(config: Config | None = None, vocab_size: int = 10000, repeats: int = 5,
     bptt, batch_size, train = config.data.bptt, config.data.batch_size, config.train
     peak_size = peak_size or default_peak_size(device)
     # First the yardstick, on the idle device, then the models.
-    peak = matmul_gflops(peak_size, peak_size, peak_size, device, dtype, repeats, warmup)
+    spread = matmul_spread(peak_size, peak_size, peak_size, device, dtype,
+                           max(repeats, PEAK_REPEATS), max(warmup, PEAK_WARMUP))
     torch.manual_seed(seed)
     tokens = torch.randint(vocab_size, (bptt + 1, batch_size), device=device)
     inputs, targets = tokens[:-1], tokens[1:]  # [T, B] each
     models = build_models(vocab_size, model_config, device, train)
     products = []
     for name, m, k, n in _step_products(models, bptt, batch_size, vocab_size):
-        rate = matmul_gflops(m, k, n, device, dtype, repeats, warmup)
-        products.append(dict(name=name, m=m, k=k, n=n, gflops=rate, peak_fraction=rate / peak))
+        products.append(dict(name=name, m=m, k=k, n=n, gflops=matmul_gflops(m, k, n, device, dtype, repeats, warmup)))
+    peak_report = settle_peak(peak_size, spread, products)
+    peak = peak_report["gflops"]
+    for item in products:
+        item["peak_fraction"] = item["gflops"] / peak
     trainers = {name: _Trainer(model, train, inputs, targets) for name, model in models.items()}
     medians = time_round_robin({name: t.step for name, t in trainers.items()}, repeats, warmup, device)
     rows = [_row(name, trainer, medians, peak, repeats, warmup, device) for name, trainer in trainers.items()]
     shape = dict(vocab_size=vocab_size, **dataclasses.asdict(model_config), bptt=bptt, batch_size=batch_size,
                  optimizer=train.optimizer, softmax=train.softmax, precision=train.precision)
     return dict(shape=shape, device=str(device), dtype=str(dtype).removeprefix("torch."),
-                peak=dict(size=peak_size, gflops=peak), products=products,
+                peak=peak_report, products=products,
                 speedup=medians["lstm"] / medians["qrnn"], models=rows)
 
 

@@ -1,6 +1,6 @@
 """The text and JSON reports of ``qrnn-lm bench lm`` (``lm.run``'s report dict).
 
-The text: what was timed, the matmul peak and the step's own products timed alone, one row per
+The text: what was timed, the matmul peak (best, min, median) and the step's own products timed alone, one row per
 model (throughput, time shares, achieved GFLOP/s and % of the peak), one row per model and part,
 and the QRNN/LSTM throughput ratio. The JSON file holds the whole report and the machine line.
 """
@@ -46,8 +46,13 @@ def format_shape(report: dict) -> str:
 
 
 def format_peak(report: dict) -> str:
-    size, dtype = report["peak"]["size"], report["dtype"]
-    lines = [f"matmul peak ({size} x {size} x {size}, {dtype}): {_number(report['peak']['gflops'])} GFLOP/s"]
+    """The square product's best and spread, the bad-measurement line if any, the step's shapes."""
+    peak, dtype = report["peak"], report["dtype"]
+    size = peak["size"]
+    lines = [f"matmul peak ({size} x {size} x {size}, {dtype}): {_number(peak['best'])} GFLOP/s best of "
+             f"{peak['repeats']} (min {_number(peak['min'])}, median {_number(peak['median'])})"]
+    if peak["bad"]:
+        lines.append(peak["bad"])
     for item in report["products"]:
         lines.append(f"  at the step's {item['name']} shape [{item['m']} x {item['k']}] x [{item['k']} x {item['n']}]: "
                      f"{_number(item['gflops'])} GFLOP/s, {_number(100 * item['peak_fraction'])}% of peak")

@@ -118,7 +118,8 @@ def lm(
     bptt: Annotated[Optional[int], typer.Option(help="Segment length (default: the recipe's data.bptt, 70).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(
         help="Parallel streams (default: the recipe's data.batch_size, 20).")] = None,
-    repeats: Annotated[int, typer.Option(help="Timed repeats (median; steps per model).")] = 5,
+    repeats: Annotated[int, typer.Option(
+        help="Timed repeats: steps per model (median), calls per product shape (best; the peak at least 10).")] = 5,
     warmup: Annotated[int, typer.Option(help="Untimed warm-up rounds (steps per model).")] = 2,
     device: Annotated[Device, typer.Option(help="auto picks CUDA when available.")] = Device.auto,
     peak_size: Annotated[Optional[int], typer.Option(

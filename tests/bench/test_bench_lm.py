@@ -134,11 +134,12 @@ def test_bf16_runs_the_step_under_autocast(step):
 
 def test_bf16_measures_the_peak_in_bf16(monkeypatch):
     dtypes = []
-    real = lm_bench.matmul_gflops
-    monkeypatch.setattr(lm_bench, "matmul_gflops", lambda *args: dtypes.append(args[4]) or real(*args))
+    for name in ("matmul_gflops", "matmul_spread"):
+        real = getattr(lm_bench, name)
+        monkeypatch.setattr(lm_bench, name, lambda *args, real=real: dtypes.append(args[4]) or real(*args))
     config = bench_config(None, ["train.precision=bf16"], **TINY)
     lm_bench.run(config, **FAST)
-    assert dtypes and set(dtypes) == {torch.bfloat16}  # the peak and the step's product shapes
+    assert len(dtypes) == 1 + 3 and set(dtypes) == {torch.bfloat16}  # the peak and the step's 3 product shapes
 
 
 SETTINGS = {
@@ -190,6 +191,10 @@ def test_report_rows_have_throughput_shares_and_consistent_flop_rates(report):
     rows, peak = report["models"], report["peak"]["gflops"]
     assert [row["model"] for row in rows] == ["qrnn", "lstm"]
     assert report["peak"]["size"] == 32 and peak > 0
+    spread = report["peak"]
+    assert spread["repeats"] >= 10 and 0 < spread["min"] <= spread["median"] <= spread["best"] <= peak
+    # The higher, if the square product was slow:
+    assert peak == max([spread["best"]] + [p["gflops"] for p in report["products"]])
     for row in rows:
         assert row["tokens_per_s"] == pytest.approx(5 * 3 / (row["step_ms"] / 1e3))
         assert sum(row[f"share_{s}"] for s in lm_bench.SECTIONS) == pytest.approx(1.0)
