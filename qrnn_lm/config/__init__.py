@@ -12,12 +12,12 @@ library only, so ``qrnn-lm --help`` stays instant (it imports only the leaf ``qr
 
 from ..rules import LR_SCHEDULES, OPTIMIZERS, TOKENIZERS
 from .checks import QRNN_ONLY_KEYS, check_options, check_rnn, check_section, validate
-from .files import config_from_dict, config_to_dict, load_config, parse_override, to_toml, toml_string
+from .files import config_from_dict, config_to_dict, load_config, parse_override, read_toml, to_toml, toml_string
 from .sections import Config, ConfigError, DataConfig, ModelConfig, TrainConfig, UserError, setting
 
 __all__ = [
     "Config", "ConfigError", "DataConfig", "ModelConfig", "TrainConfig", "UserError", "setting",
     "QRNN_ONLY_KEYS", "check_options", "check_rnn", "check_section", "validate",
-    "config_from_dict", "config_to_dict", "load_config", "parse_override", "to_toml", "toml_string",
+    "config_from_dict", "config_to_dict", "load_config", "parse_override", "read_toml", "to_toml", "toml_string",
     "LR_SCHEDULES", "OPTIMIZERS", "TOKENIZERS",
 ]

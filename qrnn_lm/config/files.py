@@ -103,17 +103,23 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     return section, key, value
 
 
+def read_toml(path: str | Path, what: str, where_to_look: str) -> dict:
+    """The TOML file ``path`` as dicts; ConfigError (one line, naming ``what`` it is) when it is
+    missing, with ``where_to_look``, or not valid TOML."""
+    path = Path(path)
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{what} {path} does not exist; {where_to_look}") from None
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
+        raise ConfigError(f"{what} {path} is not valid TOML: {error}") from None
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
     """Read a TOML recipe (or the defaults when ``path`` is None) and apply ``--set`` overrides."""
     values: dict = {}
     if path is not None:
-        path = Path(path)
-        try:
-            values = tomllib.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"config file {path} does not exist; pick one from configs/") from None
-        except (UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
-            raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
+        values = read_toml(path, "config file", "pick one from configs/")
     for text in overrides:
         section, key, value = parse_override(text)
         if section:

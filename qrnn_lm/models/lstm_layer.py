@@ -87,6 +87,7 @@ class LSTMLayer(nn.Module):
         return f"state_size={self.state_size}"
 
 
+@functools.cache  # asked on every forward under bf16 autocast; the answer never changes
 def _cpu_can_run_bf16_lstm() -> bool:
     """Whether oneDNN can build a bf16 LSTM on this CPU (it needs AVX-512; on AVX2-only CPUs such
     as AMD Zen 2/3 the primitive cannot be created and nn.LSTM under bf16 autocast raises)."""

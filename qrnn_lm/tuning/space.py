@@ -31,18 +31,12 @@ module only reads and checks the file (no Optuna); :mod:`.objective` samples it.
 from __future__ import annotations
 
 import dataclasses
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..config import (QRNN_ONLY_KEYS, Config, ConfigError, UserError, config_from_dict, config_to_dict, load_config,
-                      parse_override)
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10 only
-    import tomli as tomllib
+                      parse_override, read_toml)
 
 __all__ = ["Param", "Space", "read_space"]
 
@@ -108,12 +102,7 @@ def read_space(path: str | Path, overrides: list[str] = ()) -> Space:
     after ``[fixed]``. Raises UserError (one line) on anything wrong: an unknown key, an empty range,
     a value that makes no valid config."""
     path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"space file {path} does not exist; see configs/tune-ptb-cpu.toml for an example") from None
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
-        raise UserError(f"space file {path} is not valid TOML: {error}") from None
+    raw = read_toml(path, "space file", "see configs/tune-ptb-cpu.toml for an example")
     unknown = sorted(set(raw) - _TOP)
     if unknown:
         raise UserError(f"{path}: unknown entry {unknown[0]!r}; a space file holds {', '.join(sorted(_TOP))}")
