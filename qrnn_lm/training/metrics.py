@@ -13,7 +13,7 @@ epoch in progress, 1-based), ``tokens`` (training tokens seen), ``wall_s`` (seco
 validation since the run began, across resumes), ``train_loss`` (mean loss since the previous
 log row; empty in validation rows), ``valid_ppl`` (empty in training rows), ``lr`` (the scheduled
 learning rate, before SGD's segment-length rescaling); then, for a run with a unit
-(:mod:`.units`), ``valid_bpc`` (character and byte models) or ``valid_word_ppl`` (subword
+(:class:`~qrnn_lm.data.RunUnits`), ``valid_bpc`` (character and byte models) or ``valid_word_ppl`` (subword
 models), empty in training rows. A word run's file has exactly :data:`COLUMNS`.
 
 Each row is written and flushed at once, so a killed run loses nothing it had logged. A resumed
@@ -36,9 +36,9 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from ..config import Config
+from ..data import RunUnits
 from ..inference.evaluate import perplexity
 from .state import Counters
-from .units import RunUnits
 
 __all__ = ["MetricsLogger", "NullLogger", "TensorBoardLogger", "make_logger", "Meter", "COLUMNS", "columns", "MetricsCsv", "read_rows", "RunLog", "Console", "run_results", "write_results"]
 

@@ -43,11 +43,12 @@ from typing import Any, Callable
 import torch
 
 from ..config import Config, to_toml
+from ..data import RunUnits
 from ..device import resolve_precision
+from ..inference.cache import cache_results, cache_summary
 from ..inference.evaluate import perplexity
 from ..models import LanguageModel, WeightDrop
 from . import distributed
-from .cache_end import cache_results, cache_summary
 from .checkpointer import Checkpointer, check_same_data, components, read_resume_point
 from .data_stream import Evaluator, TrainingStream, load_corpus, restore_stream
 from .finetune import compare, converged, load_init, read_finetune, start_finetune
@@ -56,7 +57,6 @@ from .schedule import Schedule
 from .state import Counters, History, RandomState, SharedMasks
 from .step import make_scaler, train_step
 from .stopping import Budget, Interrupted, StopSignals, sigint_deferred
-from .units import RunUnits
 
 __all__ = ["Trainer"]
 
@@ -267,7 +267,8 @@ class Trainer:
                               f"{results['best_val_ppl']:.2f}, test ppl {results['finetune']['start_test_ppl']:.2f}"
                               f" -> {results['test_ppl']:.2f}")
         if distributed.is_main():
-            results.update(cache_results(config, model, self.corpus, self.device))  # {} when cache_at_end is off
+            results.update(cache_results(config.train, model, self.corpus, config.data.bptt, self.device,
+                                         config.data.dataset))  # {} when cache_at_end is off
             write_results(self.out_dir, results)
         self.log.test(test_loss, state.step)
         self.console.echo(f"test loss {test_loss:.3f} | test ppl {perplexity(test_loss):.2f}"
