@@ -56,7 +56,7 @@ def start_finetune(trainer, init_from: str | Path) -> dict[str, Any]:
     record = {"init_from": str(init_from), "start_val_loss": valid_loss, "start_test_loss": test_loss}
     if distributed.is_main():
         (trainer.out_dir / FINETUNE_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    trainer._save("best")
+    trainer.checkpointer.save("best")
     return record
 
 
@@ -81,3 +81,10 @@ def compare(record: dict[str, Any], results: dict[str, Any]) -> dict[str, Any]:
         "test_ppl_change": results["test_ppl"] - perplexity(record["start_test_loss"]),
         **record,
     }
+
+
+def finetune_summary(results: dict[str, Any]) -> str:
+    """The console line of a finetune's end, from results.json's keys (``finetune`` from :func:`compare`)."""
+    start = results["finetune"]
+    return (f"finetune: valid ppl {start['start_val_ppl']:.2f} -> {results['best_val_ppl']:.2f}, "
+            f"test ppl {start['start_test_ppl']:.2f} -> {results['test_ppl']:.2f}")

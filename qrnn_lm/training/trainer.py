@@ -28,9 +28,8 @@ Stopping and resuming (details: docs/application.md):
 
 Data parallel (torchrun): each rank trains its block of the global batch's streams through
 DistributedDataParallel, as one process with the whole batch would; rank 0 alone writes files and
-console output. Stop signals only set a flag on each rank (raising inside a collective would hang
-the others); after every step the ranks all-gather (signal, checkpoint due by the clock), so every
-rank stops, or checkpoints, at the same step, and rank 0 saves.
+console output. After every step the ranks agree on a stop signal and a checkpoint due by the clock
+(:meth:`~.stopping.StopSignals.agreed`), so every rank stops, or checkpoints, at the same step.
 """
 
 from __future__ import annotations
@@ -51,7 +50,7 @@ from ..models import LanguageModel, WeightDrop
 from . import distributed
 from .checkpointer import Checkpointer, check_same_data, components, read_resume_point
 from .data_stream import Evaluator, TrainingStream, load_corpus, restore_stream
-from .finetune import compare, converged, load_init, read_finetune, start_finetune
+from .finetune import compare, converged, finetune_summary, load_init, read_finetune, start_finetune
 from .metrics import Console, RunLog, run_results, write_results
 from .schedule import Schedule
 from .state import Counters, History, RandomState, SharedMasks
@@ -215,19 +214,14 @@ class Trainer:
         train, state = self.config.train, self.state
         due = bool(train.checkpoint_every_steps) and state.step % train.checkpoint_every_steps == 0
         minutes = train.checkpoint_every_minutes
-        timed = bool(minutes) and self.checkpointer.minutes_since_last() >= minutes
-        signum = self.signals.pending or 0
-        if self.world_size > 1:
-            rows = distributed.all_gather_floats([signum, timed])
-            signum = next((int(row[0]) for row in rows if row[0]), 0)
-            timed = any(row[1] for row in rows)
+        signum, timed = self.signals.agreed(bool(minutes) and self.checkpointer.minutes_since_last() >= minutes)
         if signum:
-            path = self._save("last")
+            path = self.checkpointer.save("last")
             self.console.echo(f"interrupted at epoch {state.epoch}, step {state.step}: "
                               + (f"saved {path}" if path is not None else "nothing new saved"))
             raise Interrupted(signum, saved=True)
         if (due or timed) and state.position < self.stream.limit:  # the epoch's end saves anyway
-            self._save("last")
+            self.checkpointer.save("last")
 
     def _end_of_epoch(self) -> None:
         state = self.state
@@ -240,12 +234,12 @@ class Trainer:
             if val_loss < self.history.best_val_loss:
                 self.history.best_val_loss = val_loss
                 with self.schedule.averaged():
-                    self._save("best")
+                    self.checkpointer.save("best")
             self.schedule.end_of_epoch(state.epoch, val_loss, self.console.echo)
             state.epoch += 1
             state.position = 0
             self.stream.hidden = None
-            self._save("last")
+            self.checkpointer.save("last")
         self._validated(val_loss)
 
     def _finish(self, status: str, seconds: float) -> dict[str, Any]:
@@ -254,7 +248,7 @@ class Trainer:
             val_loss = None
             if state.position > 0 or not self.checkpointer.has_best():
                 val_loss = self._validate_at_stop(status)
-            self._save("last")  # after the validation: with the best_val_loss a resumed run compares with
+            self.checkpointer.save("last")  # after the validation: with the best_val_loss a resumed run compares with
             if val_loss is not None:
                 self._validated(val_loss)
         model, best_val = self.checkpointer.load_best(self.device)
@@ -263,9 +257,7 @@ class Trainer:
                               seconds, self.units)
         if self.finetune is not None:
             results["finetune"] = compare(self.finetune, results)
-            self.console.echo(f"finetune: valid ppl {results['finetune']['start_val_ppl']:.2f} -> "
-                              f"{results['best_val_ppl']:.2f}, test ppl {results['finetune']['start_test_ppl']:.2f}"
-                              f" -> {results['test_ppl']:.2f}")
+            self.console.echo(finetune_summary(results))
         if distributed.is_main():
             results.update(cache_results(config.train, model, self.corpus, config.data.bptt, self.device,
                                          config.data.dataset))  # {} when cache_at_end is off
@@ -293,7 +285,7 @@ class Trainer:
             if val_loss < self.history.best_val_loss or not self.checkpointer.has_best():
                 self.history.best_val_loss = val_loss
                 with self.schedule.averaged():
-                    self._save("best")
+                    self.checkpointer.save("best")
         return val_loss
 
     # -- the pieces the loop calls -----------------------------------------------------------------
@@ -311,9 +303,6 @@ class Trainer:
     def _log_validation(self, val_loss: float) -> None:
         self.log.validation(val_loss, self.state, self.budget.elapsed(), self.schedule.lr)
 
-    def _save(self, kind: str, step_state: dict[str, Any] | None = None) -> Path | None:
-        return self.checkpointer.save(kind, step_state)  # see Checkpointer.save
-
     def _save_interrupted(self) -> None:
         """Ctrl-C: write last.pt at the start of the interrupted step (or the current boundary)."""
         if self.world_size > 1:
@@ -321,6 +310,6 @@ class Trainer:
             self.console.echo("interrupted: nothing saved mid-epoch in a distributed run; resume from "
                               f"{self.out_dir / 'last.pt'}")
             return
-        path = self._save("last", self.step_state)
+        path = self.checkpointer.save("last", self.step_state)
         if path is not None:
             self.console.echo(f"interrupted at epoch {self.state.epoch}, step {self.state.step}: saved {path}")
