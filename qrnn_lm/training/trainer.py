@@ -15,16 +15,13 @@ and random generators (:mod:`.state`), the budget and stop signals (:mod:`.stopp
 and the console (:mod:`.metrics`); the checkpointer (:mod:`.checkpointer`) saves and loads the
 components by name. Its loop reads top to bottom: ``run`` -> epochs -> steps -> end of epoch -> finish.
 
-Stopping and resuming (details: docs/application.md):
-* ``train.max_steps``, ``train.max_minutes`` and ``train.epochs`` count from the start of the run,
-  across resumes (:mod:`.stopping`); a run stopped by ``max_steps`` or ``max_minutes`` mid-epoch
-  saves the exact position and still tests ``best.pt`` (when no epoch has finished, the current
-  weights are validated once and saved as ``best.pt``). The budget's progress drives the
-  per-step learning-rate schedule (:mod:`.schedule`).
-* Ctrl-C, SIGTERM and SIGHUP save ``last.pt`` at the exact position and raise
-  :class:`~qrnn_lm.training.stopping.Interrupted` (the CLI prints the resume command).
-  ``last.pt`` is also written every ``train.checkpoint_every_steps`` / ``_minutes``.
-* A non-finite loss or gradient norm raises :class:`TrainingError`; ``last.pt`` stays as it was.
+Stopping and resuming (details: docs/application.md, :mod:`.stopping`): a run stopped by a limit
+(``max_steps``, ``max_minutes``, counted across resumes) mid-epoch saves the exact position and
+still tests ``best.pt`` (validating the current weights once when no epoch has finished); Ctrl-C,
+SIGTERM and SIGHUP save ``last.pt`` at the exact position and raise
+:class:`~qrnn_lm.training.stopping.Interrupted`; ``last.pt`` is also written every
+``train.checkpoint_every_steps`` / ``_minutes``. A non-finite loss or gradient norm raises
+:class:`TrainingError`; ``last.pt`` stays as it was.
 
 Data parallel (torchrun): each rank trains its block of the global batch's streams through
 DistributedDataParallel, as one process with the whole batch would; rank 0 alone writes files and
@@ -34,7 +31,6 @@ console output. After every step the ranks agree on a stop signal and a checkpoi
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -43,18 +39,17 @@ import torch
 
 from ..config import Config, to_toml
 from ..data import RunUnits
-from ..device import resolve_precision
 from ..inference.cache import cache_results, cache_summary
 from ..inference.evaluate import perplexity
 from ..models import LanguageModel, WeightDrop
 from . import distributed
 from .checkpointer import Checkpointer, check_same_data, components, read_resume_point
 from .data_stream import Evaluator, TrainingStream, load_corpus, restore_stream
-from .finetune import compare, converged, finetune_summary, load_init, read_finetune, start_finetune
+from .finetune import compare, converged, finetune_summary, finetune_vocab, load_init, read_finetune, start_finetune
 from .metrics import Console, RunLog, run_results, write_results
 from .schedule import Schedule
 from .state import Counters, History, RandomState, SharedMasks
-from .step import make_scaler, train_step
+from .step import step_settings, train_step
 from .stopping import Budget, Interrupted, StopSignals, sigint_deferred
 
 __all__ = ["Trainer"]
@@ -81,10 +76,8 @@ class Trainer:
             out_dir.mkdir(parents=True, exist_ok=True)  # rank 0 alone writes into it
 
         torch.manual_seed(seed)  # parameters (equal on every rank) and dropout masks
-        # A finetune keeps its checkpoint's vocabulary on any data (words it lacks read as its <unk>).
         init = load_init(init_from, config) if init_from is not None else None
-        finetuned = resumed is not None and read_finetune(out_dir) is not None
-        vocab = init["vocab"] if init is not None else resumed.payload["vocab"] if finetuned else None
+        vocab = finetune_vocab(init, None if resumed is None else resumed.payload, out_dir)  # None: the text's own
         self.corpus = load_corpus(config, data_dir, self.console.progress, vocab)
         if resumed is not None:
             check_same_data(resumed.payload, self.corpus)
@@ -100,12 +93,9 @@ class Trainer:
         # A finetune goes straight into averaged SGD from the starting checkpoint's weights.
         self.schedule = Schedule(self.model, config.train, self.history, "asgd" if init_from else None)
         self.budget = Budget(config.train, self.stream.limit)
-        # "auto" decided once for this device; config.toml keeps what the user asked for.
-        self.step_config = dataclasses.replace(
-            config.train, precision=resolve_precision(config.train.precision, device))
+        self.step_config, self.scaler = step_settings(config.train, device)  # "auto" precision decided
         if config.train.precision == "auto":
             self.console.echo(f"precision auto: {self.step_config.precision} on {device.type}")
-        self.scaler = make_scaler(self.step_config.precision, device)  # fp16 only
         rng = RandomState(self.stream.generator, self.shared.generator, seed, self.state)
         self.checkpointer = Checkpointer(out_dir, config, self.corpus, components(
             model=self.model, optimizer=self.schedule, counters=self.state, history=self.history,
