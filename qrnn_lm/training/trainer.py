@@ -196,11 +196,8 @@ class Trainer:
                                 tok_s=f"{metrics['tokens_per_s']:.0f}")
 
     def _after_step(self) -> None:
-        """Between two steps (a consistent state): stop on a signal, or write a periodic last.pt.
-
-        In a data-parallel run both decisions are agreed: every rank sends (its pending signal,
-        whether its clock says a checkpoint is due) and all act on the same answer.
-        """
+        """Between two steps (a consistent state): stop on a signal, or write a periodic last.pt
+        (both decisions agreed by every rank: :meth:`~.stopping.StopSignals.agreed`)."""
         train, state = self.config.train, self.state
         due = bool(train.checkpoint_every_steps) and state.step % train.checkpoint_every_steps == 0
         minutes = train.checkpoint_every_minutes
