@@ -12,8 +12,9 @@ Weight drop is off in both, whatever the recipe says: one mask per gate weight a
 both sides little and alike, and without it the step is the plain matrix products the FLOP count
 describes.
 
-A training step is the trainer's own (``training.step.train_step``): forward and loss under ``train.precision``'s autocast (fp32 or
-bf16), backward, gradient clipping, the recipe's optimizer step (SGD, Adam or AdamW), on random
+A training step is the trainer's own: ``training.step.train_step`` (forward and loss under
+``train.precision``'s autocast, fp32 or bf16, backward, gradient clipping), then the run's
+``Schedule.step`` (the recipe's optimizer step: SGD, Adam or AdamW), on random
 tokens drawn uniformly from the vocabulary. (Uniform targets fall mostly in an adaptive decoder's
 tail clusters, unlike real text, where the head covers most tokens: its FLOPs are counted from the
 actual targets, but its time is pessimistic.) Throughput = ``N / median step time``; both models are
