@@ -12,18 +12,21 @@ Weight drop is off in both, whatever the recipe says: one mask per gate weight a
 both sides little and alike, and without it the step is the plain matrix products the FLOP count
 describes.
 
-A training step is the trainer's own (``training.step.train_step``): forward and loss under ``train.precision``'s autocast (fp32 or
-bf16), backward, gradient clipping, the recipe's optimizer step (SGD, Adam or AdamW), on random
+A training step is the trainer's own: ``training.step.train_step`` (forward and loss under
+``train.precision``'s autocast, fp32 or bf16, backward, gradient clipping), then the run's
+``Schedule.step`` (the recipe's optimizer step: SGD, Adam or AdamW), on random
 tokens drawn uniformly from the vocabulary. (Uniform targets fall mostly in an adaptive decoder's
 tail clusters, unlike real text, where the head covers most tokens: its FLOPs are counted from the
 actual targets, but its time is pessimistic.) Throughput = ``N / median step time``; both models are
 timed round-robin in the same run.
 
-Time shares (the paper's Figure 4, left) come from a separately instrumented step: the graph is
-cut at the boundaries of the parts (``detach().requires_grad_()``), so each part's forward and
-backward run on their own between synchronised timers: embedding (lookup + embedding and input
-dropout), recurrent layers (+ dropout between them), softmax (output dropout, decoder, loss),
-optimizer (clipping + optimizer step + zeroing the gradients).
+Time shares (the paper's Figure 4, left) come from the same step, run again with hooks on the
+model (:func:`_part_marks`: forward hooks at the parts' boundaries, gradient hooks on the boundary
+tensors, the embedding weight's post-accumulate hook) that take a synchronised timestamp as the step
+crosses each boundary, forward and backward; nothing of the step is re-implemented. The parts:
+embedding (lookup + embedding and input dropout, forward and backward), recurrent layers (+ dropout
+between them), softmax (output dropout, decoder, loss with AR/TAR, and their backward), optimizer
+(zeroing the gradients, clipping, the optimizer step).
 
 FLOPs per part are counted analytically (``flops.py``, ``model_flops.py``); achieved GFLOP/s =
 FLOPs / median time (the whole step: over the round-robin median; a part: over its instrumented
@@ -34,23 +37,25 @@ the step's own product shapes).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import math
 import statistics
+import time
 
 import torch
 from torch import nn
 
 from ..config import QRNN_ONLY_KEYS, Config, ModelConfig, TrainConfig
-from ..models import LanguageModel, embedding_dropout
+from ..models import LanguageModel
 from ..nn import QRNNLayer
 from ..device import resolve_precision
-from ..training.optimizer import make_optimizer
-from ..training.step import precision_context, regularized_loss, train_step
+from ..training import step as training_step  # looked up at each call: a test counts the calls
+from ..training.schedule import Schedule
+from ..training.state import History
 from .lm_config import check_bench_precision
 from .model_flops import find_lstm, step_flops
 from .peak import PEAK_REPEATS, PEAK_WARMUP, default_peak_size, matmul_gflops, matmul_spread, settle_peak
-from .timing import SectionTimer, time_round_robin
+from .timing import synchronize, time_round_robin
 
 __all__ = ["build_models", "run", "SECTIONS", "DTYPES"]
 
@@ -72,57 +77,84 @@ def build_models(vocab_size: int, config: ModelConfig, device, train: TrainConfi
 
 
 class _Trainer:
-    """One model, its optimizer, and a fixed batch of random tokens. :meth:`step` is the trainer's
-    step; :meth:`timed_step` the same step cut into timed parts (the only re-implementation left,
-    since the cuts go through ``LanguageModel.forward``'s inside)."""
+    """One model, the trainer's optimiser schedule (:class:`~qrnn_lm.training.schedule.Schedule`)
+    and a fixed batch of random tokens. :meth:`step` is the trainer's step; :meth:`timed_step` the
+    same call, timed in parts by hooks."""
 
     def __init__(self, model, train: TrainConfig, tokens, targets):
         self.model, self.train, self.tokens, self.targets = model, train, tokens, targets
-        self.optimizer = make_optimizer(train.optimizer, model, train.lr, train.weight_decay)
-        self.max_norm = train.clip if train.clip > 0 else math.inf  # as train_step: 0 disables clipping
+        self.schedule = Schedule(model, train, History())
+        self.optimizer = self.schedule.optimizer
         self.hidden = [h.detach() for h in model.init_hidden(tokens.shape[1])]
 
-    def _autocast(self):
-        return precision_context(self.tokens.device, self.train.precision)
-
-    def _finish(self) -> None:
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_norm)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-
     def step(self) -> None:
-        """The trainer's own step (:func:`~qrnn_lm.training.step.train_step`: forward and loss
-        under autocast, backward, clipping), then the optimizer step: what training runs."""
+        """What ``Trainer._step`` runs: :func:`~qrnn_lm.training.step.train_step` (zeroing the
+        gradients, forward and loss under autocast, backward, clipping), then the schedule's
+        optimizer step for a full-length segment (``progress`` mid-run: past any warm-up)."""
         self.model.reset()
-        train_step(self.model, self.optimizer, self.tokens, self.targets, self.hidden, self.train)
-        self.optimizer.step()
+        training_step.train_step(self.model, self.optimizer, self.tokens, self.targets, self.hidden, self.train)
+        self.schedule.step(1.0, 0.5)
 
-    def timed_step(self, timer: SectionTimer) -> None:
-        """The same step cut into parts, each part's forward and backward timed (mirrors
-        ``LanguageModel.forward`` with targets)."""
-        model, config = self.model, self.model.config
-        model.reset()
-        with timer("embedding"), self._autocast():
-            embedded = model.drop_input(embedding_dropout(model.embedding, self.tokens, config.dropout_emb, True))
-        x = embedded.detach().requires_grad_()
-        with timer("recurrent"), self._autocast():
-            layer_input = x
-            for index, layer in enumerate(model.layers):
-                raw, _ = layer(layer_input, self.hidden[index])
-                layer_input = model.drop_hidden(raw) if index < len(model.layers) - 1 else raw
-        raw_cut = raw.detach().requires_grad_()
-        with timer("softmax"):
-            with self._autocast():
-                dropped = model.drop_output(raw_cut)
-                nll_sum = model.nll_sum(dropped, self.targets)  # the decoder and its loss
-                _, loss = regularized_loss(nll_sum, self.targets, raw_cut, dropped, self.train.alpha, self.train.beta)
-            loss.backward()
-        with timer("recurrent"):
-            raw.backward(raw_cut.grad)
-        with timer("embedding"):
-            embedded.backward(x.grad)
-        with timer("optimizer"):
-            self._finish()
+    def timed_step(self) -> dict[str, float]:
+        """:meth:`step` once, with the seconds it spent in each of :data:`SECTIONS`."""
+        device = self.tokens.device
+        with _part_marks(self.model, device) as marks:
+            marks.append(("start", _now(device)))
+            self.step()
+            marks.append(("end", _now(device)))
+        return _part_seconds(marks)
+
+
+def _now(device) -> float:
+    synchronize(device)
+    return time.perf_counter()
+
+
+# The boundaries a step crosses, in order, and the part each interval between two of them belongs to.
+_MARKS = ("start", "forward", "layers", "layers_end", "output_grad", "layers_grad", "embedding_grad", "end")
+_PARTS = ("optimizer", "embedding", "recurrent", "softmax", "recurrent", "embedding", "optimizer")
+
+
+@contextlib.contextmanager
+def _part_marks(model: LanguageModel, device):
+    """Hooks that append ``(boundary, time)`` to the yielded list as a step crosses the boundaries
+    of :data:`_MARKS`: the model's forward starts (the gradients were zeroed), the first layer
+    starts (embedding done), the last layer ends; backward: the gradient reaches the last layer's
+    output (softmax done), the first layer's input (layers done), the embedding weight (backward
+    done). Removed on exit."""
+    marks: list[tuple[str, float]] = []
+
+    def mark(name):
+        return lambda *args: marks.append((name, _now(device)))
+
+    def first_layer(module, args):
+        mark("layers")()
+        args[0].register_hook(mark("layers_grad"))
+
+    def last_layer(module, args, output):
+        mark("layers_end")()
+        output[0].register_hook(mark("output_grad"))
+
+    handles = [model.register_forward_pre_hook(mark("forward")),
+               model.layers[0].register_forward_pre_hook(first_layer),
+               model.layers[-1].register_forward_hook(last_layer),
+               model.embedding.weight.register_post_accumulate_grad_hook(mark("embedding_grad"))]
+    try:
+        yield marks
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _part_seconds(marks: list[tuple[str, float]]) -> dict[str, float]:
+    """Seconds per part of :data:`SECTIONS` from one step's ``(boundary, time)`` marks."""
+    names = tuple(name for name, _ in marks)
+    if names != _MARKS:
+        raise RuntimeError(f"the step crossed {names}, expected {_MARKS}: the hooks no longer match the model")
+    seconds = dict.fromkeys(SECTIONS, 0.0)
+    for part, (_, begin), (_, finish) in zip(_PARTS, marks, marks[1:]):
+        seconds[part] += finish - begin
+    return seconds
 
 
 def run(config: Config | None = None, vocab_size: int = 10000, repeats: int = 5, warmup: int = 2,
@@ -176,11 +208,10 @@ def _row(name: str, trainer: _Trainer, medians: dict, peak: float, repeats: int,
     """One model's report row: throughput, time shares, FLOPs, achieved FLOP/s."""
     per_round = {section: [] for section in SECTIONS}
     for round_index in range(warmup + repeats):
-        timer = SectionTimer(device)
-        trainer.timed_step(timer)
+        parts = trainer.timed_step()
         if round_index >= warmup:
             for section in SECTIONS:
-                per_round[section].append(timer.totals.get(section, 0.0))
+                per_round[section].append(parts[section])
     seconds = {section: statistics.median(values) for section, values in per_round.items()}
     total = sum(seconds.values())
     counts = step_flops(trainer.model, trainer.targets, trainer.train.optimizer, trainer.train.weight_decay)

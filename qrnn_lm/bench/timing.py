@@ -15,7 +15,7 @@ from typing import Callable
 
 import torch
 
-__all__ = ["synchronize", "time_round_robin", "SectionTimer", "machine_description"]
+__all__ = ["synchronize", "time_round_robin", "machine_description"]
 
 
 def synchronize(device: torch.device | str) -> None:
@@ -51,29 +51,6 @@ def time_round_robin(candidates: dict[str, Callable[[], object]], repeats: int, 
             if round_index >= warmup:
                 times[name].append(time.perf_counter() - start)
     return {name: statistics.median(values) for name, values in times.items()}
-
-
-class SectionTimer:
-    """Accumulates synchronised wall time per named section: ``with timer("embedding"): ...``."""
-
-    def __init__(self, device: torch.device | str = "cpu"):
-        self.device = device
-        self.totals: dict[str, float] = {}
-        self._name = ""
-        self._start = 0.0
-
-    def __call__(self, name: str) -> "SectionTimer":
-        self._name = name
-        return self
-
-    def __enter__(self) -> "SectionTimer":
-        synchronize(self.device)
-        self._start = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        synchronize(self.device)
-        self.totals[self._name] = self.totals.get(self._name, 0.0) + time.perf_counter() - self._start
 
 
 def machine_description(device: torch.device | str = "cpu") -> str:

@@ -3,16 +3,13 @@
 Files are read as UTF-8 in chunks of whole lines and tokenised at C speed (one ``str.split`` per
 chunk, ``dict`` lookups through ``map``), so WikiText-103 never becomes a Python list of 100M
 tokens. The result is cached next to the data (or in the user cache folder when the data folder is
-read-only), keyed by the files' sha256, so large corpora are tokenised once.
+read-only), keyed by the files' sha256, so large corpora are tokenised once (:mod:`.token_cache`).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
-import tempfile
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,25 +22,13 @@ from tqdm.auto import tqdm
 from .checksums import file_sha256
 from .errors import DataError
 from .registry import SPLIT_FILES
+from .token_cache import CACHE_FORMAT, cache_directories, cache_name, load_cache, save_cache
 from .tokenizer import Tokenizer, WordTokenizer, tokenizer_from_state
 from .vocab import EOS, UNK, Vocab
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1  # bump when the cached content or the tokenisation rule changes
-CACHE_PREFIX = ".qrnn_lm_cache-"
 _CHUNK_BYTES = 8 << 20  # read about 8 MiB of whole lines at a time
-
-
-def user_cache_dir() -> Path:
-    """Where caches go when the data folder is read-only: ``$XDG_CACHE_HOME/qrnn_lm``."""
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "qrnn_lm"
-
-
-def _marked_writable(folder: Path) -> bool:
-    """Whether the folder may hold a cache: writable, and not marked read-only by its mode bits
-    (root may write anywhere, but a ``r-x`` folder of shared corpora should stay untouched)."""
-    return os.access(folder, os.W_OK) and bool(folder.stat().st_mode & 0o222)
 
 
 def _read_text_chunks(path: Path, progress: bool):
@@ -124,63 +109,6 @@ def _build_tokenized(folder: Path, tokenizer: Tokenizer) -> dict:
             "tokenizer": tokenizer.state()}
 
 
-def _cache_name(checksums: dict[str, str], tokenizer: Tokenizer) -> str:
-    key = {"format": CACHE_FORMAT, "files": checksums}
-    if tokenizer.kind != "word":  # word data does not depend on max_vocab/min_count (applied on load)
-        key["tokenizer"] = tokenizer.cache_key()
-    key = json.dumps(key, sort_keys=True)
-    return f"{CACHE_PREFIX}{hashlib.sha256(key.encode()).hexdigest()[:20]}.pt"
-
-
-def _load_cache(path: Path, checksums: dict[str, str], kind: str) -> dict | None:
-    """The cached build, or None when it is missing, corrupt or stale (never raises)."""
-    if not path.is_file():
-        return None
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-        _expect(payload["format"] == CACHE_FORMAT, "another cache format")
-        _expect(payload["checksums"] == checksums, "made from other files")
-        _expect((payload.get("tokenizer") or {"kind": "word"})["kind"] == kind, "another tokenizer")
-        vocab = payload["vocab"]
-        _expect(isinstance(vocab, list) and all(isinstance(t, str) for t in vocab), "bad vocabulary")
-        _expect(0 < payload["train_vocab_size"] <= len(vocab), "bad train vocabulary size")
-        _expect(set(payload["splits"]) == set(SPLIT_FILES), "missing splits")
-        for ids in payload["splits"].values():
-            _expect(ids.dtype == torch.int32 and ids.dim() == 1 and ids.numel() > 0, "bad tensor")
-            _expect(0 <= int(ids.min()) and int(ids.max()) < len(vocab), "ids out of range")
-        return payload
-    except Exception as error:  # any damage means "rebuild", never a crash
-        log.warning("ignoring unreadable data cache %s (%s: %s); rebuilding it", path, type(error).__name__, error)
-        return None
-
-
-def _expect(condition: bool, problem: str) -> None:
-    if not condition:
-        raise ValueError(problem)
-
-
-def _save_cache(directories: list[Path], name: str, payload: dict) -> Path | None:
-    """Write atomically to the first writable directory; None when none is (never raises)."""
-    for directory in directories:
-        tmp = None
-        try:
-            directory.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=directory, prefix=CACHE_PREFIX, suffix=".tmp")
-            with os.fdopen(fd, "wb") as f:
-                torch.save(payload, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o644)  # mkstemp makes it 0600; let others sharing the data read it
-            os.replace(tmp, directory / name)
-            return directory / name
-        except OSError as error:
-            log.debug("cannot write the data cache in %s: %s", directory, error)
-            if tmp is not None and os.path.exists(tmp):
-                os.unlink(tmp)
-    log.info("no writable folder for the data cache; the data will be tokenised again next time")
-    return None
-
-
 @dataclass
 class Corpus:
     """A tokenised corpus: ``train``/``valid``/``test`` are 1-D int64 token-id tensors ``[N]``."""
@@ -230,21 +158,16 @@ class Corpus:
                 f"{', '.join(SPLIT_FILES)} (plain UTF-8 text, tokens separated by spaces)"
             )
         checksums = {name: file_sha256(folder / name) for name in SPLIT_FILES}
-        if cache_dir is not None:
-            directories = [Path(cache_dir)]
-        elif _marked_writable(folder):
-            directories = [folder, user_cache_dir()]
-        else:
-            directories = [user_cache_dir()]
+        directories = cache_directories(folder, cache_dir)
         tokenizer = tokenizer or WordTokenizer()
-        name = _cache_name(checksums, tokenizer)
+        name = cache_name(checksums, tokenizer)
         payload = None
         if cache:
-            payload = next(filter(None, (_load_cache(d / name, checksums, tokenizer.kind) for d in directories)), None)
+            payload = next(filter(None, (load_cache(d / name, checksums, tokenizer.kind) for d in directories)), None)
         if payload is None:
             payload = _build(folder, progress) if tokenizer.kind == "word" else _build_tokenized(folder, tokenizer)
             if cache:
-                _save_cache(directories, name, {"format": CACHE_FORMAT, "checksums": checksums, **payload})
+                save_cache(directories, name, {"format": CACHE_FORMAT, "checksums": checksums, **payload})
         splits = {key: ids.long() for key, ids in payload["splits"].items()}
         full = payload["vocab"]
         if tokenizer.kind != "word":

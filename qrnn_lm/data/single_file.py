@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 from .checksums import file_sha256
-from .corpus import _marked_writable, user_cache_dir
+from .token_cache import marked_writable, user_cache_dir
 from .errors import DataError
 from .registry import SPLIT_FILES
 from .split_names import split_folder_name
@@ -44,7 +44,7 @@ def split_text_file(path: str | os.PathLike) -> Path:
             "lines with text in the last 10%, or pass a folder holding train.txt, valid.txt, test.txt"
         )
     name = split_folder_name(path, file_sha256(path))
-    for base in ([path.parent] if _marked_writable(path.parent) else []) + [user_cache_dir()]:
+    for base in ([path.parent] if marked_writable(path.parent) else []) + [user_cache_dir()]:
         folder = base / name
         if all((folder / file).is_file() for file in SPLIT_FILES):
             return folder

@@ -18,21 +18,29 @@ Batch size 1 only: one stream over the whole split, as the literature reports it
 once per split (segments of ``bptt``, state carried); ``collect`` keeps the hidden states and the
 model's log-probabilities, so a grid over theta and lambda costs no further model passes.
 
+:func:`cache_results` is the same scoring at the end of a training run (``train.cache_at_end``,
+awd-lstm-lm's ``pointer.py`` step on best.pt's model right after the plain test, so every run
+reports both numbers): "search" picks theta and lambda on valid from ``eval --cache-search``'s grid,
+"fixed" uses ``train.cache_theta`` / ``train.cache_lambda``; test is scored at batch size 1 with
+``train.cache_window`` through :func:`score_corpus`, so the numbers equal ``eval``'s on best.pt.
+
 Shapes: N = number of scored tokens, E = final layer size, W = window, L = block of tokens.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from ..config import UserError, check_options
+from ..config import TrainConfig, UserError, check_options
 from ..data import batchify, get_batch
 
-__all__ = ["CacheParams", "Collected", "collect", "cache_log_probs", "mixed_loss", "search", "evaluate_cache_checkpoint", "score_corpus", "THETAS", "LAMBDAS"]
+__all__ = ["CacheParams", "Collected", "collect", "cache_log_probs", "mixed_loss", "search", "evaluate_cache_checkpoint", "score_corpus", "cache_results", "cache_summary", "THETAS", "LAMBDAS"]
 
 THETAS = (0.1, 0.25, 0.5, 0.75, 1.0, 1.5)  # the --cache-search grid (awd's PTB/WT2 picks lie inside)
 LAMBDAS = (0.05, 0.1, 0.15, 0.2, 0.3)
@@ -188,3 +196,34 @@ def score_corpus(model: torch.nn.Module, corpus, bptt: int, device: torch.device
     result.update(split=split, theta=theta, **{"lambda": lambd}, tokens=scored.targets.numel(), loss=loss,
                   ppl=perplexity(loss), cache_loss=cache_loss, cache_ppl=perplexity(cache_loss))
     return result
+
+
+def cache_results(train: TrainConfig, model: torch.nn.Module, corpus, bptt: int, device: torch.device,
+                  dataset: str) -> dict[str, Any]:
+    """The results.json keys of the cache pointer on test after a run (empty when
+    ``train.cache_at_end`` is "off"); ``bptt`` and ``dataset`` are the run's ``data`` section's:
+    ``cache_base_ppl``, ``test_cache_loss``, ``test_cache_ppl``, ``cache_window``, ``cache_theta``, ``cache_lambda``,
+    ``cache_chosen_on`` ("valid" for a search, "config" otherwise) and ``cache_seconds``."""
+    if train.cache_at_end == "off":
+        return {}
+    started = time.perf_counter()
+    params = CacheParams(window=train.cache_window, theta=train.cache_theta, lambd=train.cache_lambda)
+    scored = score_corpus(model, corpus, bptt, device, split="test", params=params,
+                          search_grid=train.cache_at_end == "search", dataset=dataset)
+    return {
+        "cache_base_ppl": scored["ppl"],  # test without the cache at batch size 1 (= test_ppl at test_batch_size 1)
+        "test_cache_loss": scored["cache_loss"],
+        "test_cache_ppl": scored["cache_ppl"],
+        "cache_window": scored["window"],
+        "cache_theta": scored["theta"],
+        "cache_lambda": scored["lambda"],
+        "cache_chosen_on": "valid" if train.cache_at_end == "search" else "config",
+        "cache_seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def cache_summary(results: dict[str, Any]) -> str:
+    """The console line beside the plain test perplexity, from :func:`cache_results`' keys."""
+    return (f"test ppl {results['cache_base_ppl']:.2f} -> {results['test_cache_ppl']:.2f} with the cache pointer "
+            f"(window {results['cache_window']}, theta {results['cache_theta']:g}, lambda {results['cache_lambda']:g} "
+            f"chosen on {results['cache_chosen_on']}; batch size 1; {results['cache_seconds']:.0f} s)")

@@ -3,7 +3,7 @@ config, in the data-parallel session torchrun describes, and runs it. The traine
 (``data_stream.py``), the optimiser (``optimizer.py``) and its learning-rate schedule
 (``schedule.py``), checkpoints (``checkpointer.py``), the budget and stop signals
 (``stopping.py``), metrics, ``metrics.csv``, console and ``results.json`` (``metrics.py``), in the text's unit
-(``units.py``: bits per character, per-word perplexity);
+(:class:`~qrnn_lm.data.RunUnits`: bits per character, per-word perplexity);
 ``step.py`` is one training step (and its mixed precision), ``state.py`` the counters and RNG
 states, ``finetune.py`` a finetune's start and end, ``distributed.py`` the data-parallel helpers."""
 

@@ -28,7 +28,7 @@ from ..models.checkpoint_file import load_checkpoint
 from . import distributed
 from .optimizer import should_switch_to_asgd
 
-__all__ = ["FINETUNE_FILE", "load_init", "read_finetune", "start_finetune", "converged", "compare"]
+__all__ = ["FINETUNE_FILE", "load_init", "read_finetune", "start_finetune", "converged", "compare", "finetune_vocab", "finetune_summary"]
 
 FINETUNE_FILE = "finetune.json"
 
@@ -56,8 +56,19 @@ def start_finetune(trainer, init_from: str | Path) -> dict[str, Any]:
     record = {"init_from": str(init_from), "start_val_loss": valid_loss, "start_test_loss": test_loss}
     if distributed.is_main():
         (trainer.out_dir / FINETUNE_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    trainer._save("best")
+    trainer.checkpointer.save("best")
     return record
+
+
+def finetune_vocab(init: dict[str, Any] | None, resumed: dict[str, Any] | None, out_dir: Path) -> list[str] | None:
+    """The vocabulary a finetune keeps on any data (words it lacks read as its ``<unk>``): its
+    starting checkpoint's (``init``), or a resumed finetune's (``resumed``, the checkpoint of a run
+    in ``out_dir`` that holds a finetune record); None for an ordinary run (the text's own)."""
+    if init is not None:
+        return init["vocab"]
+    if resumed is not None and read_finetune(out_dir) is not None:
+        return resumed["vocab"]
+    return None
 
 
 def read_finetune(out_dir: Path) -> dict[str, Any] | None:
@@ -81,3 +92,10 @@ def compare(record: dict[str, Any], results: dict[str, Any]) -> dict[str, Any]:
         "test_ppl_change": results["test_ppl"] - perplexity(record["start_test_loss"]),
         **record,
     }
+
+
+def finetune_summary(results: dict[str, Any]) -> str:
+    """The console line of a finetune's end, from results.json's keys (``finetune`` from :func:`compare`)."""
+    start = results["finetune"]
+    return (f"finetune: valid ppl {start['start_val_ppl']:.2f} -> {results['best_val_ppl']:.2f}, "
+            f"test ppl {start['start_test_ppl']:.2f} -> {results['test_ppl']:.2f}")

@@ -13,7 +13,7 @@ epoch in progress, 1-based), ``tokens`` (training tokens seen), ``wall_s`` (seco
 validation since the run began, across resumes), ``train_loss`` (mean loss since the previous
 log row; empty in validation rows), ``valid_ppl`` (empty in training rows), ``lr`` (the scheduled
 learning rate, before SGD's segment-length rescaling); then, for a run with a unit
-(:mod:`.units`), ``valid_bpc`` (character and byte models) or ``valid_word_ppl`` (subword
+(:class:`~qrnn_lm.data.RunUnits`), ``valid_bpc`` (character and byte models) or ``valid_word_ppl`` (subword
 models), empty in training rows. A word run's file has exactly :data:`COLUMNS`.
 
 Each row is written and flushed at once, so a killed run loses nothing it had logged. A resumed
@@ -28,7 +28,6 @@ file anew. Rank 0 alone writes (the others get a writer that drops rows).
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import time
@@ -36,11 +35,11 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from ..config import Config
+from ..data import RunUnits
 from ..inference.evaluate import perplexity
 from .state import Counters
-from .units import RunUnits
 
-__all__ = ["MetricsLogger", "NullLogger", "TensorBoardLogger", "make_logger", "Meter", "COLUMNS", "columns", "MetricsCsv", "read_rows", "RunLog", "Console", "run_results", "write_results"]
+__all__ = ["MetricsLogger", "NullLogger", "TensorBoardLogger", "make_logger", "Meter", "COLUMNS", "columns", "MetricsCsv", "RunLog", "Console", "run_results", "write_results"]
 
 
 class MetricsLogger(Protocol):
@@ -122,12 +121,6 @@ HEADER = ",".join(COLUMNS)
 def columns(unit: str | None = None) -> tuple[str, ...]:
     """The columns of a run's ``metrics.csv``: :data:`COLUMNS`, then ``valid_<unit>`` when it has one."""
     return COLUMNS if unit is None else (*COLUMNS, f"valid_{unit}")
-
-
-def read_rows(path: Path) -> list[dict[str, str]]:
-    """The rows of a ``metrics.csv`` as dicts of strings (empty string: no value)."""
-    with path.open(newline="", encoding="utf-8") as file:
-        return list(csv.DictReader(file))
 
 
 def _kept_lines(text: str, resume_step: int, header: str) -> list[str]:

@@ -19,6 +19,7 @@ lengths that differ (diverged BPTT generators) are a RuntimeError.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -27,10 +28,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import TrainConfig, UserError
-from ..device import check_precision
+from ..device import check_precision, resolve_precision
 from . import distributed
 
-__all__ = ["TrainingError", "StepResult", "regularized_loss", "train_step", "precision_context", "make_scaler"]
+__all__ = ["TrainingError", "StepResult", "regularized_loss", "train_step", "precision_context", "step_settings", "make_scaler"]
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -146,6 +147,13 @@ def precision_context(device: torch.device, precision: str):
     if precision == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=_DTYPES[precision])
+
+
+def step_settings(train: TrainConfig, device: torch.device) -> tuple[TrainConfig, torch.amp.GradScaler | None]:
+    """The ``[train]`` section the steps on ``device`` run with, its "auto" precision decided once
+    (config.toml keeps what the user asked for), and their gradient scaler (fp16 only)."""
+    resolved = dataclasses.replace(train, precision=resolve_precision(train.precision, device))
+    return resolved, make_scaler(resolved.precision, device)
 
 
 def make_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler | None:

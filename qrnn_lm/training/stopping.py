@@ -91,6 +91,17 @@ class StopSignals:
         if _installed is self:
             _installed = None
 
+    def agreed(self, timed: bool) -> tuple[int, bool]:
+        """After a step, what every rank acts on: ``(signal, timed)``, the first rank's pending
+        signal (0: none) and whether any rank's clock says a checkpoint is due (``timed``: this
+        rank's). One process: its own; data parallel: one tiny all-gather, so all ranks agree."""
+        signum = self.pending or 0
+        if distributed.get_world_size() > 1:
+            rows = distributed.all_gather_floats([signum, timed])
+            signum = next((int(row[0]) for row in rows if row[0]), 0)
+            timed = any(row[1] for row in rows)
+        return signum, bool(timed)
+
     def _handle(self, signum, frame) -> None:
         if self.pending is None:
             self.pending = signum

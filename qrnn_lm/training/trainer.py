@@ -15,27 +15,22 @@ and random generators (:mod:`.state`), the budget and stop signals (:mod:`.stopp
 and the console (:mod:`.metrics`); the checkpointer (:mod:`.checkpointer`) saves and loads the
 components by name. Its loop reads top to bottom: ``run`` -> epochs -> steps -> end of epoch -> finish.
 
-Stopping and resuming (details: docs/application.md):
-* ``train.max_steps``, ``train.max_minutes`` and ``train.epochs`` count from the start of the run,
-  across resumes (:mod:`.stopping`); a run stopped by ``max_steps`` or ``max_minutes`` mid-epoch
-  saves the exact position and still tests ``best.pt`` (when no epoch has finished, the current
-  weights are validated once and saved as ``best.pt``). The budget's progress drives the
-  per-step learning-rate schedule (:mod:`.schedule`).
-* Ctrl-C, SIGTERM and SIGHUP save ``last.pt`` at the exact position and raise
-  :class:`~qrnn_lm.training.stopping.Interrupted` (the CLI prints the resume command).
-  ``last.pt`` is also written every ``train.checkpoint_every_steps`` / ``_minutes``.
-* A non-finite loss or gradient norm raises :class:`TrainingError`; ``last.pt`` stays as it was.
+Stopping and resuming (details: docs/application.md, :mod:`.stopping`): a run stopped by a limit
+(``max_steps``, ``max_minutes``, counted across resumes) mid-epoch saves the exact position and
+still tests ``best.pt`` (validating the current weights once when no epoch has finished); Ctrl-C,
+SIGTERM and SIGHUP save ``last.pt`` at the exact position and raise
+:class:`~qrnn_lm.training.stopping.Interrupted`; ``last.pt`` is also written every
+``train.checkpoint_every_steps`` / ``_minutes``. A non-finite loss or gradient norm raises
+:class:`TrainingError`; ``last.pt`` stays as it was.
 
 Data parallel (torchrun): each rank trains its block of the global batch's streams through
 DistributedDataParallel, as one process with the whole batch would; rank 0 alone writes files and
-console output. Stop signals only set a flag on each rank (raising inside a collective would hang
-the others); after every step the ranks all-gather (signal, checkpoint due by the clock), so every
-rank stops, or checkpoints, at the same step, and rank 0 saves.
+console output. After every step the ranks agree on a stop signal and a checkpoint due by the clock
+(:meth:`~.stopping.StopSignals.agreed`), so every rank stops, or checkpoints, at the same step.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -43,20 +38,19 @@ from typing import Any, Callable
 import torch
 
 from ..config import Config, to_toml
-from ..device import resolve_precision
+from ..data import RunUnits
+from ..inference.cache import cache_results, cache_summary
 from ..inference.evaluate import perplexity
 from ..models import LanguageModel, WeightDrop
 from . import distributed
-from .cache_end import cache_results, cache_summary
 from .checkpointer import Checkpointer, check_same_data, components, read_resume_point
 from .data_stream import Evaluator, TrainingStream, load_corpus, restore_stream
-from .finetune import compare, converged, load_init, read_finetune, start_finetune
+from .finetune import compare, converged, finetune_summary, finetune_vocab, load_init, read_finetune, start_finetune
 from .metrics import Console, RunLog, run_results, write_results
 from .schedule import Schedule
 from .state import Counters, History, RandomState, SharedMasks
-from .step import make_scaler, train_step
+from .step import step_settings, train_step
 from .stopping import Budget, Interrupted, StopSignals, sigint_deferred
-from .units import RunUnits
 
 __all__ = ["Trainer"]
 
@@ -82,10 +76,8 @@ class Trainer:
             out_dir.mkdir(parents=True, exist_ok=True)  # rank 0 alone writes into it
 
         torch.manual_seed(seed)  # parameters (equal on every rank) and dropout masks
-        # A finetune keeps its checkpoint's vocabulary on any data (words it lacks read as its <unk>).
         init = load_init(init_from, config) if init_from is not None else None
-        finetuned = resumed is not None and read_finetune(out_dir) is not None
-        vocab = init["vocab"] if init is not None else resumed.payload["vocab"] if finetuned else None
+        vocab = finetune_vocab(init, None if resumed is None else resumed.payload, out_dir)  # None: the text's own
         self.corpus = load_corpus(config, data_dir, self.console.progress, vocab)
         if resumed is not None:
             check_same_data(resumed.payload, self.corpus)
@@ -101,12 +93,9 @@ class Trainer:
         # A finetune goes straight into averaged SGD from the starting checkpoint's weights.
         self.schedule = Schedule(self.model, config.train, self.history, "asgd" if init_from else None)
         self.budget = Budget(config.train, self.stream.limit)
-        # "auto" decided once for this device; config.toml keeps what the user asked for.
-        self.step_config = dataclasses.replace(
-            config.train, precision=resolve_precision(config.train.precision, device))
+        self.step_config, self.scaler = step_settings(config.train, device)  # "auto" precision decided
         if config.train.precision == "auto":
             self.console.echo(f"precision auto: {self.step_config.precision} on {device.type}")
-        self.scaler = make_scaler(self.step_config.precision, device)  # fp16 only
         rng = RandomState(self.stream.generator, self.shared.generator, seed, self.state)
         self.checkpointer = Checkpointer(out_dir, config, self.corpus, components(
             model=self.model, optimizer=self.schedule, counters=self.state, history=self.history,
@@ -207,27 +196,19 @@ class Trainer:
                                 tok_s=f"{metrics['tokens_per_s']:.0f}")
 
     def _after_step(self) -> None:
-        """Between two steps (a consistent state): stop on a signal, or write a periodic last.pt.
-
-        In a data-parallel run both decisions are agreed: every rank sends (its pending signal,
-        whether its clock says a checkpoint is due) and all act on the same answer.
-        """
+        """Between two steps (a consistent state): stop on a signal, or write a periodic last.pt
+        (both decisions agreed by every rank: :meth:`~.stopping.StopSignals.agreed`)."""
         train, state = self.config.train, self.state
         due = bool(train.checkpoint_every_steps) and state.step % train.checkpoint_every_steps == 0
         minutes = train.checkpoint_every_minutes
-        timed = bool(minutes) and self.checkpointer.minutes_since_last() >= minutes
-        signum = self.signals.pending or 0
-        if self.world_size > 1:
-            rows = distributed.all_gather_floats([signum, timed])
-            signum = next((int(row[0]) for row in rows if row[0]), 0)
-            timed = any(row[1] for row in rows)
+        signum, timed = self.signals.agreed(bool(minutes) and self.checkpointer.minutes_since_last() >= minutes)
         if signum:
-            path = self._save("last")
+            path = self.checkpointer.save("last")
             self.console.echo(f"interrupted at epoch {state.epoch}, step {state.step}: "
                               + (f"saved {path}" if path is not None else "nothing new saved"))
             raise Interrupted(signum, saved=True)
         if (due or timed) and state.position < self.stream.limit:  # the epoch's end saves anyway
-            self._save("last")
+            self.checkpointer.save("last")
 
     def _end_of_epoch(self) -> None:
         state = self.state
@@ -240,12 +221,12 @@ class Trainer:
             if val_loss < self.history.best_val_loss:
                 self.history.best_val_loss = val_loss
                 with self.schedule.averaged():
-                    self._save("best")
+                    self.checkpointer.save("best")
             self.schedule.end_of_epoch(state.epoch, val_loss, self.console.echo)
             state.epoch += 1
             state.position = 0
             self.stream.hidden = None
-            self._save("last")
+            self.checkpointer.save("last")
         self._validated(val_loss)
 
     def _finish(self, status: str, seconds: float) -> dict[str, Any]:
@@ -254,7 +235,7 @@ class Trainer:
             val_loss = None
             if state.position > 0 or not self.checkpointer.has_best():
                 val_loss = self._validate_at_stop(status)
-            self._save("last")  # after the validation: with the best_val_loss a resumed run compares with
+            self.checkpointer.save("last")  # after the validation: with the best_val_loss a resumed run compares with
             if val_loss is not None:
                 self._validated(val_loss)
         model, best_val = self.checkpointer.load_best(self.device)
@@ -263,11 +244,10 @@ class Trainer:
                               seconds, self.units)
         if self.finetune is not None:
             results["finetune"] = compare(self.finetune, results)
-            self.console.echo(f"finetune: valid ppl {results['finetune']['start_val_ppl']:.2f} -> "
-                              f"{results['best_val_ppl']:.2f}, test ppl {results['finetune']['start_test_ppl']:.2f}"
-                              f" -> {results['test_ppl']:.2f}")
+            self.console.echo(finetune_summary(results))
         if distributed.is_main():
-            results.update(cache_results(config, model, self.corpus, self.device))  # {} when cache_at_end is off
+            results.update(cache_results(config.train, model, self.corpus, config.data.bptt, self.device,
+                                         config.data.dataset))  # {} when cache_at_end is off
             write_results(self.out_dir, results)
         self.log.test(test_loss, state.step)
         self.console.echo(f"test loss {test_loss:.3f} | test ppl {perplexity(test_loss):.2f}"
@@ -292,7 +272,7 @@ class Trainer:
             if val_loss < self.history.best_val_loss or not self.checkpointer.has_best():
                 self.history.best_val_loss = val_loss
                 with self.schedule.averaged():
-                    self._save("best")
+                    self.checkpointer.save("best")
         return val_loss
 
     # -- the pieces the loop calls -----------------------------------------------------------------
@@ -310,9 +290,6 @@ class Trainer:
     def _log_validation(self, val_loss: float) -> None:
         self.log.validation(val_loss, self.state, self.budget.elapsed(), self.schedule.lr)
 
-    def _save(self, kind: str, step_state: dict[str, Any] | None = None) -> Path | None:
-        return self.checkpointer.save(kind, step_state)  # see Checkpointer.save
-
     def _save_interrupted(self) -> None:
         """Ctrl-C: write last.pt at the start of the interrupted step (or the current boundary)."""
         if self.world_size > 1:
@@ -320,6 +297,6 @@ class Trainer:
             self.console.echo("interrupted: nothing saved mid-epoch in a distributed run; resume from "
                               f"{self.out_dir / 'last.pt'}")
             return
-        path = self._save("last", self.step_state)
+        path = self.checkpointer.save("last", self.step_state)
         if path is not None:
             self.console.echo(f"interrupted at epoch {self.state.epoch}, step {self.state.step}: saved {path}")

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from qrnn_lm.bench import layer as layer_bench
 from qrnn_lm.cli.bench import bench_app
-from qrnn_lm.bench.timing import SectionTimer, machine_description, time_round_robin
+from qrnn_lm.bench.timing import machine_description, time_round_robin
 
 runner = CliRunner()
 
@@ -32,14 +32,6 @@ def test_machine_description_names_the_cpu_threads_and_torch():
     assert text.endswith(f"torch {torch.__version__}")
     if sys.platform.startswith("linux"):  # read from /proc/cpuinfo: family, model and vector extensions
         assert "family " in text and any(v in text for v in ("AVX-512", "AVX2", "no AVX2"))
-
-
-def test_section_timer_accumulates_per_section():
-    timer = SectionTimer()
-    for name in ("a", "b", "a"):
-        with timer(name):
-            pass
-    assert set(timer.totals) == {"a", "b"} and all(value >= 0 for value in timer.totals.values())
 
 
 @pytest.fixture(scope="module")

@@ -12,11 +12,12 @@ from typer.testing import CliRunner
 from qrnn_lm.bench import lm as lm_bench
 from qrnn_lm.bench import lm_report
 from qrnn_lm.bench.lm_config import bench_config
-from qrnn_lm.bench.timing import SectionTimer
 from qrnn_lm.models.lstm_layer import LSTMLayer
 from qrnn_lm.cli.bench import bench_app
 from qrnn_lm.config import Config, ConfigError, ModelConfig, TrainConfig
 from qrnn_lm.nn import QRNNLayer
+from qrnn_lm.training import step as training_step
+from qrnn_lm.training.schedule import Schedule
 
 runner = CliRunner()
 TINY = dict(emb_size=8, hidden_size=12, num_layers=2, bptt=5, batch_size=3)
@@ -127,7 +128,7 @@ def test_bf16_runs_the_step_under_autocast(step):
     model.layers[0].register_forward_hook(lambda module, args, output: seen.append(output[0].dtype))
     tokens = torch.randint(50, (6, 3))
     trainer = lm_bench._Trainer(model, train, tokens[:-1], tokens[1:])
-    getattr(trainer, step)(*([SectionTimer()] if step == "timed_step" else []))
+    getattr(trainer, step)()
     assert seen == [torch.bfloat16]
     assert model.embedding.weight.dtype == torch.float32  # autocast: the weights stay float32
 
@@ -152,7 +153,7 @@ SETTINGS = {
 @pytest.mark.parametrize("setting", list(SETTINGS))
 @pytest.mark.parametrize("kind", ["qrnn", "lstm"])
 def test_the_instrumented_step_updates_the_parameters_like_the_plain_step(kind, setting):
-    """Cutting the graph at the parts' boundaries must not change what the step computes."""
+    """The hooks that time the parts must not change what the step computes."""
     options = dict(SETTINGS[setting])
     decoder = options.pop("decoder", "softmax")
     torch.manual_seed(0)
@@ -165,11 +166,41 @@ def test_the_instrumented_step_updates_the_parameters_like_the_plain_step(kind, 
     torch.manual_seed(1)
     trainers[0].step()
     torch.manual_seed(1)
-    trainers[1].timed_step(SectionTimer())
+    trainers[1].timed_step()
     before = dict(model.named_parameters())
     for (name, plain), (_, timed) in zip(trainers[0].model.named_parameters(), trainers[1].model.named_parameters()):
         assert not torch.equal(plain, before[name]), name  # the step changed it
         torch.testing.assert_close(timed, plain, msg=name)
+
+
+def test_the_bench_times_the_trainers_own_step(monkeypatch):
+    """Both the round-robin step time and the parts come from training.step.train_step and the
+    trainer's Schedule.step, on each of the two models, once per round."""
+    calls = {"train_step": [], "schedule": 0}
+    real_step, real_schedule_step = training_step.train_step, Schedule.step
+
+    def counted_step(model, *args, **kwargs):
+        calls["train_step"].append(model.config.rnn)
+        return real_step(model, *args, **kwargs)
+
+    def counted_schedule_step(self, *args):
+        calls["schedule"] += 1
+        return real_schedule_step(self, *args)
+
+    monkeypatch.setattr(training_step, "train_step", counted_step)
+    monkeypatch.setattr(Schedule, "step", counted_schedule_step)
+    report = lm_bench.run(bench_config(None, **TINY), vocab_size=50, repeats=2, warmup=1, peak_size=32)
+    rounds = 3  # warmup + repeats, for the step time and again for the parts
+    assert sorted(calls["train_step"]) == ["lstm"] * 2 * rounds + ["qrnn"] * 2 * rounds
+    assert calls["schedule"] == 2 * 2 * rounds
+    assert all(row["parts"][part]["ms"] > 0 for row in report["models"] for part in lm_bench.SECTIONS)
+
+
+def test_part_marks_must_come_in_the_step_order():
+    marks = [(name, float(index)) for index, name in enumerate(lm_bench._MARKS)]
+    assert lm_bench._part_seconds(marks) == {"embedding": 2.0, "recurrent": 2.0, "softmax": 1.0, "optimizer": 2.0}
+    with pytest.raises(RuntimeError, match="the hooks no longer match the model"):
+        lm_bench._part_seconds(marks[:3] + marks[4:])
 
 
 def test_the_lstm_twin_is_the_model_rnn_lstm_language_model_without_qrnn_keys():

@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 from _fake_clock import clock_per_step
 
+from _metrics_rows import read_rows
 from qrnn_lm.config import TrainConfig, load_config
 from qrnn_lm.models.checkpoint_file import load_checkpoint
 from qrnn_lm.training import distributed, train
 from qrnn_lm.training.stopping import Budget
 from qrnn_lm.training.schedule import lr_multiplier
-from qrnn_lm.training.metrics import read_rows
 from qrnn_lm.training.checkpointer import upgrade
 
 TINY = Path(__file__).resolve().parents[2] / "configs" / "tiny.toml"  # lr 5, 17 steps an epoch

@@ -22,13 +22,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from _metrics_rows import read_rows
 import qrnn_lm.training.metrics as metrics_module
 from qrnn_lm.cli.train import launch_local
 from qrnn_lm.training import distributed
 from qrnn_lm.models.checkpoint_file import load_checkpoint
 from qrnn_lm.config import UserError, load_config
 from qrnn_lm.training import train
-from qrnn_lm.training.metrics import read_rows
 from qrnn_lm.training.data_stream import make_stream
 
 pytestmark = pytest.mark.slow  # real torchrun processes (DDP on gloo): `pytest -m "not slow"` skips it

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import qrnn_lm.device as device_module
+import qrnn_lm.training.step as step_module
 import qrnn_lm.training.trainer as trainer_module
 from qrnn_lm.config import load_config
 from qrnn_lm.models.checkpoint_file import load_checkpoint
@@ -24,7 +25,7 @@ def fp16(corpus):
 
 def test_an_fp16_run_interrupted_mid_epoch_resumes_exactly(corpus, tmp_path, monkeypatch):
     monkeypatch.setattr(device_module, "check_precision", lambda precision, device: None)
-    monkeypatch.setattr(trainer_module, "make_scaler", lambda precision, device: torch.amp.GradScaler(
+    monkeypatch.setattr(step_module, "make_scaler", lambda precision, device: torch.amp.GradScaler(
         "cpu", init_scale=2.0 ** 24, growth_interval=3))
     reference = train(fp16(corpus), tmp_path / "reference", device="cpu", progress=False)
     real_step, calls = trainer_module.train_step, []

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from _metrics_rows import read_rows
 import qrnn_lm.training.optimizer as optimizer_module
 import qrnn_lm.training.trainer as train_module
 from qrnn_lm.config import load_config
 from qrnn_lm.training import train
 from qrnn_lm.training.schedule import lr_multiplier
-from qrnn_lm.training.metrics import read_rows
 
 
 @pytest.mark.parametrize("schedule", ["constant", "cosine", "linear"])

@@ -7,11 +7,12 @@ from pathlib import Path
 import pytest
 from _fake_clock import clock_per_step
 
+from _metrics_rows import read_rows
 import qrnn_lm.training.trainer as train_module
 from qrnn_lm.config import load_config
 from qrnn_lm.models.checkpoint_file import load_checkpoint
 from qrnn_lm.training import train
-from qrnn_lm.training.metrics import COLUMNS, MetricsCsv, read_rows
+from qrnn_lm.training.metrics import COLUMNS, MetricsCsv
 from qrnn_lm.training.state import Counters
 
 TINY = Path(__file__).resolve().parents[2] / "configs" / "tiny.toml"  # 17 steps an epoch

@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pytest
 
+from _metrics_rows import read_rows
 from qrnn_lm.config import load_config
 from qrnn_lm.models.checkpoint_file import load_checkpoint
 from qrnn_lm.training import train
-from qrnn_lm.training.metrics import read_rows
 
 TINY = Path(__file__).resolve().parents[2] / "configs" / "tiny.toml"
 

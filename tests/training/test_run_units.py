@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from _metrics_rows import read_rows
 from qrnn_lm.config import load_config
 from qrnn_lm.inference.evaluate import evaluate_checkpoint
 from qrnn_lm.training import train
-from qrnn_lm.training.metrics import COLUMNS, HEADER, MetricsCsv, read_rows
+from qrnn_lm.training.metrics import COLUMNS, HEADER, MetricsCsv
 from qrnn_lm.training.state import Counters
 
 TINY = Path(__file__).resolve().parents[2] / "configs" / "tiny.toml"
