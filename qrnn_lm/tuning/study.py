@@ -66,8 +66,10 @@ def open_study(space: Space, storage_url: str, name: str):
     storage = open_storage(storage_url, options["heartbeat_seconds"])
     sampler = optuna.samplers.TPESampler(seed=options["seed"])
     if options["pruner"] == "median":
+        # Reports are numbered from 1 (objective.py) and Optuna prunes at any step >= n_warmup_steps,
+        # so the first `warmup_validations` reports are protected by one more.
         pruner = optuna.pruners.MedianPruner(n_startup_trials=options["startup_trials"],
-                                             n_warmup_steps=options["warmup_validations"])
+                                             n_warmup_steps=options["warmup_validations"] + 1)
     else:
         pruner = optuna.pruners.NopPruner()
     study = optuna.create_study(storage=storage, study_name=name, sampler=sampler, pruner=pruner,
