@@ -1,9 +1,9 @@
 """The optimizer step alone: torch's for-loop, foreach and fused Adam/AdamW on a recipe's parameters.
 
-  python scripts/bench_optimizer.py [--config configs/ptb-cpu.toml] [--repeats 30] [--warmup 5]
+  python scripts/bench_optimizer.py [--config configs/ptb-cpu-bf16.toml] [--repeats 30] [--warmup 5]
                                     [--vocab-size 10000] [--step-ms 160.3]
 
-Builds the recipe's model (ptb-cpu: 10.6M fp32 parameters), gives every parameter a fixed random
+Builds the recipe's model (ptb-cpu-bf16: 10.6M fp32 parameters), gives every parameter a fixed random
 gradient, and times ``optimizer.step()`` for each implementation (median of ``--repeats`` after
 ``--warmup`` untimed steps, round-robin in one run so background load hits them alike). Prints ms
 and the ratio to the for-loop, and, with ``--step-ms`` (a training step's time from
@@ -78,7 +78,7 @@ def _with_grads_of(optimizer, seed: int) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="configs/ptb-cpu.toml")
+    parser.add_argument("--config", default="configs/ptb-cpu-bf16.toml")
     parser.add_argument("--vocab-size", type=int, default=10000)  # PTB's
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)

@@ -44,7 +44,7 @@ def _adam_implementation(params: list[nn.Parameter]) -> dict:
     """``fused=True`` when every parameter is on the CPU, else torch's default (foreach on CUDA).
 
     On the CPU torch's default is the per-parameter for-loop; the fused kernel gives the same
-    update to within rounding (max |difference| 3e-8 after 5 steps at ptb-cpu's 10.6M parameters,
+    update to within rounding (max |difference| 3e-8 after 5 steps at ptb-cpu-bf16's 10.6M parameters,
     ``scripts/bench_optimizer.py``) several times faster (docs/performance.md). A checkpoint keeps
     the implementation in its param groups, so a resumed run steps exactly like the run that wrote
     it, old for-loop checkpoints included."""
