@@ -7,10 +7,7 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-import torch
-
 from ..config import Config, config_from_dict, load_config, parse_override, toml_string
-from ..device import cpu_has_native_bf16
 
 __all__ = ["resolve_train_config", "recipe_dir", "make_train_recipe"]
 
@@ -24,7 +21,11 @@ def make_train_recipe(cuda_available: bool | None = None, cpuinfo: str | Path = 
     1-layer QRNN the tuner found on an fp32 Zen 3, test 127.2 there, where the 3 x 1000 one gives
     143.0). ``cuda_available`` defaults to ``torch.cuda.is_available()``.
     """
+    from ..device import cpu_has_native_bf16  # imports torch: kept out of the CLI's start-up
+
     if cuda_available is None:
+        import torch
+
         cuda_available = torch.cuda.is_available()
     if cuda_available:
         return "ptb"
