@@ -130,6 +130,31 @@ def test_long_sequence_few_lanes(backend, monkeypatch):
         check_backend(module, (700, 3, 5), torch.float32, reverse, True, monkeypatch, seed=7)
 
 
+@pytest.mark.parametrize("backend", ["numba", "numba-parallel"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_batch_folding_with_full_lengths_and_strided_inputs(backend, reverse, monkeypatch):
+    """Lengths that are all T fold the batch into the lanes (the kernels see B = 1), also when the
+    inputs are strided views (batch-first tensors transposed), and the results still match."""
+    module = backend_module(backend, monkeypatch)
+    seen_batch_sizes = []
+    for name in ("_seq_forward", "_seq_forward_serial", "_seq_backward", "_seq_backward_serial"):
+        kernel = getattr(cpu, name)
+        monkeypatch.setattr(cpu, name, lambda *a, kernel=kernel: (seen_batch_sizes.append(a[1].shape[1]), kernel(*a))[1])
+    generator = torch.Generator().manual_seed(5)
+    f, x, h0, grad_h, _ = make_inputs((40, 3, 100), torch.float32, False, generator)
+    f, x, grad_h = (t.transpose(0, 1).contiguous().transpose(0, 1) for t in (f, x, grad_h))
+    assert not f.is_contiguous()
+    lengths = torch.full((3,), 40)
+    expected_h, expected_grads = reference_and_grads(f, x, h0, grad_h, lengths, reverse)
+    with nan_poisoned_allocations(monkeypatch):
+        h = module.forward(f, x, h0, lengths, reverse)
+        grads = module.backward(grad_h, f, x, h, h0, lengths, reverse)
+    assert seen_batch_sizes == [1, 1]
+    assert_matches("h", h, expected_h)
+    for name, actual, expected in zip(("grad_f", "grad_x", "grad_h0"), grads, expected_grads):
+        assert_matches(name, actual, expected)
+
+
 def test_forced_strategies_really_apply(monkeypatch):
     """Guard against the chunked/parallel tests silently running another kernel."""
     monkeypatch.setenv("QRNN_LM_FORGET_MULT_CPU_STRATEGY", "chunked")

@@ -9,7 +9,11 @@ Two strategies, both forward and backward, both directions, with per-sequence le
 - sequential (``cpu_sequential.py``): the lanes of each batch element are cut into tiles of
   contiguous lanes; tiles run in parallel, each walks time sequentially over its contiguous lanes
   (vectorised). Every tensor is read or written once. Small calls run the same tiles in the
-  calling thread, skipping the parallel launch.
+  calling thread, skipping the parallel launch. When every sequence has the full length (the
+  language-model case), the batch is folded into the lanes, ``[T, B, H]`` viewed as
+  ``[T, 1, B*H]``: a time step is then one contiguous row, and a tile walks long contiguous runs
+  that the hardware prefetchers follow, instead of ``H``-lane pieces a whole ``[B, H]`` row apart
+  (2x faster at (70, 20, 1550) with the data coming from memory; docs/cpu-thresholds.md).
 - chunked scan (``cpu_chunked.py``): for long T with few lanes, where there are too few tiles to
   keep the cores busy: T is cut into chunks scanned in parallel, then the chunk boundaries are
   carried. Chosen automatically by :func:`use_chunked`.
@@ -41,20 +45,35 @@ INSTALL_HINT = "pip install numba"
 
 # Lanes per tile. Tiles start on multiples of 16 lanes (one 64-byte cache line of float32) so
 # two threads never write the same cache line; 16-lane tiles that did cost 2x at (4096, 1, 64).
+# Wide tiles are faster: each time step of a tile is one contiguous run per tensor, and the
+# longer the run the better the prefetchers keep up (docs/cpu-thresholds.md). The cap keeps a
+# tile's running state (4 bytes a lane) within a core's L2 cache.
 ALIGN_LANES = 16
 MIN_TILE_LANES = 32
-MAX_TILE_LANES = 512
+MAX_TILE_LANES = 1 << 17
 
 
 def _tile_lanes(batch_size: int, hidden_size: int) -> int:
-    """Lanes per tile: enough tiles for 2 per numba thread when possible (an uneven split then
-    costs little), at least MIN_TILE_LANES (each step has a fixed cost) and at most
-    MAX_TILE_LANES, a multiple of ALIGN_LANES."""
+    """Lanes per tile: as wide as possible while there is a tile for each numba thread, at least
+    MIN_TILE_LANES (each step has a fixed cost) and at most MAX_TILE_LANES, a multiple of
+    ALIGN_LANES."""
     threads = numba.get_num_threads()
-    wanted_per_row = -(-2 * threads // max(batch_size, 1))  # ceil(2 * threads / B)
+    wanted_per_row = -(-threads // max(batch_size, 1))  # ceil(threads / B)
     tile = -(-hidden_size // wanted_per_row)
     tile = -(-tile // ALIGN_LANES) * ALIGN_LANES
     return max(1, min(max(tile, MIN_TILE_LANES), MAX_TILE_LANES, hidden_size))
+
+
+def _fold_batch(arrays, lens):
+    """``[T, B, H]`` arrays (and ``[B, H]`` ones) viewed as ``[T, 1, B*H]`` (``[1, B*H]``) when
+    every sequence has the full length, else unchanged: ``(arrays, lens)``. The kernels then walk
+    whole contiguous time steps. Outputs are fresh contiguous tensors, so theirs are views."""
+    seq_len, batch_size, hidden_size = arrays[0].shape
+    if batch_size <= 1 or bool((lens != seq_len).any()):
+        return arrays, lens
+    lanes = batch_size * hidden_size
+    folded = [a.reshape(seq_len, 1, lanes) if a.ndim == 3 else a.reshape(1, lanes) for a in arrays]
+    return folded, lens[:1]
 
 
 def _as_compute(tensor: torch.Tensor) -> torch.Tensor:
@@ -125,36 +144,40 @@ def _chunk_scratch(seq_len, batch_size, hidden_size, tile, dtype):
 
 def forward(f, x, h0, lengths, reverse):
     """Contract forward: f, x ``[T, B, H]``, h0 ``[B, H]``, lengths None or int64 ``[B]`` -> h."""
-    seq_len, batch_size, hidden_size = x.shape
+    seq_len, batch_size, _ = x.shape
     f_c, x_c, h0_c = _as_compute(f), _as_compute(x), _as_compute(h0)
     out = torch.empty(x.shape, dtype=x_c.dtype)
-    lens = _lengths_array(lengths, seq_len, batch_size)
     if out.numel() > 0:
+        lens = _lengths_array(lengths, seq_len, batch_size)
+        (f_a, x_a, h0_a, out_a), lens = _fold_batch([f_c.numpy(), x_c.numpy(), h0_c.numpy(), out.numpy()], lens)
+        _, batch_size, hidden_size = x_a.shape
         tile = _tile_lanes(batch_size, hidden_size)
-        args = (f_c.numpy(), x_c.numpy(), h0_c.numpy(), lens, bool(reverse), tile)
+        args = (f_a, x_a, h0_a, lens, bool(reverse), tile)
         if _strategy(seq_len, batch_size, hidden_size) == "chunked":
-            scratch = _chunk_scratch(seq_len, batch_size, hidden_size, tile, args[0].dtype)
+            scratch = _chunk_scratch(seq_len, batch_size, hidden_size, tile, f_a.dtype)
             with PARALLEL_LOCK:
-                _chunked_forward(*args, *scratch, out.numpy())
+                _chunked_forward(*args, *scratch, out_a)
         elif _run_serially(out.numel(), batch_size, tile, hidden_size):
-            _seq_forward_serial(*args, out.numpy())
+            _seq_forward_serial(*args, out_a)
         else:
             with PARALLEL_LOCK:
-                _seq_forward(*args, out.numpy())
+                _seq_forward(*args, out_a)
     return out.to(x.dtype)
 
 
 def backward(grad_h, f, x, h, h0, lengths, reverse):
     """Contract backward -> ``(grad_f, grad_x, grad_h0)`` in the input dtype."""
-    seq_len, batch_size, hidden_size = x.shape
-    arrays = [_as_compute(t).numpy() for t in (grad_h, f, x, h, h0)]
+    seq_len, batch_size, _ = x.shape
     compute = torch.float64 if x.dtype == torch.float64 else torch.float32
     grad_f = torch.empty(x.shape, dtype=compute)
     grad_x = torch.empty(x.shape, dtype=compute)
     grad_h0 = torch.empty(h0.shape, dtype=compute)
-    lens = _lengths_array(lengths, seq_len, batch_size)
-    outs = (grad_f.numpy(), grad_x.numpy(), grad_h0.numpy())
     if grad_h0.numel() > 0:
+        lens = _lengths_array(lengths, seq_len, batch_size)
+        arrays = [_as_compute(t).numpy() for t in (grad_h, f, x, h, h0)]
+        folded, lens = _fold_batch(arrays + [grad_f.numpy(), grad_x.numpy(), grad_h0.numpy()], lens)
+        arrays, outs = folded[:5], folded[5:]
+        _, batch_size, hidden_size = arrays[2].shape
         tile = _tile_lanes(batch_size, hidden_size)
         args = (*arrays, lens, bool(reverse), tile)
         if _strategy(seq_len, batch_size, hidden_size) == "chunked":

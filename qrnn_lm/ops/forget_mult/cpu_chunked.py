@@ -43,13 +43,14 @@ if HAS_NUMBA:
             b, k, lo, hi, length, s_start, s_stop = _chunk_item(item, n_chunks, tile, hidden_size, lengths, chunk_len)
             state = np.zeros(hi - lo, dtype=out.dtype)
             decay = np.ones(hi - lo, dtype=out.dtype)
+            one = out.dtype.type(1)  # typed: a bare 1.0 is float64 (see cpu_sequential.py)
             for s in range(s_start, s_stop):
                 t = length - 1 - s if reverse else s
                 f_row, x_row = f[t, b, lo:hi], x[t, b, lo:hi]
                 for j in range(hi - lo):
                     ft = f_row[j]
-                    state[j] = ft * x_row[j] + (1.0 - ft) * state[j]
-                    decay[j] *= 1.0 - ft
+                    state[j] = ft * x_row[j] + (one - ft) * state[j]
+                    decay[j] *= one - ft
             starts[b, k, lo:hi] = state
             decays[b, k, lo:hi] = decay
         for b in prange(batch_size):  # phase 2: starts[b, k] becomes chunk k's true start
@@ -75,18 +76,19 @@ if HAS_NUMBA:
             b, k, lo, hi, length, u_start, u_stop = _chunk_item(item, n_chunks, tile, hidden_size, lengths, chunk_len)
             carry = np.zeros(hi - lo, dtype=grad_f.dtype)
             decay = np.ones(hi - lo, dtype=grad_f.dtype)
+            one = grad_f.dtype.type(1)
             for u in range(u_start, u_stop):
                 t = u if reverse else length - 1 - u
                 f_row, g_row = f[t, b, lo:hi], grad_h[t, b, lo:hi]
                 for j in range(hi - lo):
-                    keep = 1.0 - f_row[j]
+                    keep = one - f_row[j]
                     carry[j] = keep * (g_row[j] + carry[j])
                     decay[j] *= keep
             starts[b, k, lo:hi] = carry
             decays[b, k, lo:hi] = decay
         for b in prange(batch_size):  # phase 2; the carry left after the last chunk is grad_h0
             for j in range(hidden_size):
-                carry = 0.0
+                carry = grad_h0.dtype.type(0)
                 for k in range(n_chunks):
                     end = starts[b, k, j] + decays[b, k, j] * carry
                     starts[b, k, j] = carry
