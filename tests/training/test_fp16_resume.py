@@ -13,6 +13,7 @@ import qrnn_lm.training.trainer as trainer_module
 from qrnn_lm.config import load_config
 from qrnn_lm.models.checkpoint_file import load_checkpoint
 from qrnn_lm.training import train
+from _ctrl_c import ctrl_c_at_step  # tests/training/_ctrl_c.py
 
 TINY = Path(__file__).resolve().parents[2] / "configs" / "tiny.toml"
 
@@ -28,16 +29,9 @@ def test_an_fp16_run_interrupted_mid_epoch_resumes_exactly(corpus, tmp_path, mon
     monkeypatch.setattr(step_module, "make_scaler", lambda precision, device: torch.amp.GradScaler(
         "cpu", init_scale=2.0 ** 24, growth_interval=3))
     reference = train(fp16(corpus), tmp_path / "reference", device="cpu", progress=False)
-    real_step, calls = trainer_module.train_step, []
-
-    def step_then_ctrl_c(*args):
-        calls.append(1)
-        if len(calls) == 8:
-            raise KeyboardInterrupt
-        return real_step(*args)
-
+    real_step = trainer_module.train_step
     out = tmp_path / "run"
-    monkeypatch.setattr(trainer_module, "train_step", step_then_ctrl_c)
+    ctrl_c_at_step(monkeypatch, 8)
     with pytest.raises(KeyboardInterrupt):
         train(fp16(corpus), out, device="cpu", progress=False)
     saved = load_checkpoint(out / "last.pt")

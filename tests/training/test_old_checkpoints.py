@@ -25,12 +25,12 @@ import pytest
 import torch
 
 from qrnn_lm.models.checkpoint_file import load_checkpoint
-import qrnn_lm.training.trainer as trainer_module
 from qrnn_lm.training import optimizer as optimizer_module, train
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "checkpoints_v1"
 sys.path.insert(0, str(FIXTURES))
 from make_fixtures import FIXTURES as RUNS, config  # noqa: E402
+from _ctrl_c import ctrl_c_at_step  # noqa: E402  tests/training/_ctrl_c.py
 
 WALL_CLOCK = {"elapsed_s"}  # a run's wall-clock seconds: never equal between two runs
 
@@ -57,19 +57,6 @@ def assert_same(first, second, where="checkpoint", exact=True):
         assert math.isclose(first, second, rel_tol=1e-5, abs_tol=1e-9), where
     else:
         assert first == second, where
-
-
-def interrupt_at_call(monkeypatch, call):
-    """Make the trainer's ``call``-th training step (from now) raise KeyboardInterrupt (Ctrl-C)."""
-    real_step, calls = trainer_module.train_step, []
-
-    def step_then_ctrl_c(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == call:
-            raise KeyboardInterrupt
-        return real_step(*args, **kwargs)
-
-    monkeypatch.setattr(trainer_module, "train_step", step_then_ctrl_c)
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +86,7 @@ def test_an_old_checkpoint_resumes_bit_for_bit(name, corpus, tmp_path, monkeypat
     twice.mkdir()
     shutil.copy(FIXTURES / f"{name}.pt", twice / "last.pt")
     with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
-        interrupt_at_call(patch, 4)
+        ctrl_c_at_step(patch, 4)
         train(config(name, corpus), twice, device="cpu", progress=False, resume=twice)
     assert not torch.equal(load_checkpoint(twice / "last.pt")["model"]["embedding.weight"],
                            load_checkpoint(FIXTURES / f"{name}.pt")["model"]["embedding.weight"])
