@@ -14,6 +14,10 @@ The fixtures' first steps ran on the CPU that wrote them; on a CPU with another 
 with a resumed one only to rounding. The bit-for-bit property is therefore checked on this CPU
 alone: the old checkpoint resumed straight to the end must equal the old checkpoint resumed,
 interrupted again (Ctrl-C), saved in today's format and resumed to the end.
+
+The fixtures' weight-drop masks were drawn with ``F.dropout``; these runs draw them that way too
+(``drop_connect`` draws other masks from the same generator state, so a fresh run today follows
+another trajectory from step 1).
 """
 
 import math
@@ -23,7 +27,9 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
+from qrnn_lm.models import WeightDrop
 from qrnn_lm.models.checkpoint_file import load_checkpoint
 from qrnn_lm.training import optimizer as optimizer_module, train
 
@@ -69,10 +75,14 @@ def corpus(tmp_path_factory):
 
 @pytest.mark.parametrize("name", sorted(RUNS))
 def test_an_old_checkpoint_resumes_bit_for_bit(name, corpus, tmp_path, monkeypatch):
+    # The fixtures' weight-drop masks were drawn by F.dropout (today's drop_connect on the CPU draws
+    # other ones from the same generator): every run here draws them that way too.
+    monkeypatch.setattr(WeightDrop, "forward", lambda self, weight: F.dropout(weight, self.p, self.training))
     # The uninterrupted run with the implementation the old release's Adam had: the for-loop.
-    monkeypatch.setattr(optimizer_module, "_adam_implementation", lambda params: {})
-    reference = train(config(name, corpus), tmp_path / "reference", device="cpu", progress=False)
-    monkeypatch.undo()  # the resume builds today's optimizer; the checkpoint's groups choose the for-loop
+    with monkeypatch.context() as patch:
+        patch.setattr(optimizer_module, "_adam_implementation", lambda params: {})
+        reference = train(config(name, corpus), tmp_path / "reference", device="cpu", progress=False)
+    # The resume builds today's optimizer; the checkpoint's groups choose the for-loop.
     out = tmp_path / "resumed"
     out.mkdir()
     shutil.copy(FIXTURES / f"{name}.pt", out / "last.pt")
