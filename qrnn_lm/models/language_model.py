@@ -34,7 +34,7 @@ from ..nn import QRNNLayer
 from ..nn.incremental import StreamState, stream_layer
 from .dropout import LockedDropout, WeightDrop, embedding_dropout
 from .lstm_layer import LSTMLayer
-from .softmax import chunked_cross_entropy, logits_bytes
+from .softmax import blocked_cross_entropy, chunked_cross_entropy, logits_bytes
 
 __all__ = ["LanguageModel", "QRNNLanguageModel"]
 
@@ -181,6 +181,8 @@ class LanguageModel(nn.Module):
         if self.uses_chunks(flat_targets.numel()):
             return chunked_cross_entropy(flat, self.decoder.weight, self.decoder.bias, flat_targets)
         logits = self.decoder(flat)  # [T * B, V]
+        if logits.requires_grad and logits.device.type == "cpu" and logits.dtype in (torch.bfloat16, torch.float16):
+            return blocked_cross_entropy(logits, flat_targets)  # the same loss and gradient, less traffic
         return F.cross_entropy(logits.float(), flat_targets, reduction="sum")
 
     def stream(self, tokens: torch.Tensor, state: StreamState | None = None) -> tuple[torch.Tensor, StreamState]:

@@ -1,6 +1,16 @@
-"""Exact linear + cross-entropy over chunks of tokens: the decoder's loss without all the logits.
+"""The softmax decoder's cross-entropy without the full float32 tensors autograd would keep.
 
-The full softmax of a decoder holds ``logits [N, V]`` (N = T * B tokens, V = vocabulary) and, in
+Two forms, both exact (same value and gradients as ``F.cross_entropy(logits.float())``, up to
+float rounding):
+
+- :func:`chunked_cross_entropy`: linear + cross-entropy over chunks of tokens, for vocabularies
+  whose logits would not fit in memory (below).
+- :func:`blocked_cross_entropy`: for bfloat16/float16 logits that do fit, on the CPU. Autograd's
+  path widens them to float32 and keeps three more ``[N, V]`` float32 tensors (the widened logits,
+  the log-probabilities, the gradient); this forms ``softmax - one_hot`` block by block of rows,
+  in float32 while each block is in cache, straight into a gradient in the logits' dtype.
+
+The chunked form. The full softmax of a decoder holds ``logits [N, V]`` (N = T * B tokens, V = vocabulary) and, in
 training, their gradient as large again: 9 GB each for WikiText-103 at awd-lstm-lm's batch.
 :func:`chunked_cross_entropy` computes the same sum of ``-log p(target)`` and the same gradients
 for ``x``, the weight and the bias, going over ``chunk_size`` tokens at a time: only
@@ -19,9 +29,12 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["chunked_cross_entropy", "chunk_rows", "logits_bytes"]
+__all__ = ["chunked_cross_entropy", "blocked_cross_entropy", "chunk_rows", "logits_bytes"]
 
 DEFAULT_CHUNK_BYTES = 64 * 2**20  # logits per chunk: each chunk also rewrites the [V, E] weight gradient, so not tiny
+# float32 rows per block of blocked_cross_entropy: a block stays in the last-level cache between its
+# passes. [1400, 10000] bf16 on a Zen 4 (2 cores): 64 rows 14.3 ms, 128 rows 13.1, 256 rows 15.4.
+BLOCK_BYTES = 5 * 2**20
 
 
 def logits_bytes(num_tokens: int, vocab_size: int) -> int:
@@ -129,3 +142,55 @@ def chunked_cross_entropy(
         t is not None and t.requires_grad for t in (x, weight, bias))
     with torch.autocast(x.device.type, enabled=False):
         return _ChunkedLinearCrossEntropy.apply(x, weight, bias, targets, chunk_size, needs_grad)
+
+
+class _BlockedCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, logits, targets, block_rows):
+        # logits [N, V] (bfloat16/float16), targets [N] long.
+        grad = torch.empty_like(logits)  # softmax - one_hot, in the logits' dtype
+        total = torch.zeros((), dtype=torch.float32, device=logits.device)
+        for start in range(0, logits.size(0), block_rows):
+            block = logits[start:start + block_rows].float()  # [b, V]
+            target_block = targets[start:start + block_rows].unsqueeze(1)  # [b, 1]
+            block.sub_(block.amax(1, keepdim=True))
+            target_logits = block.gather(1, target_block)  # [b, 1], shifted like the block
+            norm = block.exp_().sum(1, keepdim=True)  # [b, 1]
+            total += (norm.log() - target_logits).sum()  # -log p(target) = log sum exp - target logit
+            block.mul_(norm.reciprocal_())
+            block.scatter_add_(1, target_block, torch.full_like(target_logits, -1.0))
+            grad[start:start + block_rows] = block
+        ctx.save_for_backward(grad)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total):
+        if getattr(ctx, "used", False):
+            raise RuntimeError("blocked_cross_entropy's backward scales its kept gradient in place: run it once")
+        ctx.used = True
+        (grad,) = ctx.saved_tensors
+        return grad.mul_(grad_total.to(grad.dtype)), None, None
+
+
+def blocked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, block_rows: int | None = None) -> torch.Tensor:
+    """``F.cross_entropy(logits.float(), targets, reduction="sum")``, with the gradient of the
+    logits formed in the forward, block by block of rows, in ``logits``' dtype.
+
+    For bfloat16/float16 logits in training on the CPU: on a Zen 4 at ``[1400, 10000]`` bf16 the
+    forward and backward take 13.1 ms against autograd's 19.7 (which allocates three float32
+    ``[N, V]`` tensors, 56 MB each there; this keeps one 28 MB gradient). For float32 logits autograd's path is
+    faster (15.3 against 18.2 ms). The gradient is rounded to the logits' dtype twice (here, then
+    scaled by the incoming gradient) instead of once.
+
+    Args:
+        logits: ``[N, V]``, requiring grad.
+        targets: ``[N]`` long, in ``[0, V)``.
+        block_rows: rows per block; default about :data:`BLOCK_BYTES` of float32 per block.
+
+    Returns:
+        a float32 scalar, the summed negative log-likelihood in nats. Its backward runs once.
+    """
+    if logits.dim() != 2 or targets.shape != (logits.size(0),):
+        raise ValueError(f"logits must be [N, V] and targets [N], got {tuple(logits.shape)} and {tuple(targets.shape)}")
+    block_rows = block_rows or max(1, BLOCK_BYTES // (4 * logits.size(1)))
+    return _BlockedCrossEntropy.apply(logits, targets, block_rows)

@@ -1,10 +1,11 @@
-"""The chunked linear + cross-entropy against the full softmax: loss and every gradient."""
+"""The chunked linear + cross-entropy against the full softmax: loss and every gradient; the
+blocked cross-entropy of bf16/fp16 logits against autograd's float32 softmax."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from qrnn_lm.models.softmax import chunk_rows, chunked_cross_entropy
+from qrnn_lm.models.softmax import blocked_cross_entropy, chunk_rows, chunked_cross_entropy
 
 
 def _inputs(n=37, e=11, v=53, seed=0, dtype=torch.float64):
@@ -77,3 +78,56 @@ def test_bad_shapes_are_value_errors():
 def test_chunk_rows_keeps_a_chunk_near_the_budget():
     assert chunk_rows(267_735) == 62  # 64 MiB / (4 bytes * 267,735)
     assert chunk_rows(10**9) == 1
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("block_rows", [1, 4, 29, 100])
+def test_blocked_equals_autograds_float32_softmax(dtype, block_rows):
+    g = torch.Generator().manual_seed(3)
+    logits = (torch.randn(29, 301, generator=g) * 4).to(dtype).requires_grad_()
+    targets = torch.randint(0, 301, (29,), generator=g)
+    upstream = 0.37  # a non-unit incoming gradient, as a mean over tokens gives
+    expected_loss = F.cross_entropy(logits.float(), targets, reduction="sum")
+    (expected,) = torch.autograd.grad(expected_loss * upstream, logits)
+    loss = blocked_cross_entropy(logits, targets, block_rows=block_rows)
+    assert loss.dtype == torch.float32
+    torch.testing.assert_close(loss, expected_loss, rtol=1e-6, atol=1e-4)
+    (got,) = torch.autograd.grad(loss * upstream, logits)
+    assert got.dtype == dtype
+    # Rounded to the logits' dtype twice (the gradient, then its scaling) where autograd rounds once:
+    # three roundings apart, each at most 2^-8 (bf16) or 2^-11 (fp16) relative.
+    rounding = 2.0 ** (-8 if dtype == torch.bfloat16 else -11)
+    torch.testing.assert_close(got.float(), expected.float(), rtol=3 * rounding, atol=1e-6)
+
+
+def test_blocked_backward_runs_once_and_shapes_are_checked():
+    logits = torch.randn(6, 9, dtype=torch.bfloat16, requires_grad=True)
+    targets = torch.randint(0, 9, (6,))
+    loss = blocked_cross_entropy(logits, targets, block_rows=4)
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="run it once"):
+        loss.backward()
+    with pytest.raises(ValueError, match="targets"):
+        blocked_cross_entropy(logits, targets[:-1])
+
+
+def test_the_language_model_uses_it_for_bf16_training_on_the_cpu(monkeypatch):
+    from qrnn_lm.config import ModelConfig
+    from qrnn_lm.models import LanguageModel, softmax as softmax_module
+    from qrnn_lm.models import language_model as language_model_module
+
+    calls = []
+    real = softmax_module.blocked_cross_entropy
+    monkeypatch.setattr(language_model_module, "blocked_cross_entropy", lambda *a: calls.append(1) or real(*a))
+    torch.manual_seed(0)
+    model = LanguageModel(50, ModelConfig(emb_size=8, hidden_size=8, num_layers=1)).eval()  # no dropout draws
+    tokens, targets = torch.randint(0, 50, (5, 2)), torch.randint(0, 50, (5, 2))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        blocked = model(tokens, None, targets)[0]
+    assert calls == [1]
+    torch.manual_seed(0)
+    model = LanguageModel(50, ModelConfig(emb_size=8, hidden_size=8, num_layers=1)).eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        plain = model(tokens, None, targets)[0]  # evaluation: F.cross_entropy
+    assert calls == [1]
+    torch.testing.assert_close(blocked, plain, rtol=1e-5, atol=1e-4)
