@@ -36,7 +36,9 @@ def embedding_dropout(embedding: nn.Embedding, tokens: torch.Tensor, p: float, t
     weight = embedding.weight
     if training and p > 0:
         keep = weight.new_empty(weight.size(0), 1).bernoulli_(1 - p) / (1 - p)  # [V, 1]
-        weight = weight * keep
+        # The looked-up rows times their words' scales: the same values as looking up in
+        # weight * keep, without a pass over the whole [V, E] matrix forward and backward.
+        return F.embedding(tokens, weight) * F.embedding(tokens, keep)  # [T, B, E] * [T, B, 1]
     return F.embedding(tokens, weight)
 
 

@@ -98,3 +98,20 @@ def test_weight_drop_on_the_cpu_draws_its_mask_with_drop_connect():
     expected = drop_connect(weight, 0.4)
     torch.manual_seed(2)
     assert torch.equal(WeightDrop(0.4)(weight), expected)
+
+
+def test_embedding_dropout_equals_looking_up_in_the_masked_matrix():
+    """Masking the looked-up rows must give what awd's form (weight * mask, then look up) gives for
+    the same draw: every occurrence of a word dropped or kept together, values and gradients."""
+    embedding = nn.Embedding(30, 5)
+    tokens = torch.randint(0, 30, (40, 3), generator=torch.Generator().manual_seed(1))  # words repeat
+    torch.manual_seed(4)
+    out = embedding_dropout(embedding, tokens, 0.4, training=True)
+    torch.manual_seed(4)
+    keep = embedding.weight.new_empty(30, 1).bernoulli_(0.6) / 0.6
+    expected = nn.functional.embedding(tokens, embedding.weight * keep)
+    assert torch.equal(out, expected)
+    upstream = torch.randn(out.shape)
+    (got,) = torch.autograd.grad((out * upstream).sum(), embedding.weight)
+    (want,) = torch.autograd.grad((expected * upstream).sum(), embedding.weight)
+    torch.testing.assert_close(got, want)
