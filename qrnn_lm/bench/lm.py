@@ -158,8 +158,9 @@ def _part_seconds(marks: list[tuple[str, float]]) -> dict[str, float]:
 
 
 def run(config: Config | None = None, vocab_size: int = 10000, repeats: int = 5, warmup: int = 2,
-        device: str = "cpu", seed: int = 0, peak_size: int | None = None) -> dict:
-    """Measure the matmul peak, then time both models (``config``: default the defaults).
+        device: str = "cpu", seed: int = 0, peak_size: int | None = None, weight_drop: bool = False) -> dict:
+    """Measure the matmul peak, then time both models (``config``: default the defaults; the
+    recipe's ``model.weight_drop`` on both models with ``weight_drop``, else none).
 
     Returns a report: ``shape`` (what was timed), ``dtype``, ``peak`` (``peak.settle_peak``: the
     square product's ``min``/``median``/``best`` GFLOP/s, ``gflops`` the rate divided by, ``bad``
@@ -177,7 +178,7 @@ def run(config: Config | None = None, vocab_size: int = 10000, repeats: int = 5,
         config.train, precision=resolve_precision(config.train.precision, device)))
     check_bench_precision(config.train.precision)
     dtype = DTYPES[config.train.precision]
-    model_config = dataclasses.replace(config.model, weight_drop=0.0)
+    model_config = config.model if weight_drop else dataclasses.replace(config.model, weight_drop=0.0)
     bptt, batch_size, train = config.data.bptt, config.data.batch_size, config.train
     peak_size = peak_size or default_peak_size(device)
     # First the yardstick, on the idle device, then the models.

@@ -42,7 +42,8 @@ def format_shape(report: dict) -> str:
                else f"{'tied ' if shape['tie_weights'] else ''}softmax decoder ({shape['softmax']})")
     return (f"shape: vocab {shape['vocab_size']}, emb {shape['emb_size']}, hidden {shape['hidden_size']}, "
             f"{shape['num_layers']} layers (QRNN windows {windows}), bptt {shape['bptt']}, batch {shape['batch_size']}, "
-            f"{decoder}, {shape['optimizer']}, {shape['precision']}")
+            f"{decoder}, {shape['optimizer']}, {shape['precision']}"
+            + (f", weight drop {shape['weight_drop']}" if shape.get("weight_drop") else ""))
 
 
 def format_peak(report: dict) -> str:

@@ -126,6 +126,9 @@ def lm(
         help="Size of the square product timed as the matmul peak (default: 2048 on CPU, 8192 on CUDA).")] = None,
     json_file: Annotated[Optional[Path], typer.Option(
         "--json", metavar="FILE", help="Also write the whole report (every number printed, and more) as JSON.")] = None,
+    weight_drop: Annotated[bool, typer.Option(
+        help="Keep the recipe's model.weight_drop on both models, as the trainer's step has it "
+             "(default: off on both, as the tables in docs/performance.md).")] = False,
 ) -> None:
     """Training throughput (tokens/s of forward, backward and optimizer step) of the QRNN language
     model against the same model with nn.LSTM layers, at a recipe's shape (default PTB's), the
@@ -147,7 +150,8 @@ def lm(
         run_device = _device(device)
         machine = machine_description(run_device)
         typer.echo(machine)
-        report = lm_bench.run(resolved, vocab_size, repeats, warmup, run_device, peak_size=peak_size)
+        report = lm_bench.run(resolved, vocab_size, repeats, warmup, run_device, peak_size=peak_size,
+                              weight_drop=weight_drop)
     except UserError as error:
         _fail(str(error))
     typer.echo(format_report(report))

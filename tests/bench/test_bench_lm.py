@@ -119,6 +119,23 @@ def test_run_builds_the_recipes_models_and_optimizer(recipe, monkeypatch):
     assert report["dtype"] == "bfloat16"
 
 
+def test_weight_drop_keeps_the_recipes_dropconnect_on_both_models(recipe, monkeypatch):
+    built = []
+
+    class Recorded(lm_bench._Trainer):
+        def __init__(self, *args):
+            super().__init__(*args)
+            built.append(self)
+
+    monkeypatch.setattr(lm_bench, "_Trainer", Recorded)
+    report = lm_bench.run(bench_config(recipe, ["model.weight_drop=0.2"], emb_size=12), weight_drop=True, **FAST)
+    qrnn, lstm = (trainer.model for trainer in built)
+    assert all(torch.nn.utils.parametrize.is_parametrized(layer.linear) for layer in qrnn.layers)
+    assert all(torch.nn.utils.parametrize.is_parametrized(layer.lstm) for layer in lstm.layers)
+    assert report["shape"]["weight_drop"] == 0.2
+    assert "weight drop 0.2" in lm_report.format_report(report)
+
+
 @pytest.mark.parametrize("step", ["step", "timed_step"])
 def test_bf16_runs_the_step_under_autocast(step):
     train = TrainConfig(precision="bf16")
