@@ -1,20 +1,20 @@
-"""The softmax decoder's cross-entropy without the full float32 tensors autograd would keep.
+"""The softmax decoder's cross-entropy without the full float32 tensors autograd would make.
 
 Two forms, both exact (same value and gradients as ``F.cross_entropy(logits.float())``, up to
 float rounding):
 
 - :func:`chunked_cross_entropy`: linear + cross-entropy over chunks of tokens, for vocabularies
-  whose logits would not fit in memory (below).
+  whose logits would not fit in memory.
 - :func:`blocked_cross_entropy`: for bfloat16/float16 logits that do fit, on the CPU. Autograd's
-  path widens them to float32 and keeps three more ``[N, V]`` float32 tensors (the widened logits,
-  the log-probabilities, the gradient); this forms ``softmax - one_hot`` block by block of rows,
-  in float32 while each block is in cache, straight into a gradient in the logits' dtype.
+  path widens them to float32 and allocates two more ``[N, V]`` float32 tensors (the
+  log-probabilities, the gradient); this forms ``softmax - one_hot`` block by block of rows, in
+  float32 while each block is in cache, straight into a gradient in the logits' dtype.
 
-The chunked form. The full softmax of a decoder holds ``logits [N, V]`` (N = T * B tokens, V = vocabulary) and, in
-training, their gradient as large again: 9 GB each for WikiText-103 at awd-lstm-lm's batch.
-:func:`chunked_cross_entropy` computes the same sum of ``-log p(target)`` and the same gradients
-for ``x``, the weight and the bias, going over ``chunk_size`` tokens at a time: only
-``[chunk_size, V]`` logits exist at any moment.
+The chunked form: the full softmax of a decoder holds ``logits [N, V]`` (N = T * B tokens,
+V = vocabulary) and, in training, their gradient as large again: 9 GB each for WikiText-103 at
+awd-lstm-lm's batch. :func:`chunked_cross_entropy` computes the same sum of ``-log p(target)`` and
+the same gradients for ``x``, the weight and the bias, going over ``chunk_size`` tokens at a time:
+only ``[chunk_size, V]`` logits exist at any moment.
 
 The gradients are computed chunk by chunk inside the forward (as Liger-Kernel's fused linear
 cross-entropy does) and kept, since they are no larger than ``x`` and the weight themselves; the
@@ -178,9 +178,9 @@ def blocked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, block_row
 
     For bfloat16/float16 logits in training on the CPU: on a Zen 4 at ``[1400, 10000]`` bf16 the
     forward and backward take 13.1 ms against autograd's 19.7 (which allocates three float32
-    ``[N, V]`` tensors, 56 MB each there; this keeps one 28 MB gradient). For float32 logits autograd's path is
-    faster (15.3 against 18.2 ms). The gradient is rounded to the logits' dtype twice (here, then
-    scaled by the incoming gradient) instead of once.
+    ``[N, V]`` tensors, 56 MB each there; this keeps one 28 MB gradient). For float32 logits
+    autograd's path is faster (15.3 against 18.2 ms). The gradient is rounded to the logits' dtype
+    twice (here, then scaled by the incoming gradient) instead of once.
 
     Args:
         logits: ``[N, V]``, requiring grad.
