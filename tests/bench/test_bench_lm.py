@@ -93,15 +93,21 @@ def test_a_missing_recipe_is_a_config_error(tmp_path):
         bench_config(tmp_path / "nope.toml")
 
 
-def test_run_builds_the_recipes_models_and_optimizer(recipe, monkeypatch):
-    built = []
+@pytest.fixture
+def built(monkeypatch):
+    """The trainers ``lm_bench.run`` builds, in order (QRNN, LSTM), appended as they are made."""
+    trainers = []
 
     class Recorded(lm_bench._Trainer):
         def __init__(self, *args):
             super().__init__(*args)
-            built.append(self)
+            trainers.append(self)
 
     monkeypatch.setattr(lm_bench, "_Trainer", Recorded)
+    return trainers
+
+
+def test_run_builds_the_recipes_models_and_optimizer(recipe, built):
     report = lm_bench.run(bench_config(recipe, emb_size=12), **FAST)
     qrnn, lstm = (trainer.model for trainer in built)
     assert [(layer.input_size, layer.hidden_size, layer.window) for layer in qrnn.layers] == [
@@ -119,15 +125,7 @@ def test_run_builds_the_recipes_models_and_optimizer(recipe, monkeypatch):
     assert report["dtype"] == "bfloat16"
 
 
-def test_weight_drop_keeps_the_recipes_dropconnect_on_both_models(recipe, monkeypatch):
-    built = []
-
-    class Recorded(lm_bench._Trainer):
-        def __init__(self, *args):
-            super().__init__(*args)
-            built.append(self)
-
-    monkeypatch.setattr(lm_bench, "_Trainer", Recorded)
+def test_weight_drop_keeps_the_recipes_dropconnect_on_both_models(recipe, built):
     report = lm_bench.run(bench_config(recipe, ["model.weight_drop=0.2"], emb_size=12), weight_drop=True, **FAST)
     qrnn, lstm = (trainer.model for trainer in built)
     assert all(torch.nn.utils.parametrize.is_parametrized(layer.linear) for layer in qrnn.layers)
