@@ -180,10 +180,21 @@ class LanguageModel(nn.Module):
             return -self.decoder(flat, flat_targets).output.float().sum()  # output: log p(target) [T * B]
         if self.uses_chunks(flat_targets.numel()):
             return chunked_cross_entropy(flat, self.decoder.weight, self.decoder.bias, flat_targets)
+        if self._blocked_loss(flat):  # the same loss and gradients, less memory traffic
+            logits = F.linear(flat, self.decoder.weight)  # [T * B, V], the bias added block by block
+            return blocked_cross_entropy(logits, flat_targets, self.decoder.bias)
         logits = self.decoder(flat)  # [T * B, V]
-        if logits.requires_grad and logits.device.type == "cpu" and logits.dtype in (torch.bfloat16, torch.float16):
-            return blocked_cross_entropy(logits, flat_targets)  # the same loss and gradient, less traffic
         return F.cross_entropy(logits.float(), flat_targets, reduction="sum")
+
+    def _blocked_loss(self, flat: torch.Tensor) -> bool:
+        """Whether the softmax loss over ``flat`` ``[N, E]`` goes through :func:`blocked_cross_entropy`:
+        in training on the CPU where the logits come out in bfloat16 or float16 (autocast or such
+        parameters)."""
+        weight = self.decoder.weight
+        if flat.device.type != "cpu" or not torch.is_grad_enabled() or not (flat.requires_grad or weight.requires_grad):
+            return False
+        dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else torch.result_type(flat, weight)
+        return dtype in (torch.bfloat16, torch.float16)
 
     def stream(self, tokens: torch.Tensor, state: StreamState | None = None) -> tuple[torch.Tensor, StreamState]:
         """Run one chunk of a token stream with carried state, for online use (e.g. generation).

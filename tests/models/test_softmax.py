@@ -82,22 +82,28 @@ def test_chunk_rows_keeps_a_chunk_near_the_budget():
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("block_rows", [1, 4, 29, 100])
-def test_blocked_equals_autograds_float32_softmax(dtype, block_rows):
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_blocked_equals_autograds_float32_softmax(dtype, block_rows, with_bias):
     g = torch.Generator().manual_seed(3)
     logits = (torch.randn(29, 301, generator=g) * 4).to(dtype).requires_grad_()
     targets = torch.randint(0, 301, (29,), generator=g)
+    bias = torch.randn(301, generator=g).requires_grad_() if with_bias else None
     upstream = 0.37  # a non-unit incoming gradient, as a mean over tokens gives
-    expected_loss = F.cross_entropy(logits.float(), targets, reduction="sum")
-    (expected,) = torch.autograd.grad(expected_loss * upstream, logits)
-    loss = blocked_cross_entropy(logits, targets, block_rows=block_rows)
+    wrt = (logits, bias) if with_bias else (logits,)
+    expected_loss = F.cross_entropy(logits.float() + (bias if with_bias else 0), targets, reduction="sum")
+    expected = torch.autograd.grad(expected_loss * upstream, wrt)
+    loss = blocked_cross_entropy(logits, targets, bias, block_rows=block_rows)
     assert loss.dtype == torch.float32
     torch.testing.assert_close(loss, expected_loss, rtol=1e-6, atol=1e-4)
-    (got,) = torch.autograd.grad(loss * upstream, logits)
-    assert got.dtype == dtype
+    got = torch.autograd.grad(loss * upstream, wrt)
+    assert got[0].dtype == dtype
     # Rounded to the logits' dtype twice (the gradient, then its scaling) where autograd rounds once:
     # three roundings apart, each at most 2^-8 (bf16) or 2^-11 (fp16) relative.
     rounding = 2.0 ** (-8 if dtype == torch.bfloat16 else -11)
-    torch.testing.assert_close(got.float(), expected.float(), rtol=3 * rounding, atol=1e-6)
+    torch.testing.assert_close(got[0].float(), expected[0].float(), rtol=3 * rounding, atol=1e-6)
+    if with_bias:  # summed over the rows in float32
+        assert got[1].dtype == torch.float32
+        torch.testing.assert_close(got[1], expected[1], rtol=1e-5, atol=1e-6)
 
 
 def test_blocked_backward_runs_once_and_shapes_are_checked():
@@ -109,6 +115,8 @@ def test_blocked_backward_runs_once_and_shapes_are_checked():
         loss.backward()
     with pytest.raises(ValueError, match="targets"):
         blocked_cross_entropy(logits, targets[:-1])
+    with pytest.raises(ValueError, match="bias must have shape"):
+        blocked_cross_entropy(logits, targets, torch.zeros(8))
 
 
 def test_the_language_model_uses_it_for_bf16_training_on_the_cpu(monkeypatch):
@@ -119,15 +127,22 @@ def test_the_language_model_uses_it_for_bf16_training_on_the_cpu(monkeypatch):
     calls = []
     real = softmax_module.blocked_cross_entropy
     monkeypatch.setattr(language_model_module, "blocked_cross_entropy", lambda *a: calls.append(1) or real(*a))
-    torch.manual_seed(0)
-    model = LanguageModel(50, ModelConfig(emb_size=8, hidden_size=8, num_layers=1)).eval()  # no dropout draws
     tokens, targets = torch.randint(0, 50, (5, 2)), torch.randint(0, 50, (5, 2))
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        blocked = model(tokens, None, targets)[0]
+
+    def loss_and_grads(autocast, grad=True):
+        torch.manual_seed(0)
+        model = LanguageModel(50, ModelConfig(emb_size=8, hidden_size=8, num_layers=1)).eval()  # no dropout draws
+        with torch.set_grad_enabled(grad), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            loss = model(tokens, None, targets)[0]
+        if not grad:
+            return loss, None
+        return loss, torch.autograd.grad(loss, [model.decoder.weight, model.decoder.bias])
+
+    blocked, blocked_grads = loss_and_grads(autocast=True)
     assert calls == [1]
-    torch.manual_seed(0)
-    model = LanguageModel(50, ModelConfig(emb_size=8, hidden_size=8, num_layers=1)).eval()
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        plain = model(tokens, None, targets)[0]  # evaluation: F.cross_entropy
+    plain, _ = loss_and_grads(autocast=True, grad=False)  # evaluation: F.cross_entropy, the bias in the linear
+    full, full_grads = loss_and_grads(autocast=False)  # float32 training: F.cross_entropy
     assert calls == [1]
     torch.testing.assert_close(blocked, plain, rtol=1e-5, atol=1e-4)
+    for got, want in zip(blocked_grads, full_grads):  # the tied weight's and the decoder bias's, to bf16 rounding
+        torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-3)
