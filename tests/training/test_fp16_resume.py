@@ -9,7 +9,6 @@ import torch
 
 import qrnn_lm.device as device_module
 import qrnn_lm.training.step as step_module
-import qrnn_lm.training.trainer as trainer_module
 from qrnn_lm.config import load_config
 from qrnn_lm.models.checkpoint_file import load_checkpoint
 from qrnn_lm.training import train
@@ -29,14 +28,12 @@ def test_an_fp16_run_interrupted_mid_epoch_resumes_exactly(corpus, tmp_path, mon
     monkeypatch.setattr(step_module, "make_scaler", lambda precision, device: torch.amp.GradScaler(
         "cpu", init_scale=2.0 ** 24, growth_interval=3))
     reference = train(fp16(corpus), tmp_path / "reference", device="cpu", progress=False)
-    real_step = trainer_module.train_step
     out = tmp_path / "run"
-    ctrl_c_at_step(monkeypatch, 8)
-    with pytest.raises(KeyboardInterrupt):
+    with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        ctrl_c_at_step(patch, 8)
         train(fp16(corpus), out, device="cpu", progress=False)
     saved = load_checkpoint(out / "last.pt")
     assert saved["counters"]["step"] == 7 and saved["scaler"]["scale"] != 2.0 ** 24
-    monkeypatch.setattr(trainer_module, "train_step", real_step)
     resumed = train(fp16(corpus), out, device="cpu", progress=False, resume=out)
     assert resumed["test_loss"] == reference["test_loss"]
     first, second = load_checkpoint(out / "last.pt"), load_checkpoint(tmp_path / "reference" / "last.pt")
