@@ -252,7 +252,9 @@ def main(argv=None) -> None:
     parser.add_argument("--quick", action="store_true", help="at most 5 repeats, fewer chunked shapes")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
-    import numba
+    # numba_setup first: numba.get_num_threads() starts numba's threading layer, and the kernels
+    # must run under the layer the project chooses, as they do for a user.
+    from ..ops.numba_setup import numba
 
     from ..malloc_tuning import keep_freed_memory
 
@@ -260,7 +262,8 @@ def main(argv=None) -> None:
     # QRNN_LM_MALLOC_TUNING=0 measures the C library's defaults).
     tuned = keep_freed_memory()
     allocator = "glibc malloc, freed memory kept (qrnn_lm.malloc_tuning)" if tuned else "C library defaults"
-    print(f"{machine_description(args.device)}; numba {numba.__version__}, {numba.get_num_threads()} numba threads; "
+    print(f"{machine_description(args.device)}; numba {numba.__version__}, {numba.get_num_threads()} numba threads "
+          f"({numba.threading_layer()} layer); "
           f"allocator: {allocator}")
     rows = run(device=args.device, repeats=args.repeats, quick=args.quick)
     print(format_table(rows))

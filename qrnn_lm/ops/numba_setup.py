@@ -1,25 +1,57 @@
 """numba set-up shared by every CPU kernel of qrnn_lm.ops: whether numba imports (``HAS_NUMBA``,
-``IMPORT_ERROR``), the threading layer and the launch lock.
+``IMPORT_ERROR``), the threading layer, the launch lock and the fork guard.
 
-numba's default "omp" threading layer starts a second OpenMP runtime beside PyTorch's own libgomp;
-both pools spin on the same cores, and on a 2-core machine that made every ForgetMult call take
-8 ms instead of 0.5-4 ms. The "workqueue" layer sleeps instead of spinning, so it is chosen here,
-before any kernel runs, unless ``NUMBA_THREADING_LAYER`` is set (or a layer already started).
+Threading layer. On Linux numba is asked to prefer its "omp" layer (GNU OpenMP), then
+"workqueue" (tbb last). The omp layer starts its own libgomp pool beside PyTorch's, and a parallel
+launch costs about 2 us; workqueue's costs 75-130 us, and its workers are woken through the OS
+each time, so right after a PyTorch op (whose OpenMP threads still spin on the cores) they got
+no second core at all: on the 2-core Zen 4, `bench forget-mult` forward+backward at (70, 20, 1550)
+went from 0.44-0.54 of the add bandwidth to 0.62-0.79 with omp, and the training step was
+unchanged within noise (docs/cpu-thresholds.md). Elsewhere (macOS, Windows) numba's OpenMP would be a second copy of
+the runtime PyTorch already loaded, which Intel's and LLVM's libomp refuse, so workqueue is
+chosen there. The choice is written to the environment (``NUMBA_THREADING_LAYER_PRIORITY``, or
+``NUMBA_THREADING_LAYER`` off Linux), where numba's config reloads keep it. Either variable set by
+the user (or a layer already started) wins over these defaults.
 
-workqueue aborts the whole process when two Python threads launch parallel kernels at once (the
-launch releases the GIL), so every parallel launch of every kernel module holds
-:data:`PARALLEL_LOCK`. One lock for all modules, so any kernel module added later is covered too.
-(The fused layer's chunk kernels run serially in the calling thread and need no lock.)
+Lock. workqueue aborts the whole process when two Python threads launch parallel kernels at once
+(the launch releases the GIL), so every parallel launch of every kernel module holds
+:data:`PARALLEL_LOCK`, whichever layer was picked. One lock for all modules, so any kernel module
+added later is covered too. (The fused layer's chunk kernels run serially in the calling thread
+and need no lock.)
+
+Fork. GNU OpenMP does not survive ``fork()``: numba terminates a forked child at its first
+parallel launch when the parent had launched before (a DataLoader worker, say).
+:func:`parallel_launch_safe` is False in any forked child, and the kernels then run in the
+calling thread, whichever layer was picked.
 """
 
 import os
+import sys
 import threading
+
+
+def _choose_threading_layer() -> None:
+    """Prefer omp, then workqueue on Linux; workqueue elsewhere; unless the user chose.
+
+    Written to the environment, not only to ``numba.config``: numba re-reads its whole config
+    from the environment whenever the environment has changed (any ``os.environ[...] = ...`` in
+    the process), which would silently undo a value set on ``numba.config`` alone.
+    """
+    if "NUMBA_THREADING_LAYER" in os.environ or "NUMBA_THREADING_LAYER_PRIORITY" in os.environ:
+        return
+    if sys.platform.startswith("linux"):
+        # numba wants a permutation of all three; its "default" layer takes the first that loads.
+        os.environ["NUMBA_THREADING_LAYER_PRIORITY"] = "omp workqueue tbb"
+    else:
+        os.environ["NUMBA_THREADING_LAYER"] = "workqueue"
+
 
 try:
     import numba
 
-    if "NUMBA_THREADING_LAYER" not in os.environ and numba.config.THREADING_LAYER == "default":
-        numba.config.THREADING_LAYER = "workqueue"
+    if numba.config.THREADING_LAYER == "default":  # not set in code by the user either
+        _choose_threading_layer()
+        numba.config.reload_config()
     HAS_NUMBA = True
     IMPORT_ERROR = ""
 except ImportError as error:  # numba is a hard dependency; this guard only makes the failure explicit
@@ -28,3 +60,20 @@ except ImportError as error:  # numba is a hard dependency; this guard only make
 
 # Serialises parallel kernel launches from different Python threads.
 PARALLEL_LOCK = threading.Lock()
+
+_in_forked_child = False
+
+
+def _mark_forked_child() -> None:
+    global _in_forked_child
+    _in_forked_child = True
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_mark_forked_child)
+
+
+def parallel_launch_safe() -> bool:
+    """False in a process forked from one that imported this module (a DataLoader worker, a
+    ``multiprocessing`` "fork" child): numba's thread pools do not survive ``fork()``."""
+    return not _in_forked_child

@@ -9,6 +9,7 @@ element a kernel forgets to write shows up as a mismatch.
 """
 
 import itertools
+import sys
 
 import pytest
 import torch
@@ -28,19 +29,26 @@ TOLERANCES = {
     torch.float16: dict(atol=2e-2, rtol=1e-2),
     torch.bfloat16: dict(atol=1e-1, rtol=5e-2),
 }
-# "numba" runs small calls in the calling thread; "numba-parallel" forces the prange kernel.
+# "numba" runs the sequential kernel in the calling thread, "numba-parallel" its prange form,
+# "numba-chunked" the chunked scan (always parallel).
 BACKENDS = ["numba", "numba-parallel", "numba-chunked", "torch"]
 
 
+def set_serial_threshold(monkeypatch, elements):
+    """Run the sequential kernel in the calling thread up to ``elements``, whichever threading
+    layer numba has started (0: always the parallel kernel)."""
+    monkeypatch.setattr(cpu, "SERIAL_MAX_ELEMENTS", elements)
+    monkeypatch.setattr(cpu, "POOLED_SERIAL_MAX_ELEMENTS", elements)
+
+
 def backend_module(name, monkeypatch):
-    """The backend module; for numba, forces the sequential or the chunked strategy, and for
-    "numba-parallel" the parallel sequential kernel even on small shapes."""
+    """The backend module; for numba, forces the sequential or the chunked strategy, and for the
+    sequential one the serial ("numba") or the parallel ("numba-parallel") kernel."""
     if name == "torch":
         return loop
     strategy = "chunked" if name == "numba-chunked" else "sequential"
     monkeypatch.setenv("QRNN_LM_FORGET_MULT_CPU_STRATEGY", strategy)
-    if name == "numba-parallel":
-        monkeypatch.setattr(cpu, "SERIAL_MAX_ELEMENTS", 0)
+    set_serial_threshold(monkeypatch, 0 if name == "numba-parallel" else 1 << 62)
     return cpu
 
 
@@ -161,7 +169,7 @@ def test_forced_strategies_really_apply(monkeypatch):
     assert cpu._strategy(63, 1, 7) == "chunked"
     monkeypatch.setenv("QRNN_LM_FORGET_MULT_CPU_STRATEGY", "sequential")
     assert cpu._strategy(4096, 1, 1) == "sequential"
-    monkeypatch.setattr(cpu, "SERIAL_MAX_ELEMENTS", 0)
+    set_serial_threshold(monkeypatch, 0)
     assert not cpu._run_serially(20, 4, 2, 5) or cpu.numba.get_num_threads() == 1  # 12 tiles
     assert cpu._run_serially(20, 1, 8, 5)  # one tile: nothing to share out
     monkeypatch.setenv("QRNN_LM_FORGET_MULT_CPU_STRATEGY", "fastest")
@@ -195,19 +203,31 @@ def test_empty_sequence_and_empty_batch(backend, monkeypatch):
         assert torch.equal(grad_h0, torch.zeros(shape[1:]))
 
 
-@pytest.mark.slow  # a real process
-def test_parallel_kernels_from_several_python_threads():
-    """numba's workqueue layer aborts the whole process on concurrent parallel launches, so the
-    check runs in a subprocess; the backend must serialise its launches."""
+def run_python(script, layer=None):
+    """Run ``script`` in a fresh interpreter (numba's threading layer is chosen once per process),
+    with NUMBA_THREADING_LAYER set to ``layer`` (None: the project's default choice)."""
+    import os
     import subprocess
     import sys
     import textwrap
 
-    script = textwrap.dedent(
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NUMBA_THREADING_LAYER")}
+    if layer is not None:
+        env["NUMBA_THREADING_LAYER"] = layer
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(script)], capture_output=True,
+                          text=True, timeout=300, env=env)
+
+
+@pytest.mark.slow  # a real process
+@pytest.mark.parametrize("layer", [None, "workqueue"], ids=["default-layer", "workqueue"])
+def test_parallel_kernels_from_several_python_threads(layer):
+    """numba's workqueue layer aborts the whole process on concurrent parallel launches, so the
+    check runs in a subprocess, under each layer; the backend must serialise its launches."""
+    result = run_python(
         """
         import threading, torch
         from qrnn_lm.ops.forget_mult import cpu
-        cpu.SERIAL_MAX_ELEMENTS = 0  # force the parallel kernels on these small tensors
+        cpu.SERIAL_MAX_ELEMENTS = cpu.POOLED_SERIAL_MAX_ELEMENTS = 0  # the parallel kernels, always
         f, x, h0 = torch.rand(50, 4, 300), torch.rand(50, 4, 300), torch.rand(4, 300)
         expected = cpu.forward(f, x, h0, None, False)
         bad = []
@@ -220,11 +240,96 @@ def test_parallel_kernels_from_several_python_threads():
         [t.start() for t in threads]
         [t.join() for t in threads]
         print("mismatches", len(bad))
-        """
+        """,
+        layer,
     )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "mismatches 0" in result.stdout
+
+
+@pytest.mark.slow  # real processes
+def test_a_forked_child_runs_the_op_after_the_parent_ran_it_in_parallel():
+    """A process forked after the parent launched the parallel kernels (a DataLoader worker) gets
+    the same results: numba's GNU OpenMP layer terminates such a child at its first parallel
+    launch, so the backend must run the kernels in the child's own thread."""
+    result = run_python(
+        """
+        import multiprocessing, torch
+        from qrnn_lm.ops.forget_mult import cpu
+        cpu.SERIAL_MAX_ELEMENTS = cpu.POOLED_SERIAL_MAX_ELEMENTS = 0  # the parallel kernels, always
+        f, x, h0 = torch.rand(50, 4, 300), torch.rand(50, 4, 300), torch.rand(4, 300)
+        expected = cpu.forward(f, x, h0, None, False)
+        expected_grads = cpu.backward(expected, f, x, expected, h0, None, False)
+
+        def child(queue):
+            torch.set_num_threads(1)  # PyTorch's own OpenMP pool does not survive fork() either
+            h = cpu.forward(f, x, h0, None, False)
+            grads = cpu.backward(h, f, x, h, h0, None, False)
+            queue.put(torch.equal(h, expected) and all(map(torch.equal, grads, expected_grads)))
+
+        context = multiprocessing.get_context("fork")
+        queue = context.Queue()
+        process = context.Process(target=child, args=(queue,))
+        process.start()
+        process.join(timeout=120)
+        print("exit code", process.exitcode, "matches", queue.get() if process.exitcode == 0 else None)
+        """
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "exit code 0 matches True" in result.stdout, result.stdout + result.stderr[-2000:]
+
+
+# Launches one parallel kernel after changing a NUMBA_ variable of the environment (numba then
+# reloads its whole config from the environment), and prints the layer numba started.
+LAYER_SCRIPT = """
+    import os, sys
+    import numba, torch
+    real_platform, sys.platform = sys.platform, {platform!r}  # the platform qrnn_lm chooses for
+    from qrnn_lm.ops.forget_mult import cpu
+    sys.platform = real_platform
+    os.environ["NUMBA_OPT"] = "3"  # numba's default, changed from unset
+    numba.config.reload_config()
+    cpu.SERIAL_MAX_ELEMENTS = cpu.POOLED_SERIAL_MAX_ELEMENTS = 0
+    cpu.forward(torch.rand(4, 2, 64), torch.rand(4, 2, 64), torch.zeros(2, 64), None, False)
+    print("layer", numba.threading_layer())
+"""
+
+
+@pytest.mark.slow  # real processes
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="numba's OpenMP layer is preferred on Linux only")
+def test_linux_prefers_numbas_openmp_layer_and_the_environment_wins():
+    """On Linux the backend asks numba for its OpenMP layer (a launch costs microseconds, not the
+    75-130 us of workqueue); NUMBA_THREADING_LAYER still decides when it is set."""
+    pytest.importorskip("numba.np.ufunc.omppool", reason="this numba build has no OpenMP layer")
+    script = LAYER_SCRIPT.format(platform=sys.platform)
+    default, forced = run_python(script), run_python(script, "workqueue")
+    assert "layer omp" in default.stdout, default.stderr[-2000:]
+    assert "layer workqueue" in forced.stdout, forced.stderr[-2000:]
+
+
+@pytest.mark.slow  # a real process
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs a platform whose default would be omp")
+def test_the_choice_off_linux_survives_numbas_config_reload():
+    """Off Linux the backend picks workqueue, and numba's reload of its config from the
+    environment (after any change to os.environ) must not undo that choice."""
+    pytest.importorskip("numba.np.ufunc.omppool", reason="this numba build has no OpenMP layer")
+    result = run_python(LAYER_SCRIPT.format(platform="darwin"))
+    assert "layer workqueue" in result.stdout, result.stdout + result.stderr[-2000:]
+
+
+def test_the_serial_threshold_follows_the_threading_layer(monkeypatch):
+    """workqueue launches cost 75-130 us, so up to SERIAL_MAX_ELEMENTS the calling thread runs
+    the kernel; an OpenMP pool launches in microseconds, and only tiny calls stay serial."""
+    numel, batch_size, tile, hidden_size = 100_000, 4, 256, 512  # 8 tiles
+    if cpu.numba.get_num_threads() == 1:
+        pytest.skip("numba has one thread: every call runs serially")
+    monkeypatch.setattr(cpu.numba, "threading_layer", lambda: "workqueue")
+    assert cpu._run_serially(numel, batch_size, tile, hidden_size)
+    monkeypatch.setattr(cpu.numba, "threading_layer", lambda: "omp")
+    assert not cpu._run_serially(numel, batch_size, tile, hidden_size)
+    assert cpu._run_serially(1000, batch_size, tile, hidden_size)
+    monkeypatch.setattr(cpu, "parallel_launch_safe", lambda: False)  # in a forked child
+    assert cpu._run_serially(numel, batch_size, tile, hidden_size)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

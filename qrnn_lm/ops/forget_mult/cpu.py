@@ -30,8 +30,9 @@ import os
 import numpy as np
 import torch
 
-# Chooses numba's threading layer before any kernel runs; parallel launches hold PARALLEL_LOCK.
-from ..numba_setup import HAS_NUMBA, IMPORT_ERROR, PARALLEL_LOCK
+# Chooses numba's threading layer before any kernel runs; parallel launches hold PARALLEL_LOCK,
+# and none happens in a forked child (parallel_launch_safe).
+from ..numba_setup import HAS_NUMBA, IMPORT_ERROR, PARALLEL_LOCK, parallel_launch_safe
 
 if HAS_NUMBA:
     import numba
@@ -92,19 +93,32 @@ def _lengths_array(lengths: torch.Tensor | None, seq_len: int, batch_size: int):
 # When the chunked scan pays. It reads f and x twice (phase 1 and phase 3), so it needs about
 # twice the work of the sequential kernel and only wins when most threads would otherwise idle:
 # at least CHUNKED_MIN_IDLE_RATIO threads per sequential tile, and T long enough to amortise
-# three parallel launches (measurements: docs/cpu-thresholds.md; on 2 threads it never pays).
+# three parallel launches (measurements: docs/cpu-thresholds.md; on 2 threads it lost at every
+# shape measured under workqueue, and under OpenMP it wins at some shapes and loses at others).
 CHUNKED_MIN_STEPS = 1024
 CHUNKED_MIN_IDLE_RATIO = 3
 
 
-# Up to this many elements the sequential kernel runs in the calling thread: a parallel launch
-# costs more than it saves on small inputs (measurements: docs/cpu-thresholds.md).
-SERIAL_MAX_ELEMENTS = 1 << 18
+# Up to this many elements the sequential kernel runs in the calling thread, where a parallel
+# launch costs more than it saves. With numba's workqueue layer a launch wakes the workers through
+# the OS (75-130 us); with an OpenMP (or TBB) pool it costs about 2 us, and the parallel kernels
+# were as fast as the serial ones from 1,024 elements up (measurements: docs/cpu-thresholds.md).
+SERIAL_MAX_ELEMENTS = 1 << 18  # workqueue, or no layer started yet (numba starts one at the first launch)
+POOLED_SERIAL_MAX_ELEMENTS = 1 << 10  # omp or tbb
+
+
+def _serial_max_elements() -> int:
+    try:
+        layer = numba.threading_layer()
+    except ValueError:  # no parallel kernel has run in this process yet
+        return SERIAL_MAX_ELEMENTS
+    return SERIAL_MAX_ELEMENTS if layer == "workqueue" else POOLED_SERIAL_MAX_ELEMENTS
 
 
 def _run_serially(numel: int, batch_size: int, tile: int, hidden_size: int) -> bool:
     n_tiles = batch_size * -(-hidden_size // tile)
-    return numel <= SERIAL_MAX_ELEMENTS or n_tiles == 1 or numba.get_num_threads() == 1
+    return (numel <= _serial_max_elements() or n_tiles == 1 or numba.get_num_threads() == 1
+            or not parallel_launch_safe())
 
 
 def _chunk_len(seq_len: int, n_tiles: int) -> int:
@@ -122,7 +136,10 @@ def use_chunked(seq_len: int, batch_size: int, hidden_size: int) -> bool:
 
 
 def _strategy(seq_len: int, batch_size: int, hidden_size: int) -> str:
-    """"chunked" or "sequential"; env QRNN_LM_FORGET_MULT_CPU_STRATEGY forces one (tests, benches)."""
+    """"chunked" or "sequential"; env QRNN_LM_FORGET_MULT_CPU_STRATEGY forces one (tests, benches).
+    Always "sequential" in a forked child, where only the serial kernels can run."""
+    if not parallel_launch_safe():
+        return "sequential"
     forced = os.environ.get("QRNN_LM_FORGET_MULT_CPU_STRATEGY", "auto")
     if forced not in ("auto", "chunked", "sequential"):
         raise ValueError(
