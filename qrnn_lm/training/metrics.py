@@ -38,6 +38,7 @@ from ..config import Config
 from ..data import RunUnits
 from ..inference.evaluate import perplexity
 from .state import Counters
+from .stopping import sigint_deferred
 
 __all__ = ["MetricsLogger", "NullLogger", "TensorBoardLogger", "make_logger", "Meter", "COLUMNS", "columns", "MetricsCsv", "RunLog", "Console", "run_results", "write_results"]
 
@@ -59,7 +60,14 @@ class NullLogger:
 
 
 class TensorBoardLogger:
-    """Writes scalars to ``log_dir`` as TensorBoard event files."""
+    """Writes scalars to ``log_dir`` as TensorBoard event files.
+
+    The writer hands events to its own thread through a queue. A stop signal's exception
+    (:class:`~.stopping.Interrupted`, raised at any point of the main thread) could fire while the
+    main thread holds that queue's lock and leave it held; the close that follows then waited
+    forever (seen as a hung ``qrnn-lm tune`` after SIGTERM). So the writes and the close hold stop
+    signals until they are done (:func:`~.stopping.sigint_deferred`).
+    """
 
     def __init__(self, log_dir: str | Path):
         from torch.utils.tensorboard import SummaryWriter  # heavy: imported only when used
@@ -67,12 +75,14 @@ class TensorBoardLogger:
         self._writer = SummaryWriter(log_dir=str(log_dir))
 
     def log(self, metrics: dict[str, float], step: int) -> None:
-        for tag, value in metrics.items():
-            self._writer.add_scalar(tag, float(value), global_step=step)
+        with sigint_deferred():
+            for tag, value in metrics.items():
+                self._writer.add_scalar(tag, float(value), global_step=step)
 
     def close(self) -> None:
-        self._writer.flush()
-        self._writer.close()
+        with sigint_deferred():
+            self._writer.flush()
+            self._writer.close()
 
 
 def make_logger(log_dir: str | Path | None) -> MetricsLogger:

@@ -283,9 +283,12 @@ class Trainer:
             return self.evaluator.valid_loss(self.model)
 
     def _validated(self, val_loss: float) -> None:
-        """A validation and its checkpoint are done: tell ``on_validation`` (rank 0 only)."""
+        """A validation and its checkpoint are done: tell ``on_validation`` (rank 0 only). Stop
+        signals wait until it returns: a search's hook writes to a database shared with other
+        threads, and an Interrupted raised inside it could leave a lock held."""
         if self.on_validation is not None:
-            self.on_validation(self.state.step, perplexity(val_loss))
+            with sigint_deferred():
+                self.on_validation(self.state.step, perplexity(val_loss))
 
     def _log_validation(self, val_loss: float) -> None:
         self.log.validation(val_loss, self.state, self.budget.elapsed(), self.schedule.lr)

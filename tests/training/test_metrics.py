@@ -21,3 +21,33 @@ def test_null_logger_writes_nothing(tmp_path):
     assert isinstance(logger, NullLogger)
     logger.log({"train/loss": 1.0}, step=1)
     logger.close()
+
+
+def test_a_stop_signal_during_logging_waits_until_the_writes_are_done(tmp_path, monkeypatch):
+    """A stop signal raises Interrupted at any point of the main thread; inside the TensorBoard
+    writer it could leave the writer's queue lock held and hang the close (a hung `qrnn-lm tune`
+    after SIGTERM). The logger holds the signal until its writes are done, then raises it."""
+    import signal
+
+    import pytest
+
+    from qrnn_lm.training.stopping import Interrupted, StopSignals
+
+    logger = make_logger(tmp_path / "tb")
+    real_add_scalar = logger._writer.add_scalar
+    written = []
+
+    def add_scalar_with_a_signal_in_the_middle(tag, value, global_step):
+        if not written:
+            signal.raise_signal(signal.SIGTERM)  # its handler runs before this call returns
+        real_add_scalar(tag, value, global_step=global_step)
+        written.append(tag)
+
+    monkeypatch.setattr(logger._writer, "add_scalar", add_scalar_with_a_signal_in_the_middle)
+    with StopSignals(immediate=True), pytest.raises(Interrupted):
+        logger.log({"train/loss": 5.0, "lr": 30.0, "grad_norm": 1.0}, step=1)
+    assert written == ["train/loss", "lr", "grad_norm"]
+    logger.close()
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    assert set(events.Tags()["scalars"]) == {"train/loss", "lr", "grad_norm"}

@@ -49,3 +49,22 @@ def test_an_exception_in_the_hook_ends_the_run_and_propagates(corpus, tmp_path):
     assert not (out / "results.json").exists()
     results = train(tiny(corpus), out, device="cpu", progress=False, resume=out)  # still resumable
     assert results["epochs_completed"] == 2
+
+
+def test_a_stop_signal_during_the_hook_waits_until_it_returns(corpus, tmp_path):
+    """The hook of a search writes to a database shared with other threads: a stop signal must
+    not raise inside it (a lock left held hung `qrnn-lm tune`), but as soon as it returns."""
+    import signal
+
+    from qrnn_lm.training.stopping import Interrupted
+
+    out, finished = tmp_path / "run", []
+
+    def hook(step, valid_ppl):
+        signal.raise_signal(signal.SIGTERM)  # its handler runs before this call returns
+        finished.append(step)
+
+    with pytest.raises(Interrupted):
+        train(tiny(corpus), out, device="cpu", progress=False, on_validation=hook)
+    assert len(finished) == 1
+    assert (out / "last.pt").exists() and not (out / "results.json").exists()
