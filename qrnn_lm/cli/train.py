@@ -116,9 +116,13 @@ def launch_local(nproc: int, argv: Sequence[str], *, module: str = "qrnn_lm") ->
     from torch.distributed.run import main as torchrun_main
 
     args = ["--standalone", f"--nproc-per-node={nproc}", "--max-restarts=0", "-m", module, *argv]
-    if "OMP_NUM_THREADS" not in os.environ:
-        # torchrun would set 1 with a warning; share the machine's cores between the ranks instead.
-        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
+    # torchrun would set OMP_NUM_THREADS=1 with a warning; share the machine's cores between the
+    # ranks instead, for PyTorch's threads and for numba's (whose pool would otherwise take every
+    # core in every rank).
+    cores_per_rank = str(max(1, (os.cpu_count() or 1) // nproc))
+    for variable in ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        if variable not in os.environ:
+            os.environ[variable] = cores_per_rank
     try:
         torchrun_main(args)
     except ChildFailedError as error:
