@@ -362,3 +362,62 @@ def test_parallel_launch_really_runs_and_matches(shape, reverse, monkeypatch):
     module = backend_module("numba-parallel", monkeypatch)
     check_backend(module, shape, torch.float32, reverse, True, monkeypatch)
     assert launches == ["_seq_forward", "_seq_backward"]
+
+
+def test_bfloat16_stores_round_like_torch():
+    """The kernels write bfloat16 results themselves (round to nearest, ties to even): every
+    float32 below must give PyTorch's ``.to(torch.bfloat16)`` bits, and NaN a NaN (PyTorch's own
+    NaN bits differ between its vectorised and scalar conversions: 0xFFFF or 0x7FC0)."""
+    import numpy as np
+    from numba import njit
+
+    from qrnn_lm.ops.forget_mult.cpu_sequential import load, store
+
+    @njit
+    def round_all(values, out):
+        for j in range(values.shape[0]):
+            store(out, j, values[j])
+
+    @njit
+    def widen_all(bits, out):
+        for j in range(bits.shape[0]):
+            out[j] = load(bits, j)
+
+    patterns = np.array(
+        [0x3F808000, 0x3F818000, 0x3F80C000, 0x3F807FFF, 0x3F808001,  # ties to even / odd, above, below
+         0x7F7FFFFF, 0xFF7FFFFF, 0x7F800000, 0xFF800000,  # largest finite (rounds to inf), infinities
+         0x7FC00000, 0x7F800001, 0xFFFFFFFF, 0x00000001, 0x80000000, 0x00008000, 0x00018000],  # NaNs, tiny
+        dtype=np.uint32)
+    values = np.concatenate([patterns.view(np.float32), np.random.default_rng(0).standard_normal(10_000, np.float32)])
+    out = np.empty(values.shape, np.uint16)
+    round_all(values, out)
+    expected = torch.from_numpy(values).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
+    nan = np.isnan(values)
+    assert nan.sum() == 3 and np.array_equal(out[~nan], expected[~nan])
+    assert np.all((out[nan] & 0x7F80 == 0x7F80) & (out[nan] & 0x007F != 0))  # NaN bit patterns
+    widened = np.empty(values.shape, np.float32)
+    widen_all(expected, widened)
+    assert np.array_equal(widened, torch.from_numpy(expected.view(np.int16)).view(torch.bfloat16).float().numpy(),
+                          equal_nan=True)
+
+
+@pytest.mark.parametrize("backend", ["numba", "numba-parallel", "numba-chunked"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_bfloat16_kernels_give_the_float32_kernels_results_rounded(backend, reverse, monkeypatch):
+    """bfloat16 tensors go to the kernels as they are (no float32 copies); the results must be,
+    bit for bit, those of the float32 kernels on the widened inputs, rounded to bfloat16."""
+    module = backend_module(backend, monkeypatch)
+    generator = torch.Generator().manual_seed(3)
+    f, x, h0, grad_h, lengths = make_inputs((63, 3, 500), torch.float32, True, generator)
+    f, x, h0, grad_h = (t.to(torch.bfloat16) for t in (f, x, h0, grad_h))
+    x[5, 1, 7] = float("inf")  # (NaN bits would differ: PyTorch's own rounding of NaN varies)
+    wide = [t.float() for t in (f, x, h0, grad_h)]
+    h = module.forward(f, x, h0, lengths, reverse)
+    expected_h = module.forward(*wide[:3], lengths, reverse)
+    assert h.dtype == torch.bfloat16
+    assert torch.equal(h.view(torch.int16), expected_h.to(torch.bfloat16).view(torch.int16))
+    grads = module.backward(grad_h, f, x, h, h0, lengths, reverse)
+    expected = module.backward(wide[3], wide[0], wide[1], h.float(), wide[2], lengths, reverse)
+    for actual, wanted in zip(grads, expected):
+        assert actual.dtype == torch.bfloat16
+        assert torch.equal(actual.view(torch.int16), wanted.to(torch.bfloat16).view(torch.int16))

@@ -18,9 +18,11 @@ Two strategies, both forward and backward, both directions, with per-sequence le
   keep the cores busy: T is cut into chunks scanned in parallel, then the chunk boundaries are
   carried. Chosen automatically by :func:`use_chunked`.
 
-float32 and float64 arrays go to the kernels zero-copy through ``tensor.numpy()``; float16 and
-bfloat16 (numba has no bfloat16) are converted to float32 first and the results cast back.
-Arithmetic is float32 for float32/float16/bfloat16 inputs and float64 for float64.
+float32 and float64 arrays go to the kernels zero-copy through ``tensor.numpy()``, and so do
+bfloat16 tensors, as their 16-bit patterns (numba has no bfloat16; the kernels widen each element
+on load and round on store, as ``.to(torch.bfloat16)`` does: ``cpu_sequential.py``). float16 is
+converted to float32 first and the results cast back. Arithmetic is float32 for
+float32/float16/bfloat16 inputs and float64 for float64.
 """
 
 from __future__ import annotations
@@ -78,10 +80,21 @@ def _fold_batch(arrays, lens):
 
 
 def _as_compute(tensor: torch.Tensor) -> torch.Tensor:
-    """float32/float64 stay as they are (zero-copy); float16/bfloat16 become float32."""
-    if tensor.dtype in (torch.float32, torch.float64):
+    """float32/float64/bfloat16 stay as they are (zero-copy); float16 becomes float32."""
+    if tensor.dtype in (torch.float32, torch.float64, torch.bfloat16):
         return tensor.detach()
     return tensor.detach().to(torch.float32)
+
+
+def _kernel_array(tensor: torch.Tensor) -> np.ndarray:
+    """The numpy array a kernel takes: a bfloat16 tensor's bit patterns as uint16."""
+    if tensor.dtype == torch.bfloat16:
+        return tensor.view(torch.int16).numpy().view(np.uint16)
+    return tensor.numpy()
+
+
+def _arithmetic_dtype(tensor: torch.Tensor) -> torch.dtype:
+    return torch.float64 if tensor.dtype == torch.float64 else torch.float32
 
 
 def _lengths_array(lengths: torch.Tensor | None, seq_len: int, batch_size: int):
@@ -152,7 +165,8 @@ def _strategy(seq_len: int, batch_size: int, hidden_size: int) -> str:
 
 
 def _chunk_scratch(seq_len, batch_size, hidden_size, tile, dtype):
-    """(chunk_len, starts, decays): scratch ``[B, n_chunks, H]`` for the chunked kernels."""
+    """(chunk_len, starts, decays): scratch ``[B, n_chunks, H]`` in the arithmetic ``dtype`` for
+    the chunked kernels."""
     chunk_len = _chunk_len(seq_len, batch_size * -(-hidden_size // tile))
     n_chunks = max(1, -(-seq_len // chunk_len))
     starts = np.empty((batch_size, n_chunks, hidden_size), dtype=dtype)
@@ -166,12 +180,14 @@ def forward(f, x, h0, lengths, reverse):
     out = torch.empty(x.shape, dtype=x_c.dtype)
     if out.numel() > 0:
         lens = _lengths_array(lengths, seq_len, batch_size)
-        (f_a, x_a, h0_a, out_a), lens = _fold_batch([f_c.numpy(), x_c.numpy(), h0_c.numpy(), out.numpy()], lens)
+        arrays = [_kernel_array(t) for t in (f_c, x_c, h0_c, out)]
+        (f_a, x_a, h0_a, out_a), lens = _fold_batch(arrays, lens)
         _, batch_size, hidden_size = x_a.shape
         tile = _tile_lanes(batch_size, hidden_size)
         args = (f_a, x_a, h0_a, lens, bool(reverse), tile)
         if _strategy(seq_len, batch_size, hidden_size) == "chunked":
-            scratch = _chunk_scratch(seq_len, batch_size, hidden_size, tile, f_a.dtype)
+            dtype = np.float64 if x_c.dtype == torch.float64 else np.float32
+            scratch = _chunk_scratch(seq_len, batch_size, hidden_size, tile, dtype)
             with PARALLEL_LOCK:
                 _chunked_forward(*args, *scratch, out_a)
         elif _run_serially(out.numel(), batch_size, tile, hidden_size):
@@ -185,20 +201,25 @@ def forward(f, x, h0, lengths, reverse):
 def backward(grad_h, f, x, h, h0, lengths, reverse):
     """Contract backward -> ``(grad_f, grad_x, grad_h0)`` in the input dtype."""
     seq_len, batch_size, _ = x.shape
-    compute = torch.float64 if x.dtype == torch.float64 else torch.float32
-    grad_f = torch.empty(x.shape, dtype=compute)
-    grad_x = torch.empty(x.shape, dtype=compute)
+    compute = _arithmetic_dtype(x)
+    # The gradients of f and x in the dtype the kernels write (bfloat16 stays bfloat16); that of
+    # h0, a small [B, H], in the arithmetic dtype, cast after.
+    grads_dtype = torch.bfloat16 if x.dtype == torch.bfloat16 else compute
+    grad_f = torch.empty(x.shape, dtype=grads_dtype)
+    grad_x = torch.empty(x.shape, dtype=grads_dtype)
     grad_h0 = torch.empty(h0.shape, dtype=compute)
     if grad_h0.numel() > 0:
         lens = _lengths_array(lengths, seq_len, batch_size)
-        arrays = [_as_compute(t).numpy() for t in (grad_h, f, x, h, h0)]
-        folded, lens = _fold_batch(arrays + [grad_f.numpy(), grad_x.numpy(), grad_h0.numpy()], lens)
+        arrays = [_kernel_array(_as_compute(t)) for t in (grad_h, f, x, h, h0)]
+        outs = [_kernel_array(t) for t in (grad_f, grad_x, grad_h0)]
+        folded, lens = _fold_batch(arrays + outs, lens)
         arrays, outs = folded[:5], folded[5:]
         _, batch_size, hidden_size = arrays[2].shape
         tile = _tile_lanes(batch_size, hidden_size)
         args = (*arrays, lens, bool(reverse), tile)
         if _strategy(seq_len, batch_size, hidden_size) == "chunked":
-            scratch = _chunk_scratch(seq_len, batch_size, hidden_size, tile, arrays[1].dtype)
+            dtype = np.float64 if compute == torch.float64 else np.float32
+            scratch = _chunk_scratch(seq_len, batch_size, hidden_size, tile, dtype)
             with PARALLEL_LOCK:
                 _chunked_backward(*args, *scratch, *outs)
         elif _run_serially(x.numel(), batch_size, tile, hidden_size):

@@ -14,7 +14,7 @@ from ..numba_setup import HAS_NUMBA
 if HAS_NUMBA:
     from numba import njit, prange
 
-    from .cpu_sequential import _backward_run, _forward_run, _zero_steps
+    from .cpu_sequential import _backward_run, _forward_run, _zero_steps, load
 
     # The chunked scan. The recurrence is linear in the state: a chunk of steps run from state s
     # ends at ``local_end + decay * s``, where local_end is its end state from a zero start and
@@ -41,21 +41,21 @@ if HAS_NUMBA:
         n_items = batch_size * -(-hidden_size // tile) * n_chunks
         for item in prange(n_items):  # phase 1: end state from zero, product of (1 - f)
             b, k, lo, hi, length, s_start, s_stop = _chunk_item(item, n_chunks, tile, hidden_size, lengths, chunk_len)
-            state = np.zeros(hi - lo, dtype=out.dtype)
-            decay = np.ones(hi - lo, dtype=out.dtype)
-            one = out.dtype.type(1)  # typed: a bare 1.0 is float64 (see cpu_sequential.py)
+            state = np.zeros(hi - lo, dtype=starts.dtype)  # scratch in the arithmetic dtype
+            decay = np.ones(hi - lo, dtype=starts.dtype)
+            one = starts.dtype.type(1)  # typed: a bare 1.0 is float64 (see cpu_sequential.py)
             for s in range(s_start, s_stop):
                 t = length - 1 - s if reverse else s
                 f_row, x_row = f[t, b, lo:hi], x[t, b, lo:hi]
                 for j in range(hi - lo):
-                    ft = f_row[j]
-                    state[j] = ft * x_row[j] + (one - ft) * state[j]
+                    ft = load(f_row, j)
+                    state[j] = ft * load(x_row, j) + (one - ft) * state[j]
                     decay[j] *= one - ft
             starts[b, k, lo:hi] = state
             decays[b, k, lo:hi] = decay
         for b in prange(batch_size):  # phase 2: starts[b, k] becomes chunk k's true start
             for j in range(hidden_size):
-                carry = h0[b, j]
+                carry = load(h0[b], j)
                 for k in range(n_chunks):
                     end = starts[b, k, j] + decays[b, k, j] * carry
                     starts[b, k, j] = carry
@@ -74,15 +74,15 @@ if HAS_NUMBA:
         n_items = batch_size * -(-hidden_size // tile) * n_chunks
         for item in prange(n_items):  # phase 1
             b, k, lo, hi, length, u_start, u_stop = _chunk_item(item, n_chunks, tile, hidden_size, lengths, chunk_len)
-            carry = np.zeros(hi - lo, dtype=grad_f.dtype)
-            decay = np.ones(hi - lo, dtype=grad_f.dtype)
-            one = grad_f.dtype.type(1)
+            carry = np.zeros(hi - lo, dtype=starts.dtype)
+            decay = np.ones(hi - lo, dtype=starts.dtype)
+            one = starts.dtype.type(1)
             for u in range(u_start, u_stop):
                 t = u if reverse else length - 1 - u
                 f_row, g_row = f[t, b, lo:hi], grad_h[t, b, lo:hi]
                 for j in range(hi - lo):
-                    keep = one - f_row[j]
-                    carry[j] = keep * (g_row[j] + carry[j])
+                    keep = one - load(f_row, j)
+                    carry[j] = keep * (load(g_row, j) + carry[j])
                     decay[j] *= keep
             starts[b, k, lo:hi] = carry
             decays[b, k, lo:hi] = decay
