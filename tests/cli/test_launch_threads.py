@@ -11,10 +11,10 @@ from qrnn_lm.cli.train import launch_local
 def launched_env(monkeypatch, **preset):
     """The thread counts the ranks would inherit from ``launch_local(2, ...)``."""
     seen = {}
-    for variable in ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS"):
-        monkeypatch.delenv(variable, raising=False)
-    for variable, value in preset.items():
-        monkeypatch.setenv(variable, value)
+    # A copy of the environment: a NUMBA_* variable changed in the real one makes numba reload its
+    # config at the next compile, and a thread count other than the one it launched is an error.
+    environ = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS")}
+    monkeypatch.setattr(os, "environ", {**environ, **preset})
     monkeypatch.setattr(torch.distributed.run, "main",
                         lambda args: seen.update({v: os.environ.get(v) for v in ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS")}))
     assert launch_local(2, ["train"]) == 0
