@@ -164,9 +164,10 @@ def _strategy(seq_len: int, batch_size: int, hidden_size: int) -> str:
     return "chunked" if use_chunked(seq_len, batch_size, hidden_size) else "sequential"
 
 
-def _chunk_scratch(seq_len, batch_size, hidden_size, tile, dtype):
-    """(chunk_len, starts, decays): scratch ``[B, n_chunks, H]`` in the arithmetic ``dtype`` for
-    the chunked kernels."""
+def _chunk_scratch(seq_len, batch_size, hidden_size, tile, x):
+    """(chunk_len, starts, decays): scratch ``[B, n_chunks, H]`` for the chunked kernels, in the
+    arithmetic dtype of ``x``."""
+    dtype = np.float64 if _arithmetic_dtype(x) == torch.float64 else np.float32
     chunk_len = _chunk_len(seq_len, batch_size * -(-hidden_size // tile))
     n_chunks = max(1, -(-seq_len // chunk_len))
     starts = np.empty((batch_size, n_chunks, hidden_size), dtype=dtype)
@@ -186,8 +187,7 @@ def forward(f, x, h0, lengths, reverse):
         tile = _tile_lanes(batch_size, hidden_size)
         args = (f_a, x_a, h0_a, lens, bool(reverse), tile)
         if _strategy(seq_len, batch_size, hidden_size) == "chunked":
-            dtype = np.float64 if x_c.dtype == torch.float64 else np.float32
-            scratch = _chunk_scratch(seq_len, batch_size, hidden_size, tile, dtype)
+            scratch = _chunk_scratch(seq_len, batch_size, hidden_size, tile, x)
             with PARALLEL_LOCK:
                 _chunked_forward(*args, *scratch, out_a)
         elif _run_serially(out.numel(), batch_size, tile, hidden_size):
@@ -218,8 +218,7 @@ def backward(grad_h, f, x, h, h0, lengths, reverse):
         tile = _tile_lanes(batch_size, hidden_size)
         args = (*arrays, lens, bool(reverse), tile)
         if _strategy(seq_len, batch_size, hidden_size) == "chunked":
-            dtype = np.float64 if compute == torch.float64 else np.float32
-            scratch = _chunk_scratch(seq_len, batch_size, hidden_size, tile, dtype)
+            scratch = _chunk_scratch(seq_len, batch_size, hidden_size, tile, x)
             with PARALLEL_LOCK:
                 _chunked_backward(*args, *scratch, *outs)
         elif _run_serially(x.numel(), batch_size, tile, hidden_size):
