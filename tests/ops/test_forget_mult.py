@@ -371,7 +371,7 @@ def test_bfloat16_stores_round_like_torch():
     import numpy as np
     from numba import njit
 
-    from qrnn_lm.ops.forget_mult.cpu_sequential import load, store
+    from qrnn_lm.ops.numba_bfloat16 import load, store
 
     @njit
     def round_all(values, out):

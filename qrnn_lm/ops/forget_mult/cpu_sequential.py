@@ -12,82 +12,15 @@ the parallel launch.
 
 from __future__ import annotations
 
-import numpy as np
-
 # Chooses numba's threading layer before any kernel is compiled.
 from ..numba_setup import HAS_NUMBA
 
 if HAS_NUMBA:
-    from llvmlite import ir
-    from numba import njit, prange, types
-    from numba.extending import intrinsic, overload
+    from numba import njit, prange
 
-    # Element access for every dtype the kernels take: float32 and float64 arrays directly, and
-    # bfloat16 tensors as their raw 16-bit patterns (uint16 arrays; numba has no bfloat16),
-    # widened to float32 on load and rounded to nearest-even on store, bit for bit as PyTorch's
-    # ``.to(torch.bfloat16)`` rounds (a NaN is stored as 0x7FC0, PyTorch's scalar choice). So bf16
-    # tensors go to the kernels zero-copy, and the kernels read and write half the bytes, with
-    # float32 arithmetic. At (70, 20, 1000) forward+backward through the op took 1.36 ms instead
-    # of 4.16 with float32 copies (Zen 4).
-
-    @intrinsic
-    def _float_bits(typingctx, value):
-        """The bit pattern of a float32 as a uint32."""
-        if value != types.float32:
-            return None
-
-        def codegen(context, builder, signature, args):
-            return builder.bitcast(args[0], ir.IntType(32))
-
-        return types.uint32(types.float32), codegen
-
-    @intrinsic
-    def _bits_float(typingctx, bits):
-        """The float32 whose bit pattern is the uint32 ``bits``."""
-        if bits != types.uint32:
-            return None
-
-        def codegen(context, builder, signature, args):
-            return builder.bitcast(args[0], ir.FloatType())
-
-        return types.float32(types.uint32), codegen
-
-    def load(row, j):
-        """``row[j]`` as a float (float32 for bfloat16 bit patterns)."""
-
-    def store(row, j, value):
-        """``row[j] = value``, rounded to bfloat16 for bfloat16 bit patterns."""
-
-    def scratch(n, like):
-        """Zeros ``[n]`` in the arithmetic dtype of the array ``like`` (float32 or float64)."""
-
-    @overload(load, inline="always")
-    def _load(row, j):
-        if row.dtype == types.uint16:
-            return lambda row, j: _bits_float(np.uint32(np.uint32(row[j]) << np.uint32(16)))
-        return lambda row, j: row[j]
-
-    @overload(store, inline="always")
-    def _store(row, j, value):
-        if row.dtype == types.uint16:
-            def store_bfloat16(row, j, value):
-                bits = _float_bits(np.float32(value))
-                if bits & np.uint32(0x7FFFFFFF) > np.uint32(0x7F800000):  # NaN
-                    row[j] = np.uint16(0x7FC0)
-                else:
-                    row[j] = np.uint16((bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1)))
-                                       >> np.uint32(16))
-            return store_bfloat16
-
-        def store_float(row, j, value):
-            row[j] = value
-        return store_float
-
-    @overload(scratch, inline="always")
-    def _scratch(n, like):
-        if like.dtype == types.float64:
-            return lambda n, like: np.zeros(n, dtype=np.float64)
-        return lambda n, like: np.zeros(n, dtype=np.float32)
+    # bf16 tensors go to the kernels zero-copy, as their 16-bit patterns: at (70, 20, 1000)
+    # forward+backward through the op took 1.36 ms instead of 4.16 with float32 copies (Zen 4).
+    from ..numba_bfloat16 import load, scratch, store
 
     # Building blocks, run by one thread on one tile (batch element b, lanes lo:hi) over a range
     # of walk steps. The running state lives in a small scratch array rather than being read
