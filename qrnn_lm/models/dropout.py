@@ -4,7 +4,8 @@
 * :class:`LockedDropout` (variational dropout): one mask per sequence, shared over time;
 * :class:`WeightDrop` (DropConnect) as a ``torch.nn.utils.parametrize`` parametrization: a fresh
   mask per forward call in training, the plain weight in evaluation, and the gradient flows to the
-  raw weight. On the CPU its mask comes from :func:`drop_connect`, four elements per 64-bit draw.
+  raw weight. On the CPU it runs :func:`qrnn_lm.ops.drop_connect.drop_connect` (one numba pass
+  each way, no mask in memory), whose result under bf16 autocast is already bfloat16.
 
 Shapes: T = time steps, B = batch, H = features, V = vocabulary size, E = embedding size.
 """
@@ -15,7 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["LockedDropout", "WeightDrop", "drop_connect", "embedding_dropout"]
+from ..ops.drop_connect import drop_connect
+
+__all__ = ["LockedDropout", "WeightDrop", "embedding_dropout"]
 
 
 def embedding_dropout(embedding: nn.Embedding, tokens: torch.Tensor, p: float, training: bool) -> torch.Tensor:
@@ -81,30 +84,17 @@ class WeightDrop(nn.Module):
             return weight
         if weight.device.type != "cpu":
             return F.dropout(weight, self.p)  # CUDA's dropout draws its mask in the same kernel
-        return drop_connect(weight, self.p)
+        return drop_connect(weight, self.p, _consumer_dtype(weight))
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
 
 
-# drop_connect's resolution: each element's drop decision compares 16 random bits with a threshold.
-_DECISION_BITS = 16
-
-
-def drop_connect(weight: torch.Tensor, p: float) -> torch.Tensor:
-    """``weight`` (any shape) with each element zeroed with probability ``p`` and the others
-    scaled by ``1 / (1 - p)``: ``F.dropout(weight, p)``, with the drop probability rounded to a
-    multiple of 2^-16 (0.1 becomes 0.1000061).
-
-    Why not ``F.dropout``: on the CPU it draws one random number per element (``bernoulli_``),
-    about 20 ms for a ``[3000, 1000]`` weight on 2 cores, 13% of ``ptb-cpu-bf16``'s training step
-    for three layers. Here each 64-bit draw of the default generator (so ``torch.manual_seed`` and
-    the trainer's saved generator states govern it as before) decides four elements.
-    """
-    count = weight.numel()
-    draws = torch.empty((count + 3) // 4, dtype=torch.int64, device=weight.device)
-    draws.random_(-2**63, None)  # all 64 bits uniform (the default range leaves the top bit 0)
-    bits = draws.view(torch.int16)[:count].view(weight.shape)  # uniform over [-2^15, 2^15)
-    levels = 2 ** _DECISION_BITS
-    keep = bits >= round(p * levels) - levels // 2  # [weight.shape] bool, P(False) = round(p * 2^16) / 2^16
-    return weight * keep.to(weight.dtype).mul_(1 / (1 - p))
+def _consumer_dtype(weight: torch.Tensor) -> torch.dtype:
+    """The dtype the masked weight is used in: bfloat16 for a float32 weight under CPU bf16
+    autocast (the product would cast it; the kernel writes it so, and its gradient comes back
+    bfloat16, half the bytes), else the weight's own."""
+    if (weight.dtype == torch.float32 and torch.is_autocast_enabled("cpu")
+            and torch.get_autocast_dtype("cpu") == torch.bfloat16):
+        return torch.bfloat16
+    return weight.dtype

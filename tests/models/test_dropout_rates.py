@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from qrnn_lm.models import LockedDropout, embedding_dropout
-from qrnn_lm.models.dropout import WeightDrop, drop_connect
+from qrnn_lm.models.dropout import WeightDrop
+from qrnn_lm.ops.drop_connect import drop_connect
 
 RATES = [0.2, 0.7]
 
@@ -65,39 +66,26 @@ def test_weight_drop_rate_and_scaling(p):
     assert torch.equal(drop(weight), weight)
 
 
-@pytest.mark.parametrize("p", RATES + [0.1])
-def test_drop_connect_every_element_of_a_draw_is_its_own_decision(p):
-    """drop_connect decides four elements per 64-bit draw: each of the four positions must drop at
-    rate p on its own (a draw from the generator's default range has its top bit 0, which would
-    make one position in four never drop), and neighbours independently (P(both) = p^2)."""
-    torch.manual_seed(0)
-    weight = torch.ones(1000, 400)
-    dropped = (drop_connect(weight, p) == 0).view(-1, 4)  # rows: the four elements of one draw
-    for position in range(4):
-        assert abs(dropped[:, position].float().mean().item() - p) < 0.006, position  # 100k draws: sd 0.0015
-    both = (dropped[:, 0] & dropped[:, 1]).float().mean().item()
-    assert abs(both - p * p) < 0.006
-    assert_dropped_and_scaled(drop_connect(weight, p), p, torch.tensor(1.0))
-
-
-def test_drop_connect_follows_the_default_generator_and_passes_the_masked_gradient():
-    weight = torch.randn(37, 11, requires_grad=True)  # 407 elements: not a multiple of four
-    torch.manual_seed(5)
-    first = drop_connect(weight, 0.3)
-    torch.manual_seed(5)
-    again = drop_connect(weight, 0.3)
-    assert torch.equal(first, again)  # torch.manual_seed (and a saved generator state) decide the mask
-    assert not torch.equal(first, drop_connect(weight, 0.3))  # and each call draws a new one
-    (grad,) = torch.autograd.grad((first * 3).sum(), weight)
-    torch.testing.assert_close(grad, (first != 0).float() * 3 / 0.7)
-
-
 def test_weight_drop_on_the_cpu_draws_its_mask_with_drop_connect():
     weight = torch.randn(8, 8)
     torch.manual_seed(2)
     expected = drop_connect(weight, 0.4)
     torch.manual_seed(2)
     assert torch.equal(WeightDrop(0.4)(weight), expected)
+
+
+def test_weight_drop_under_bf16_autocast_gives_the_product_its_dtype():
+    """Under CPU bf16 autocast the masked weight comes out bfloat16 (what the product would cast it
+    to, bit for bit), and the float32 weight gets a float32 gradient."""
+    weight = torch.randn(8, 8, requires_grad=True)
+    torch.manual_seed(2)
+    plain = WeightDrop(0.4)(weight)
+    torch.manual_seed(2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        masked = WeightDrop(0.4)(weight)
+    assert masked.dtype == torch.bfloat16 and torch.equal(masked, plain.bfloat16())
+    (grad,) = torch.autograd.grad(masked.float().sum(), weight)
+    assert grad.dtype == torch.float32 and torch.equal(grad != 0, plain != 0)
 
 
 def test_embedding_dropout_equals_looking_up_in_the_masked_matrix():
