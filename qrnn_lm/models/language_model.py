@@ -188,13 +188,13 @@ class LanguageModel(nn.Module):
 
     def _blocked_loss(self, flat: torch.Tensor) -> bool:
         """Whether the softmax loss over ``flat`` ``[N, E]`` goes through :func:`blocked_cross_entropy`:
-        in training on the CPU where the logits come out in bfloat16 or float16 (autocast or such
-        parameters)."""
+        in training on the CPU where the logits come out in float32, bfloat16 or float16 (autocast
+        or such parameters); float64 keeps autograd's path."""
         weight = self.decoder.weight
         if flat.device.type != "cpu" or not torch.is_grad_enabled() or not (flat.requires_grad or weight.requires_grad):
             return False
         dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else torch.result_type(flat, weight)
-        return dtype in (torch.bfloat16, torch.float16)
+        return dtype in (torch.float32, torch.bfloat16, torch.float16)
 
     def stream(self, tokens: torch.Tensor, state: StreamState | None = None) -> tuple[torch.Tensor, StreamState]:
         """Run one chunk of a token stream with carried state, for online use (e.g. generation).

@@ -5,10 +5,10 @@ float rounding):
 
 - :func:`chunked_cross_entropy`: linear + cross-entropy over chunks of tokens, for vocabularies
   whose logits would not fit in memory.
-- :func:`blocked_cross_entropy`: for bfloat16/float16 logits that do fit, on the CPU. Autograd's
-  path widens them to float32 and allocates two more ``[N, V]`` float32 tensors (the
-  log-probabilities, the gradient); this forms ``softmax - one_hot`` block by block of rows, in
-  float32 while each block is in cache, straight into a gradient in the logits' dtype.
+- :func:`blocked_cross_entropy`: for logits that do fit, in training on the CPU. It forms
+  ``softmax - one_hot`` row by row in float32 while the row is in cache, straight into a gradient
+  in the logits' dtype (autograd's path widens bf16 logits to float32 and allocates two more
+  ``[N, V]`` float32 tensors).
 
 The chunked form: the full softmax of a decoder holds ``logits [N, V]`` (N = T * B tokens,
 V = vocabulary) and, in training, their gradient as large again: 9 GB each for WikiText-103 at
@@ -29,11 +29,14 @@ from __future__ import annotations
 
 import torch
 
+from ..ops import softmax_cross_entropy
+
 __all__ = ["chunked_cross_entropy", "blocked_cross_entropy", "chunk_rows", "logits_bytes"]
 
 DEFAULT_CHUNK_BYTES = 64 * 2**20  # logits per chunk: each chunk also rewrites the [V, E] weight gradient, so not tiny
-# float32 rows per block of blocked_cross_entropy: a block stays in the last-level cache between its
-# passes. [1400, 10000] bf16 on a Zen 4 (2 cores): 64 rows 14.3 ms, 128 rows 13.1, 256 rows 15.4.
+# float32 rows per block of blocked_cross_entropy's torch-ops form (float16 logits): a block stays in
+# the last-level cache between its passes. [1400, 10000] bf16 on a Zen 4 (2 cores): 64 rows 14.3 ms,
+# 128 rows 13.1, 256 rows 15.4.
 BLOCK_BYTES = 5 * 2**20
 
 
@@ -147,25 +150,12 @@ def chunked_cross_entropy(
 class _BlockedCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, targets, bias, block_rows):
-        # logits [N, V] (bfloat16/float16), targets [N] long, bias [V] or None (added here, in float32).
-        grad = torch.empty_like(logits)  # softmax - one_hot, in the logits' dtype
-        total = torch.zeros((), dtype=torch.float32, device=logits.device)
-        bias32 = None if bias is None else bias.float()
-        grad_bias = None if bias is None else torch.zeros_like(bias32)  # [V], the rows' sum of grad
-        for start in range(0, logits.size(0), block_rows):
-            block = logits[start:start + block_rows].float()  # [b, V]
-            if bias32 is not None:
-                block.add_(bias32)
-            target_block = targets[start:start + block_rows].unsqueeze(1)  # [b, 1]
-            block.sub_(block.amax(1, keepdim=True))
-            target_logits = block.gather(1, target_block)  # [b, 1], shifted like the block
-            norm = block.exp_().sum(1, keepdim=True)  # [b, 1]
-            total += (norm.log() - target_logits).sum()  # -log p(target) = log sum exp - target logit
-            block.mul_(norm.reciprocal_())
-            block.scatter_add_(1, target_block, torch.full_like(target_logits, -1.0))
-            if grad_bias is not None:
-                grad_bias += block.sum(0)
-            grad[start:start + block_rows] = block
+        # logits [N, V], targets [N] long, bias [V] or None (added here, in float32).
+        if softmax_cross_entropy.supports(logits):
+            total, grad, grad_bias = softmax_cross_entropy.loss_and_gradients(logits, targets, bias)
+            grad_bias = None if bias is None else grad_bias
+        else:
+            total, grad, grad_bias = _blocks_with_torch_ops(logits, targets, bias, block_rows)
         ctx.save_for_backward(grad, grad_bias)
         ctx.bias_dtype = None if bias is None else bias.dtype
         return total
@@ -183,22 +173,25 @@ class _BlockedCrossEntropy(torch.autograd.Function):
 def blocked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, bias: torch.Tensor | None = None,
                           block_rows: int | None = None) -> torch.Tensor:
     """``F.cross_entropy((logits + bias).float(), targets, reduction="sum")``, with the gradients
-    formed in the forward, block by block of rows: the logits' in their dtype, the bias's in
-    float32 (then its dtype).
+    formed in the forward: the logits' in their dtype, the bias's in float32 (then its dtype).
 
-    For bfloat16/float16 logits in training on the CPU: on a Zen 4 at ``[1400, 10000]`` bf16 the
-    forward and backward take 13.1 ms against autograd's 19.7 (which allocates three float32
-    ``[N, V]`` tensors, 56 MB each there; this keeps one 28 MB gradient). For float32 logits
-    autograd's path is faster (15.3 against 18.2 ms). The gradient is rounded to the logits' dtype
-    twice (here, then scaled by the incoming gradient) instead of once. The bias is added to each
-    block in float32 while it is in cache: a linear layer's ``addmm`` would first copy it into
-    every row of the ``[N, V]`` output, and its backward sum the whole gradient again.
+    For training on the CPU. float32 and bfloat16 logits go to one numba pass over the rows
+    (:mod:`qrnn_lm.ops.softmax_cross_entropy`), others (float16) to torch ops ``block_rows`` rows
+    at a time in float32. Autograd's path would widen bf16 logits to float32 and allocate two more
+    ``[N, V]`` float32 tensors; this keeps one gradient in the logits' dtype. Training steps on a
+    2-core Zen 4, medians of 30-40 interleaved steps against the torch blocks (bf16) or autograd
+    (float32): ``ptb-cpu`` in float32 562.7 -> 487.9 ms, ``ptb-cpu-bf16`` 309.7 -> 299.2 ms (the
+    fastest steps 275.9 -> 281.2: within the noise). The gradient is rounded to the logits'
+    dtype twice (here, then scaled by the incoming gradient) instead of once. The bias is added in
+    float32 row by row: a linear layer's ``addmm`` would first copy it into every row of the
+    ``[N, V]`` output, and its backward sum the whole gradient again.
 
     Args:
         logits: ``[N, V]``, requiring grad (without the bias when ``bias`` is given).
         targets: ``[N]`` long, in ``[0, V)``.
         bias: ``[V]`` or None.
-        block_rows: rows per block; default about :data:`BLOCK_BYTES` of float32 per block.
+        block_rows: rows per block of the torch-ops form (float16 logits); default about
+            :data:`BLOCK_BYTES` of float32 per block.
 
     Returns:
         a float32 scalar, the summed negative log-likelihood in nats. Its backward runs once.
@@ -209,3 +202,28 @@ def blocked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, bias: tor
         raise ValueError(f"bias must have shape [{logits.size(1)}], got {tuple(bias.shape)}")
     block_rows = block_rows or max(1, BLOCK_BYTES // (4 * logits.size(1)))
     return _BlockedCrossEntropy.apply(logits, targets, bias, block_rows)
+
+
+def _blocks_with_torch_ops(logits, targets, bias, block_rows):
+    """``(loss, grad, grad_bias)`` as :func:`qrnn_lm.ops.softmax_cross_entropy.loss_and_gradients`
+    gives them, ``block_rows`` rows at a time in float32 with torch ops: for the logits its kernel
+    does not take (float16)."""
+    grad = torch.empty_like(logits)  # softmax - one_hot, in the logits' dtype
+    total = torch.zeros((), dtype=torch.float32, device=logits.device)
+    bias32 = None if bias is None else bias.float()
+    grad_bias = None if bias is None else torch.zeros_like(bias32)  # [V], the rows' sum of grad
+    for start in range(0, logits.size(0), block_rows):
+        block = logits[start:start + block_rows].float()  # [b, V]
+        if bias32 is not None:
+            block.add_(bias32)
+        target_block = targets[start:start + block_rows].unsqueeze(1)  # [b, 1]
+        block.sub_(block.amax(1, keepdim=True))
+        target_logits = block.gather(1, target_block)  # [b, 1], shifted like the block
+        norm = block.exp_().sum(1, keepdim=True)  # [b, 1]
+        total += (norm.log() - target_logits).sum()  # -log p(target) = log sum exp - target logit
+        block.mul_(norm.reciprocal_())
+        block.scatter_add_(1, target_block, torch.full_like(target_logits, -1.0))
+        if grad_bias is not None:
+            grad_bias += block.sum(0)
+        grad[start:start + block_rows] = block
+    return total, grad, grad_bias

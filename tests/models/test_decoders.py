@@ -60,8 +60,9 @@ def test_chunked_never_runs_the_decoder_on_all_tokens():
     model(inputs, None, targets)[0].backward()
     assert calls == []  # no [T * B, V] logits from the nn.Linear
     model.softmax = "full"
-    model(inputs, None, targets)
-    assert calls == [1]
+    with torch.no_grad():  # (in training on the CPU the full loss multiplies by decoder.weight itself)
+        model(inputs, None, targets)
+    assert calls == [1]  # the hook does see the decoder when it runs
 
 
 def test_auto_chunks_only_above_the_memory_threshold():

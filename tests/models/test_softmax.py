@@ -80,7 +80,7 @@ def test_chunk_rows_keeps_a_chunk_near_the_budget():
     assert chunk_rows(10**9) == 1
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 @pytest.mark.parametrize("block_rows", [1, 4, 29, 100])
 @pytest.mark.parametrize("with_bias", [False, True])
 def test_blocked_equals_autograds_float32_softmax(dtype, block_rows, with_bias):
@@ -98,8 +98,8 @@ def test_blocked_equals_autograds_float32_softmax(dtype, block_rows, with_bias):
     got = torch.autograd.grad(loss * upstream, wrt)
     assert got[0].dtype == dtype
     # Rounded to the logits' dtype twice (the gradient, then its scaling) where autograd rounds once:
-    # three roundings apart, each at most 2^-8 (bf16) or 2^-11 (fp16) relative.
-    rounding = 2.0 ** (-8 if dtype == torch.bfloat16 else -11)
+    # three roundings apart, each at most 2^-8 (bf16) or 2^-11 (fp16) relative; float32 to a few ulps.
+    rounding = {torch.bfloat16: 2.0 ** -8, torch.float16: 2.0 ** -11, torch.float32: 2.0 ** -20}[dtype]
     torch.testing.assert_close(got[0].float(), expected[0].float(), rtol=3 * rounding, atol=1e-6)
     if with_bias:  # summed over the rows in float32
         assert got[1].dtype == torch.float32
@@ -119,7 +119,7 @@ def test_blocked_backward_runs_once_and_shapes_are_checked():
         blocked_cross_entropy(logits, targets, torch.zeros(8))
 
 
-def test_the_language_model_uses_it_for_bf16_training_on_the_cpu(monkeypatch):
+def test_the_language_model_uses_it_for_training_on_the_cpu(monkeypatch):
     from qrnn_lm.config import ModelConfig
     from qrnn_lm.models import LanguageModel, softmax as softmax_module
     from qrnn_lm.models import language_model as language_model_module
@@ -129,9 +129,11 @@ def test_the_language_model_uses_it_for_bf16_training_on_the_cpu(monkeypatch):
     monkeypatch.setattr(language_model_module, "blocked_cross_entropy", lambda *a: calls.append(1) or real(*a))
     tokens, targets = torch.randint(0, 50, (5, 2)), torch.randint(0, 50, (5, 2))
 
-    def loss_and_grads(autocast, grad=True):
+    def loss_and_grads(autocast, grad=True, blocked=True):
         torch.manual_seed(0)
         model = LanguageModel(50, ModelConfig(emb_size=8, hidden_size=8, num_layers=1)).eval()  # no dropout draws
+        if not blocked:
+            monkeypatch.setattr(model, "_blocked_loss", lambda flat: False)
         with torch.set_grad_enabled(grad), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             loss = model(tokens, None, targets)[0]
         if not grad:
@@ -141,8 +143,14 @@ def test_the_language_model_uses_it_for_bf16_training_on_the_cpu(monkeypatch):
     blocked, blocked_grads = loss_and_grads(autocast=True)
     assert calls == [1]
     plain, _ = loss_and_grads(autocast=True, grad=False)  # evaluation: F.cross_entropy, the bias in the linear
-    full, full_grads = loss_and_grads(autocast=False)  # float32 training: F.cross_entropy
     assert calls == [1]
+    blocked32, blocked32_grads = loss_and_grads(autocast=False)  # float32 training takes it too
+    assert calls == [1, 1]
+    full, full_grads = loss_and_grads(autocast=False, blocked=False)  # F.cross_entropy in float32
+    assert calls == [1, 1]
     torch.testing.assert_close(blocked, plain, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(blocked32, full, rtol=1e-6, atol=1e-5)
+    for got, want in zip(blocked32_grads, full_grads):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     for got, want in zip(blocked_grads, full_grads):  # the tied weight's and the decoder bias's, to bf16 rounding
         torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-3)

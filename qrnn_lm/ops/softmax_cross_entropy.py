@@ -1,0 +1,146 @@
+"""Softmax cross-entropy and its gradient on the CPU, row by row in one numba pass over the logits.
+
+For logits ``[N, V]`` (float32, or bfloat16 read as its bit patterns), targets ``[N]`` and an
+optional bias ``[V]`` added first, :func:`loss_and_gradients` returns ``sum_n -log
+softmax(logits[n] + bias)[targets[n]]`` and its gradients: ``softmax - one_hot`` ``[N, V]`` in the
+logits' dtype, and its sum over the rows ``[V]`` in float32 for the bias. Each row is read from
+memory once and its gradient written once; the row's float32 values stay in a thread's scratch
+(40 KB for V = 10k), where the max, the exponentials, the normaliser and the gradient are formed.
+The exponential is :func:`qrnn_lm.ops.numba_math.exp`, which vectorises (numba's ``math.exp``
+does not). Rows run in parallel, each thread summing its own rows' bias gradient.
+
+``[1400, 10000]`` on a 2-core Zen 4, median of 27 interleaved calls: bf16 11.3 ms, float32 13.1 ms,
+against 16.4 and 14.5 ms for the same loss and gradients formed block by block with torch ops
+(``qrnn_lm.models.softmax``'s fallback).
+
+Shapes: N = rows (tokens), V = vocabulary size.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .numba_setup import HAS_NUMBA, PARALLEL_LOCK, parallel_launch_safe
+
+__all__ = ["loss_and_gradients", "supports"]
+
+# Rows per parallel work item: enough rows that a thread's bias-gradient row [V] is reused, enough
+# items that the two threads finish together.
+ROWS_PER_ITEM = 64
+# Below this many logits the rows run in the calling thread.
+PARALLEL_MIN_ELEMENTS = 1 << 16
+
+if HAS_NUMBA:
+    from numba import njit, prange
+
+    from .numba_bfloat16 import load, store
+    from .numba_math import exp
+
+    # Reassociation lets LLVM vectorise a reduction (summing in another order than a sequential
+    # loop). Only the two reductions get it: in the row's other arithmetic it could, e.g., add the
+    # row's max back before a subtraction meant to cancel it. No "nnan": a NaN logit must give a
+    # NaN loss.
+    _REDUCTION_FASTMATH = {"reassoc", "nsz"}
+
+    @njit(cache=True, fastmath=_REDUCTION_FASTMATH)
+    def _max(values):
+        top = np.float32(-np.inf)
+        for j in range(values.shape[0]):
+            top = max(top, values[j])
+        return top
+
+    @njit(cache=True, fastmath=_REDUCTION_FASTMATH)
+    def _sum(values):
+        total = np.float32(0)
+        for j in range(values.shape[0]):
+            total += values[j]
+        return total
+
+    @njit(cache=True)
+    def _row(logits, bias, target, grad, grad_bias, scratch):
+        """One row: returns ``-log softmax(logits + bias)[target]``, writes ``softmax - one_hot``
+        to ``grad`` and adds it to ``grad_bias``. Every array is the row's own ``[V]``, starting at
+        0 (loops over an offset range inside a prange body did not vectorise)."""
+        size = logits.shape[0]
+        for j in range(size):
+            scratch[j] = load(logits, j) + bias[j]
+        top = _max(scratch)
+        for j in range(size):
+            scratch[j] = exp(scratch[j] - top)
+        total = _sum(scratch)
+        inverse = np.float32(1) / total
+        for j in range(size):
+            probability = scratch[j] * inverse
+            grad_bias[j] += probability
+            store(grad, j, probability)
+        target_grad = scratch[target] * inverse - np.float32(1)
+        store(grad, target, target_grad)
+        grad_bias[target] -= np.float32(1)
+        # log sum exp minus the target logit, both shifted by the row's max.
+        return np.float32(np.log(total)) - (load(logits, target) + bias[target] - top)
+
+    @njit(cache=True)
+    def _rows(logits, bias, targets, grad, grad_bias, losses):
+        """Rows ``0..N`` of the given arrays, in the calling thread; ``grad_bias`` is ``[V]``."""
+        scratch = np.empty(logits.shape[1], dtype=np.float32)
+        for n in range(logits.shape[0]):
+            losses[n] = _row(logits[n], bias, targets[n], grad[n], grad_bias, scratch)
+
+    @njit(cache=True, parallel=True)
+    def _rows_parallel(logits, bias, targets, grad, grad_bias, losses):
+        """All rows, ``ROWS_PER_ITEM`` per work item; ``grad_bias`` is ``[items, V]``, one row each."""
+        count = logits.shape[0]
+        for item in prange(grad_bias.shape[0]):
+            start = item * ROWS_PER_ITEM
+            stop = min(start + ROWS_PER_ITEM, count)
+            _rows(logits[start:stop], bias, targets[start:stop], grad[start:stop], grad_bias[item],
+                  losses[start:stop])
+
+
+def supports(logits: torch.Tensor) -> bool:
+    """Whether :func:`loss_and_gradients` takes ``logits``: numba present, on the CPU, float32 or
+    bfloat16."""
+    return HAS_NUMBA and logits.device.type == "cpu" and logits.dtype in (torch.float32, torch.bfloat16)
+
+
+def _kernel_array(tensor: torch.Tensor) -> np.ndarray:
+    """A contiguous tensor as the numpy array a kernel takes: bfloat16 as its uint16 bit patterns."""
+    if tensor.dtype == torch.bfloat16:
+        return tensor.view(torch.int16).numpy().view(np.uint16)
+    return tensor.numpy()
+
+
+def loss_and_gradients(logits: torch.Tensor, targets: torch.Tensor, bias: torch.Tensor | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(loss, grad, grad_bias)`` of ``F.cross_entropy((logits + bias).float(), targets,
+    reduction="sum")``, without autograd.
+
+    Args:
+        logits: ``[N, V]`` float32 or bfloat16 on the CPU (see :func:`supports`).
+        targets: ``[N]`` integers in ``[0, V)``.
+        bias: ``[V]`` (any float dtype; used in float32) or None.
+
+    Returns:
+        loss: float32 scalar, the summed negative log-likelihood in nats.
+        grad: ``[N, V]`` in the logits' dtype, ``softmax - one_hot`` (rounded once).
+        grad_bias: ``[V]`` float32, ``grad``'s float32 values summed over the rows.
+    """
+    count, size = logits.shape
+    targets = targets.detach().to(torch.int64).contiguous()
+    if count and (int(targets.min()) < 0 or int(targets.max()) >= size):
+        raise ValueError(f"targets must be in [0, {size}), got values from {int(targets.min())} to {int(targets.max())}")
+    logits = logits.detach().contiguous()
+    bias32 = torch.zeros(size) if bias is None else bias.detach().float().contiguous()
+    grad = torch.empty_like(logits)
+    losses = torch.empty(count)
+    parallel = logits.numel() >= PARALLEL_MIN_ELEMENTS and parallel_launch_safe()
+    items = -(-count // ROWS_PER_ITEM) if parallel else 1
+    grad_bias = torch.zeros(items, size)
+    arrays = (_kernel_array(logits), bias32.numpy(), targets.numpy(), _kernel_array(grad))
+    if parallel:
+        with PARALLEL_LOCK:
+            _rows_parallel(*arrays, grad_bias.numpy(), losses.numpy())
+    else:
+        _rows(*arrays, grad_bias[0].numpy(), losses.numpy())
+    return losses.sum(), grad, grad_bias.sum(0)
