@@ -8,11 +8,13 @@ Two paths with the same results (tested against each other, ``tests/nn/test_fuse
   recurrence and output gate chunk by chunk over time as one autograd node, so the gate tensors
   are touched while they are in cache (see that module).
 - unfused (everywhere else: CUDA, other dtypes, autocast): the window's linear map
-  (``window.project``), torch activations, and the ForgetMult op of the device (numba on
-  CPU, the Triton kernel on CUDA).
+  (``window.project``), then the gates and the recurrence. On the CPU in float32 or bfloat16
+  (autocast) these are one numba pass each way (``ops.gated_recurrence``); elsewhere torch
+  activations and the ForgetMult op of the device (numba on CPU, the Triton kernel on CUDA).
 
-``QRNN_LM_QRNN_GATES`` chooses: ``auto`` (default) takes the fused path wherever it can run;
-``unfused`` forces the other one (to compare them, or to rule the fused path out).
+``QRNN_LM_QRNN_GATES`` chooses: ``auto`` (default) takes the fused path and the gated-recurrence
+kernel wherever they can run; ``unfused`` forces the torch activations and ForgetMult (to compare
+them, or to rule the fused kernels out).
 """
 
 from __future__ import annotations
@@ -21,13 +23,14 @@ import os
 
 import torch
 
+from ..ops import gated_recurrence
 from ..ops.forget_mult import forget_mult
 from ..ops.forget_mult.function import resolve_backend
 from ..ops.qrnn_chunk import HAS_NUMBA
 
 __all__ = ["use_fused", "zoneout_mask", "gates_and_recurrence", "ENV_GATES"]
 
-# "auto" (default): the fused path wherever it can run; "unfused": never.
+# "auto" (default): the fused kernels wherever they can run; "unfused": never.
 ENV_GATES = "QRNN_LM_QRNN_GATES"
 
 
@@ -37,13 +40,18 @@ def use_fused(X: torch.Tensor, weight: torch.Tensor, use_cuda: bool) -> bool:
     plain torch loop), not turned off by ``QRNN_LM_QRNN_GATES=unfused``, and not being traced by
     ``torch.compile`` (which cannot trace the numba calls; the unfused path's ops are registered
     PyTorch operators it can)."""
-    choice = os.environ.get(ENV_GATES, "auto") or "auto"
-    if choice not in ("auto", "unfused"):
-        raise ValueError(f"{ENV_GATES} must be 'auto' or 'unfused', got {choice!r}")
-    return (choice != "unfused" and use_cuda and HAS_NUMBA and X.device.type == "cpu"
+    return (_gates_choice() != "unfused" and use_cuda and HAS_NUMBA and X.device.type == "cpu"
             and X.dtype == torch.float32 and weight.dtype == torch.float32 and X.numel() > 0
             and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling()
             and resolve_backend(X.device, "auto") == "numba")
+
+
+def _gates_choice() -> str:
+    """``QRNN_LM_QRNN_GATES``: "auto" (also when unset or empty) or "unfused"; ValueError otherwise."""
+    choice = os.environ.get(ENV_GATES, "auto") or "auto"
+    if choice not in ("auto", "unfused"):
+        raise ValueError(f"{ENV_GATES} must be 'auto' or 'unfused', got {choice!r}")
+    return choice
 
 
 def zoneout_mask(shape, zoneout, training, dtype, device):
@@ -67,6 +75,10 @@ def gates_and_recurrence(Y, h0, *, zoneout, training, output_gate, reverse, leng
     num_gates = 3 if output_gate else 2
     hidden_size = Y.shape[2] // num_gates
     keep, scale = zoneout_mask((Y.shape[0], Y.shape[1], hidden_size), zoneout, training, Y.dtype, Y.device)
+    if (use_cuda and _gates_choice() != "unfused" and gated_recurrence.supports(Y, lengths)
+            and resolve_backend(Y.device, "auto") == "numba"):
+        H, h_n = gated_recurrence.gated_recurrence(Y, h0, keep, scale, output_gate, reverse)
+        return H, h_n.unsqueeze(0)
     gates = Y.chunk(num_gates, dim=2)  # each [T, B, H]
     Z = torch.tanh(gates[0])
     F = torch.sigmoid(gates[1])
