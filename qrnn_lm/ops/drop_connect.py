@@ -44,7 +44,7 @@ PARALLEL_MIN_ELEMENTS = 1 << 18
 if HAS_NUMBA:
     from numba import njit, prange
 
-    from .numba_bfloat16 import load, store
+    from .numba_bfloat16 import kernel_array, load, store
 
     _GAMMA = np.uint64(0x9E3779B97F4A7C15)
     _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -91,18 +91,12 @@ def supports(weight: torch.Tensor, out_dtype: torch.dtype) -> bool:
             and out_dtype in _KERNEL_DTYPES)
 
 
-def _kernel_array(tensor: torch.Tensor) -> np.ndarray:
-    """``tensor`` (contiguous) flattened as the numpy array a kernel takes: bfloat16 as uint16 bits."""
-    if tensor.dtype == torch.bfloat16:
-        return tensor.view(torch.int16).view(-1).numpy().view(np.uint16)
-    return tensor.view(-1).numpy()
-
-
 def _apply_mask(source: torch.Tensor, out_dtype: torch.dtype, seed: int, threshold: int, scale: float) -> torch.Tensor:
     """``source`` with the mask of ``seed`` applied and the kept elements scaled, in ``out_dtype``."""
     source = source.detach().contiguous()
     out = torch.empty(source.shape, dtype=out_dtype)
-    arguments = (_kernel_array(source), _kernel_array(out), np.uint64(seed), np.uint64(threshold), np.float32(scale))
+    arguments = (kernel_array(source.view(-1)), kernel_array(out.view(-1)), np.uint64(seed), np.uint64(threshold),
+                 np.float32(scale))
     if source.numel() >= PARALLEL_MIN_ELEMENTS and parallel_launch_safe():
         with PARALLEL_LOCK:
             _masked_parallel(*arguments)

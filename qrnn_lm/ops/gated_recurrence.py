@@ -45,7 +45,7 @@ PARALLEL_MIN_ELEMENTS = 1 << 16
 if HAS_NUMBA:
     from numba import njit, prange
 
-    from .numba_bfloat16 import load, store
+    from .numba_bfloat16 import kernel_array, load, store
     from .numba_math import exp
 
     @njit(cache=True, inline="always", error_model="numpy")
@@ -195,13 +195,6 @@ def supports(Y: torch.Tensor, lengths) -> bool:
             and not torch.jit.is_tracing() and not torch.jit.is_scripting())
 
 
-def _kernel_array(tensor: torch.Tensor) -> np.ndarray:
-    """A tensor as the numpy array a kernel takes: bfloat16 as its uint16 bit patterns."""
-    if tensor.dtype == torch.bfloat16:
-        return tensor.view(torch.int16).numpy().view(np.uint16)
-    return tensor.numpy()
-
-
 def gated_recurrence(Y: torch.Tensor, h0: torch.Tensor | None, keep: torch.Tensor | None, scale: float,
                      output_gate: bool, reverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """``(H [T, B, H], h_n [B, H])`` in ``Y``'s dtype: the QRNN's output and its state after the
@@ -233,8 +226,8 @@ class _GatedRecurrence(torch.autograd.Function):
         H = torch.empty((steps, batch_size, hidden_size), dtype=Y.dtype) if output_gate else C
         acts = torch.empty_like(Y) if saving else Y  # (not written unless saving)
         with _launch(Y) as (_forward_kernel, _):
-            _forward_kernel(_kernel_array(Y), _keep_array(keep), keep is not None, np.float32(scale), h0_32.numpy(),
-                     reverse, output_gate, saving, _kernel_array(C), _kernel_array(H), _kernel_array(acts))
+            _forward_kernel(kernel_array(Y), _keep_array(keep), keep is not None, np.float32(scale), h0_32.numpy(),
+                     reverse, output_gate, saving, kernel_array(C), kernel_array(H), kernel_array(acts))
         if saving:
             ctx.save_for_backward(acts, C, h0_32, keep)
         ctx.scale, ctx.output_gate, ctx.reverse, ctx.h0_dtype = scale, output_gate, reverse, h0.dtype
@@ -250,9 +243,9 @@ class _GatedRecurrence(torch.autograd.Function):
         grad_H = torch.zeros_like(C) if grad_H is None else grad_H.to(C.dtype).contiguous()
         grad_Y = torch.empty_like(acts)
         with _launch(acts) as (_, _backward_kernel):
-            _backward_kernel(_kernel_array(acts), _kernel_array(C), h0_32.numpy(), _kernel_array(grad_H),
+            _backward_kernel(kernel_array(acts), kernel_array(C), h0_32.numpy(), kernel_array(grad_H),
                       _keep_array(keep), keep is not None, np.float32(ctx.scale), ctx.reverse, ctx.output_gate,
-                      carry.numpy(), _kernel_array(grad_Y))
+                      carry.numpy(), kernel_array(grad_Y))
         return grad_Y, carry.to(ctx.h0_dtype), None, None, None, None
 
 

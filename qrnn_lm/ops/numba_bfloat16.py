@@ -13,11 +13,20 @@ Import only where :data:`qrnn_lm.ops.numba_setup.HAS_NUMBA` is True.
 from __future__ import annotations
 
 import numpy as np
+import torch
 from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic, overload
 
-__all__ = ["load", "store", "scratch"]
+__all__ = ["kernel_array", "load", "store", "scratch"]
+
+
+def kernel_array(tensor: torch.Tensor) -> np.ndarray:
+    """A CPU tensor as the numpy array a kernel takes, zero-copy: bfloat16 as its uint16 bit
+    patterns, other dtypes as they are."""
+    if tensor.dtype == torch.bfloat16:
+        return tensor.view(torch.int16).numpy().view(np.uint16)
+    return tensor.numpy()
 
 
 @intrinsic

@@ -34,7 +34,7 @@ PARALLEL_MIN_ELEMENTS = 1 << 16
 if HAS_NUMBA:
     from numba import njit, prange
 
-    from .numba_bfloat16 import load, store
+    from .numba_bfloat16 import kernel_array, load, store
     from .numba_math import exp
 
     # Reassociation lets LLVM vectorise a reduction (summing in another order than a sequential
@@ -104,13 +104,6 @@ def supports(logits: torch.Tensor) -> bool:
     return HAS_NUMBA and logits.device.type == "cpu" and logits.dtype in (torch.float32, torch.bfloat16)
 
 
-def _kernel_array(tensor: torch.Tensor) -> np.ndarray:
-    """A contiguous tensor as the numpy array a kernel takes: bfloat16 as its uint16 bit patterns."""
-    if tensor.dtype == torch.bfloat16:
-        return tensor.view(torch.int16).numpy().view(np.uint16)
-    return tensor.numpy()
-
-
 def loss_and_gradients(logits: torch.Tensor, targets: torch.Tensor, bias: torch.Tensor | None = None
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(loss, grad, grad_bias)`` of ``F.cross_entropy((logits + bias).float(), targets,
@@ -129,7 +122,8 @@ def loss_and_gradients(logits: torch.Tensor, targets: torch.Tensor, bias: torch.
     count, size = logits.shape
     targets = targets.detach().to(torch.int64).contiguous()
     if count and (int(targets.min()) < 0 or int(targets.max()) >= size):
-        raise ValueError(f"targets must be in [0, {size}), got values from {int(targets.min())} to {int(targets.max())}")
+        raise ValueError(f"targets must be in [0, {size}), got values from {int(targets.min())} "
+                         f"to {int(targets.max())}")
     logits = logits.detach().contiguous()
     bias32 = torch.zeros(size) if bias is None else bias.detach().float().contiguous()
     grad = torch.empty_like(logits)
@@ -137,7 +131,7 @@ def loss_and_gradients(logits: torch.Tensor, targets: torch.Tensor, bias: torch.
     parallel = logits.numel() >= PARALLEL_MIN_ELEMENTS and parallel_launch_safe()
     items = -(-count // ROWS_PER_ITEM) if parallel else 1
     grad_bias = torch.zeros(items, size)
-    arrays = (_kernel_array(logits), bias32.numpy(), targets.numpy(), _kernel_array(grad))
+    arrays = (kernel_array(logits), bias32.numpy(), targets.numpy(), kernel_array(grad))
     if parallel:
         with PARALLEL_LOCK:
             _rows_parallel(*arrays, grad_bias.numpy(), losses.numpy())

@@ -39,6 +39,7 @@ from ..numba_setup import HAS_NUMBA, IMPORT_ERROR, PARALLEL_LOCK, parallel_launc
 if HAS_NUMBA:
     import numba
 
+    from ..numba_bfloat16 import kernel_array
     from .cpu_chunked import _chunked_backward, _chunked_forward
     from .cpu_sequential import _seq_backward, _seq_backward_serial, _seq_forward, _seq_forward_serial
 
@@ -84,13 +85,6 @@ def _as_compute(tensor: torch.Tensor) -> torch.Tensor:
     if tensor.dtype in (torch.float32, torch.float64, torch.bfloat16):
         return tensor.detach()
     return tensor.detach().to(torch.float32)
-
-
-def _kernel_array(tensor: torch.Tensor) -> np.ndarray:
-    """The numpy array a kernel takes: a bfloat16 tensor's bit patterns as uint16."""
-    if tensor.dtype == torch.bfloat16:
-        return tensor.view(torch.int16).numpy().view(np.uint16)
-    return tensor.numpy()
 
 
 def _arithmetic_dtype(tensor: torch.Tensor) -> torch.dtype:
@@ -181,7 +175,7 @@ def forward(f, x, h0, lengths, reverse):
     out = torch.empty(x.shape, dtype=x_c.dtype)
     if out.numel() > 0:
         lens = _lengths_array(lengths, seq_len, batch_size)
-        arrays = [_kernel_array(t) for t in (f_c, x_c, h0_c, out)]
+        arrays = [kernel_array(t) for t in (f_c, x_c, h0_c, out)]
         (f_a, x_a, h0_a, out_a), lens = _fold_batch(arrays, lens)
         _, batch_size, hidden_size = x_a.shape
         tile = _tile_lanes(batch_size, hidden_size)
@@ -210,8 +204,8 @@ def backward(grad_h, f, x, h, h0, lengths, reverse):
     grad_h0 = torch.empty(h0.shape, dtype=compute)
     if grad_h0.numel() > 0:
         lens = _lengths_array(lengths, seq_len, batch_size)
-        arrays = [_kernel_array(_as_compute(t)) for t in (grad_h, f, x, h, h0)]
-        outs = [_kernel_array(t) for t in (grad_f, grad_x, grad_h0)]
+        arrays = [kernel_array(_as_compute(t)) for t in (grad_h, f, x, h, h0)]
+        outs = [kernel_array(t) for t in (grad_f, grad_x, grad_h0)]
         folded, lens = _fold_batch(arrays + outs, lens)
         arrays, outs = folded[:5], folded[5:]
         _, batch_size, hidden_size = arrays[2].shape
