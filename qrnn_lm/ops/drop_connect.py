@@ -92,11 +92,12 @@ def supports(weight: torch.Tensor, out_dtype: torch.dtype) -> bool:
 
 
 def _apply_mask(source: torch.Tensor, out_dtype: torch.dtype, seed: int, threshold: int, scale: float) -> torch.Tensor:
-    """``source`` with the mask of ``seed`` applied and the kept elements scaled, in ``out_dtype``."""
+    """``source`` with the mask of ``seed`` (its 64 bits, signed or not) applied and the kept elements
+    scaled, in ``out_dtype``."""
     source = source.detach().contiguous()
     out = torch.empty(source.shape, dtype=out_dtype)
-    arguments = (kernel_array(source.view(-1)), kernel_array(out.view(-1)), np.uint64(seed), np.uint64(threshold),
-                 np.float32(scale))
+    arguments = (kernel_array(source.view(-1)), kernel_array(out.view(-1)), np.uint64(seed & (2**64 - 1)),
+                 np.uint64(threshold), np.float32(scale))
     if source.numel() >= PARALLEL_MIN_ELEMENTS and parallel_launch_safe():
         with PARALLEL_LOCK:
             _masked_parallel(*arguments)
@@ -140,6 +141,8 @@ def drop_connect(weight: torch.Tensor, p: float, out_dtype: torch.dtype | None =
     out_dtype = out_dtype or weight.dtype
     if not supports(weight, out_dtype):
         return torch.nn.functional.dropout(weight, p).to(out_dtype)
-    seed = int(torch.empty((), dtype=torch.int64).random_(-2**63, None)) & (2**64 - 1)  # all 64 bits
+    # All 64 bits, kept as a signed int64 until the kernel call: the profiler (record_shapes=True)
+    # converts an autograd Function's int arguments to C++ int64 and fails on larger ones.
+    seed = int(torch.empty((), dtype=torch.int64).random_(-2**63, None))
     threshold = round(p * 2**32)
     return _DropConnect.apply(weight, out_dtype, seed, threshold, 1.0 / (1.0 - p))

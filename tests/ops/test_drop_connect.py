@@ -120,3 +120,13 @@ def test_other_dtypes_take_torch_dropout():
 def test_rejects_a_probability_outside_zero_to_one(p):
     with pytest.raises(ValueError, match=r"p must be in \[0, 1\)"):
         drop_connect(torch.ones(3), p)
+
+
+def test_runs_under_the_profiler_recording_shapes():
+    # The profiler records an autograd Function's Python arguments as C++ int64: a seed drawn as an
+    # unsigned 64-bit integer (half the draws above 2^63 - 1) made `record_shapes=True` fail.
+    torch.manual_seed(0)
+    weight = torch.randn(64, 32, requires_grad=True)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True):
+        for _ in range(16):  # each draw above 2^63 with probability 1/2
+            drop_connect(weight, 0.3).sum().backward()
