@@ -53,11 +53,9 @@ if HAS_NUMBA:
         return np.float32(1) / (np.float32(1) + exp(-x))
 
     # error_model="numpy": a division by zero gives inf instead of raising; with numba's default
-    # the check keeps the sigmoid's loops scalar. The rows are taken as ``array[t, b]`` and split
-    # into the gates' own rows by slicing: a column slice ``array[:, b]`` is a non-contiguous
-    # array, and an index ``row[hidden + j]`` gets a negative-index check; both keep a loop scalar.
-    # Each lane loop stores into one array: numba does not tell LLVM that arrays do not alias, and
-    # a loop storing into two stays scalar.
+    # error model the zero-division check on the sigmoid's division keeps the loops scalar. Each
+    # lane loop stores into one array: numba does not tell LLVM that arrays do not alias, and a
+    # loop storing into two stays scalar.
     @njit(cache=True, error_model="numpy")
     def _forward_sequence(b, y, keep, has_keep, scale, h0, reverse, output_gate, saving, c, h, acts, scratch):
         """Sequence ``b`` of the arrays of :func:`_forward`; ``scratch``: float32 ``[4, H]``."""
