@@ -233,9 +233,11 @@ class Trainer:
         state, config = self.state, self.config
         if status in ("max_steps", "max_minutes"):
             val_loss = None
-            if state.position > 0 or not self.checkpointer.has_best():
-                val_loss = self._validate_at_stop(status)
-            self.checkpointer.save("last")  # after the validation: with the best_val_loss a resumed run compares with
+            with sigint_deferred():  # a stop signal waits for the validation and last.pt both
+                if state.position > 0 or not self.checkpointer.has_best():
+                    val_loss = self._validate_at_stop(status)
+                # After the validation: with the best_val_loss a resumed run compares with.
+                self.checkpointer.save("last")
             if val_loss is not None:
                 self._validated(val_loss)
         model, best_val = self.checkpointer.load_best(self.device)
@@ -262,7 +264,7 @@ class Trainer:
         lowest-rate steps are usually its best) and keep them as best.pt when they are better, or
         when no epoch finished and there is no best.pt yet to test, eval and sample."""
         state = self.state
-        with sigint_deferred():  # a few seconds; last.pt is written right after
+        with sigint_deferred():  # a few seconds
             carried = self.stream.state_dict()
             val_loss = self.validate()
             restore_stream(self.model, carried, self.device)  # evaluation reset the layers' saved inputs

@@ -202,6 +202,26 @@ def test_sigterm_saves_the_exact_position(corpus, tmp_path, monkeypatch):
     assert load_checkpoint(out / "last.pt")["counters"]["step"] == 3  # the start of the interrupted step
 
 
+def test_sigterm_while_the_stop_writes_last_pt_waits_for_the_write(corpus, tmp_path, monkeypatch):
+    # A budget's stop validates, then writes last.pt; a signal then must neither cut the write
+    # (torch.save turned the Interrupted into a RuntimeError and a traceback) nor lose the state.
+    import qrnn_lm.training.checkpointer as checkpointer_module
+
+    real_save = checkpointer_module.save_checkpoint
+
+    def save(path, payload, **kwargs):
+        if Path(path).name == "last.pt" and payload["counters"]["step"] == 8:
+            os.kill(os.getpid(), signal.SIGTERM)  # the stop's write of last.pt
+        return real_save(path, payload, **kwargs)
+
+    monkeypatch.setattr(checkpointer_module, "save_checkpoint", save)
+    out = tmp_path / "run"
+    with pytest.raises(Interrupted) as error:
+        run(tiny(corpus, "train.max_steps=8"), out)
+    assert error.value.signum == signal.SIGTERM
+    assert load_checkpoint(out / "last.pt")["counters"]["step"] == 8
+
+
 def test_a_resume_through_the_command_line_reads_last_pt_once(corpus, tmp_path, monkeypatch):
     out = tmp_path / "run"
     run(tiny(corpus, "train.max_steps=3"), out)
