@@ -225,7 +225,7 @@ class _GatedRecurrence(torch.autograd.Function):
         acts = torch.empty_like(Y) if saving else Y  # (not written unless saving)
         with _launch(Y) as (_forward_kernel, _):
             _forward_kernel(kernel_array(Y), _keep_array(keep), keep is not None, np.float32(scale), h0_32.numpy(),
-                     reverse, output_gate, saving, kernel_array(C), kernel_array(H), kernel_array(acts))
+                            reverse, output_gate, saving, kernel_array(C), kernel_array(H), kernel_array(acts))
         if saving:
             ctx.save_for_backward(acts, C, h0_32, keep)
         ctx.scale, ctx.output_gate, ctx.reverse, ctx.h0_dtype = scale, output_gate, reverse, h0.dtype
@@ -242,8 +242,8 @@ class _GatedRecurrence(torch.autograd.Function):
         grad_Y = torch.empty_like(acts)
         with _launch(acts) as (_, _backward_kernel):
             _backward_kernel(kernel_array(acts), kernel_array(C), h0_32.numpy(), kernel_array(grad_H),
-                      _keep_array(keep), keep is not None, np.float32(ctx.scale), ctx.reverse, ctx.output_gate,
-                      carry.numpy(), kernel_array(grad_Y))
+                             _keep_array(keep), keep is not None, np.float32(ctx.scale), ctx.reverse, ctx.output_gate,
+                             carry.numpy(), kernel_array(grad_Y))
         return grad_Y, carry.to(ctx.h0_dtype), None, None, None, None
 
 
