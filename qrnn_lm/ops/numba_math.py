@@ -6,6 +6,12 @@ float32 on one Zen 4 core, against 0.85 for ``torch.exp``. :func:`exp` is writte
 arithmetic, which LLVM vectorises: 0.47 ms per million, within 2e-7 relative of the exact value
 (``torch.exp``'s float32: 6e-8).
 
+A float32 max loop does not vectorise either: numba's ``max`` (a compare and a select) carries no
+fast-math flag that would let LLVM reorder the reduction. An integer max does: :func:`order_key`
+maps a float32 to an int32 of the same order, so the largest of a row is
+``from_order_key(max of order_key(x))``: 1.2 ms for [1400, 10000] on two Zen 4 cores, against 4 ms
+for the float loop.
+
 Import only where :data:`qrnn_lm.ops.numba_setup.HAS_NUMBA` is True.
 """
 
@@ -14,9 +20,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .numba_bfloat16 import _bits_float
+from .numba_bfloat16 import _bits_float, _float_bits
 
-__all__ = ["exp"]
+__all__ = ["exp", "order_key", "from_order_key"]
 
 _LOG2E = np.float32(1.4426950408889634)
 # ln 2 in two parts (Cody and Waite): n * _LN2_HIGH is exact for |n| < 2^9, so x - n ln 2 keeps
@@ -59,3 +65,27 @@ def exp(x):
     if x > _EXP_MAX:
         result = np.float32(np.inf)
     return result
+
+
+_SIGN_CLEAR = np.int32(0x7FFFFFFF)
+_INF_BITS = np.int32(0x7F800000)
+
+
+@njit(cache=True, inline="always")
+def order_key(x):
+    """An int32 whose order is the order of the float32 ``x``: ``-0.0`` just below ``0.0``, ``-inf``
+    and ``inf`` at the ends, and every NaN (either sign) above ``inf``, as a NaN-propagating max
+    needs. Positive floats order as their bit patterns; a negative one's magnitude bits are flipped
+    so that larger magnitudes come lower."""
+    bits = np.int32(_float_bits(np.float32(x)))
+    key = bits ^ ((bits >> np.int32(31)) & _SIGN_CLEAR)
+    if bits & _SIGN_CLEAR > _INF_BITS:  # NaN
+        key = _SIGN_CLEAR
+    return key
+
+
+@njit(cache=True, inline="always")
+def from_order_key(key):
+    """The float32 of an :func:`order_key` (a NaN's key gives a NaN)."""
+    key = np.int32(key)
+    return _bits_float(np.uint32(key ^ ((key >> np.int32(31)) & _SIGN_CLEAR)))

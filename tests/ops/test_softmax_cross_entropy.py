@@ -62,6 +62,27 @@ def test_huge_logits_do_not_overflow_and_minus_infinity_is_probability_zero():
     assert grad[0, 2] == 0
 
 
+@pytest.mark.parametrize("offset", [-1e4, 1e4])
+def test_rows_far_from_zero_are_shifted_by_their_own_max(offset):
+    """exp(logit - max) neither underflows to a zero normaliser (all logits far below 0, where
+    a max taken as 0 or from the wrong sign would give an infinite loss) nor overflows."""
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(150, 997, generator=g) * 30 + offset  # a spread past exp's range (88)
+    targets = torch.randint(0, 997, (150,), generator=g)
+    loss, grad, _ = loss_and_gradients(logits, targets)
+    want_loss, want_grad, _ = reference(logits, targets, None)
+    torch.testing.assert_close(loss.double(), want_loss, rtol=1e-4, atol=0)  # float32 logits near 1e4
+    torch.testing.assert_close(grad.double(), want_grad, rtol=1e-2, atol=1e-4)
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_a_nan_logit_gives_a_nan_loss_whatever_its_sign_bit(sign):
+    logits = torch.randn(4, 40)
+    logits[2, 7] = torch.copysign(torch.tensor(float("nan")), torch.tensor(sign))
+    loss, _, _ = loss_and_gradients(logits, torch.zeros(4, dtype=torch.long))
+    assert loss.isnan()
+
+
 def test_a_nan_logit_gives_a_nan_loss():
     logits = torch.randn(4, 40)
     logits[2, 7] = float("nan")
