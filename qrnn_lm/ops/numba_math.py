@@ -20,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from . import numba_setup  # noqa: F401 (the cache stamp, before the first @njit(cache=True))
 from .numba_bfloat16 import _bits_float, _float_bits
 
 __all__ = ["exp", "order_key", "from_order_key"]

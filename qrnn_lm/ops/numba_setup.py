@@ -1,5 +1,5 @@
 """numba set-up shared by every CPU kernel of qrnn_lm.ops: whether numba imports (``HAS_NUMBA``,
-``IMPORT_ERROR``), the threading layer, the launch lock and the fork guard.
+``IMPORT_ERROR``), the threading layer, the launch lock, the fork guard and the cache stamp.
 
 Threading layer. On Linux numba is asked to prefer its "omp" layer (GNU OpenMP), then
 "workqueue" (tbb last). The omp layer starts its own libgomp pool beside PyTorch's, and a parallel
@@ -23,11 +23,23 @@ Fork. GNU OpenMP does not survive ``fork()``: numba terminates a forked child at
 parallel launch when the parent had launched before (a DataLoader worker, say).
 :func:`parallel_launch_safe` is False in any forked child, and the kernels then run in the
 calling thread, whichever layer was picked.
+
+Cache stamp. The kernels are compiled with ``cache=True``, and numba keys a function's cache on
+its own source file only: a kernel that inlines ``numba_math.exp`` or ``numba_bfloat16.load`` kept
+running the old code after those files changed (seen: an edit of ``numba_math`` that the loss
+kernel did not pick up until ``__pycache__/*.nbi`` was deleted). For functions defined under
+``qrnn_lm/ops`` the stamp is every ``.py`` file of the package (path, mtime, size), so a change to
+any of them recompiles them all on next use. Installed on numba's file-backed cache locators
+(:func:`_stamp_caches_by_package`, through numba's internal ``CacheImpl._locator_classes``); where a
+numba version lacks them, per-file stamps remain.
 """
 
+import functools
 import os
 import sys
 import threading
+
+OPS_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
 def _choose_threading_layer() -> None:
@@ -46,12 +58,56 @@ def _choose_threading_layer() -> None:
         os.environ["NUMBA_THREADING_LAYER"] = "workqueue"
 
 
+@functools.lru_cache(maxsize=1)
+def kernel_sources_stamp() -> tuple:
+    """``(relative path, mtime, size)`` of every ``.py`` file under ``qrnn_lm/ops``, sorted: the
+    cache stamp of every cached kernel there. Read once per process."""
+    stamp = []
+    for root, dirs, files in os.walk(OPS_DIR):
+        dirs[:] = [name for name in dirs if name != "__pycache__"]
+        for name in files:
+            if name.endswith(".py"):
+                path = os.path.join(root, name)
+                status = os.stat(path)
+                stamp.append((os.path.relpath(path, OPS_DIR), status.st_mtime, status.st_size))
+    return tuple(sorted(stamp))
+
+
+def _stamp_caches_by_package() -> None:
+    """Put package-stamped versions of numba's file-backed cache locators first in its list, in
+    their order (a user's ``NUMBA_CACHE_DIR`` still comes first); they only take functions
+    defined under :data:`OPS_DIR`."""
+    try:
+        from numba.core import caching
+        locators = caching.CacheImpl._locator_classes
+        file_backed = [cls for cls in locators if issubclass(cls, caching._SourceFileBackedLocatorMixin)]
+    except (ImportError, AttributeError):  # another numba's internals: per-file stamps remain
+        return
+    if any(getattr(cls, "_qrnn_lm_package_stamp", False) for cls in locators):
+        return
+
+    class PackageStamped:
+        _qrnn_lm_package_stamp = True
+
+        @classmethod
+        def from_function(cls, py_func, py_file):
+            if not os.path.abspath(py_file).startswith(OPS_DIR + os.sep):
+                return None
+            return super().from_function(py_func, py_file)
+
+        def get_source_stamp(self):
+            return kernel_sources_stamp()
+
+    locators[:0] = [type(f"PackageStamped{cls.__name__}", (PackageStamped, cls), {}) for cls in file_backed]
+
+
 try:
     import numba
 
     if numba.config.THREADING_LAYER == "default":  # not set in code by the user either
         _choose_threading_layer()
         numba.config.reload_config()
+    _stamp_caches_by_package()
     HAS_NUMBA = True
     IMPORT_ERROR = ""
 except ImportError as error:  # numba is a hard dependency; this guard only makes the failure explicit
