@@ -30,9 +30,9 @@ between them), softmax (output dropout, decoder, loss with AR/TAR, and their bac
 
 FLOPs per part are counted analytically (``flops.py``, ``model_flops.py``); achieved GFLOP/s =
 FLOPs / median time (the whole step: over the round-robin median; a part: over its instrumented
-median), and the fraction of the matmul peak measured right before the models, on the same device,
-in the step's dtype (``peak.py``: the best of at least 10 calls after 3 warm-ups, checked against
-the step's own product shapes).
+median), and the fraction of the matmul peak measured before and after the models' round robin, on
+the same device, in the step's dtype (``peak.py``: the best of at least 2 x 10 calls after 3
+warm-ups each, checked against the step's own product shapes and against the step's achieved rate).
 """
 
 from __future__ import annotations
@@ -54,7 +54,8 @@ from ..training.schedule import Schedule
 from ..training.state import History
 from .lm_config import check_bench_precision
 from .model_flops import find_lstm, step_flops
-from .peak import PEAK_REPEATS, PEAK_WARMUP, default_peak_size, matmul_gflops, matmul_spread, settle_peak
+from .peak import (PEAK_REPEATS, PEAK_WARMUP, check_achieved, default_peak_size, matmul_gflops, matmul_spread,
+                   merge_spreads, settle_peak)
 from .timing import synchronize, time_round_robin
 
 __all__ = ["build_models", "run", "SECTIONS", "DTYPES"]
@@ -159,7 +160,7 @@ def _part_seconds(marks: list[tuple[str, float]]) -> dict[str, float]:
 
 def run(config: Config | None = None, vocab_size: int = 10000, repeats: int = 5, warmup: int = 2,
         device: str = "cpu", seed: int = 0, peak_size: int | None = None, weight_drop: bool = False) -> dict:
-    """Measure the matmul peak, then time both models (``config``: default the defaults; the
+    """Measure the matmul peak, time both models, measure the peak again (``config``: default the defaults; the
     recipe's ``model.weight_drop`` on both models with ``weight_drop``, else none).
 
     Returns a report: ``shape`` (what was timed), ``dtype``, ``peak`` (``peak.settle_peak``: the
@@ -181,23 +182,35 @@ def run(config: Config | None = None, vocab_size: int = 10000, repeats: int = 5,
     model_config = config.model if weight_drop else dataclasses.replace(config.model, weight_drop=0.0)
     bptt, batch_size, train = config.data.bptt, config.data.batch_size, config.train
     peak_size = peak_size or default_peak_size(device)
-    # First the yardstick, on the idle device, then the models.
-    spread = matmul_spread(peak_size, peak_size, peak_size, device, dtype,
-                           max(repeats, PEAK_REPEATS), max(warmup, PEAK_WARMUP))
     torch.manual_seed(seed)
     tokens = torch.randint(vocab_size, (bptt + 1, batch_size), device=device)
     inputs, targets = tokens[:-1], tokens[1:]  # [T, B] each
     models = build_models(vocab_size, model_config, device, train)
-    products = []
-    for name, m, k, n in _step_products(models, bptt, batch_size, vocab_size):
-        products.append(dict(name=name, m=m, k=k, n=n, gflops=matmul_gflops(m, k, n, device, dtype, repeats, warmup)))
-    peak_report = settle_peak(peak_size, spread, products)
+    shapes = _step_products(models, bptt, batch_size, vocab_size)
+
+    def yardstick():
+        """The square product's spread and the step's product shapes' best rates."""
+        spread = matmul_spread(peak_size, peak_size, peak_size, device, dtype,
+                               max(repeats, PEAK_REPEATS), max(warmup, PEAK_WARMUP))
+        return spread, [matmul_gflops(m, k, n, device, dtype, repeats, warmup) for _, m, k, n in shapes]
+
+    # The yardstick before and after the models' round robin, pooled: a machine that slows down
+    # for a while (another tenant of a VM's host) cannot lower the peak of both.
+    spread_before, rates_before = yardstick()
+    trainers = {name: _Trainer(model, train, inputs, targets) for name, model in models.items()}
+    medians = time_round_robin({name: t.step for name, t in trainers.items()}, repeats, warmup, device)
+    spread_after, rates_after = yardstick()
+    products = [dict(name=name, m=m, k=k, n=n, gflops=max(before, after))
+                for (name, m, k, n), before, after in zip(shapes, rates_before, rates_after)]
+    peak_report = settle_peak(peak_size, merge_spreads(spread_before, spread_after), products)
     peak = peak_report["gflops"]
     for item in products:
         item["peak_fraction"] = item["gflops"] / peak
-    trainers = {name: _Trainer(model, train, inputs, targets) for name, model in models.items()}
-    medians = time_round_robin({name: t.step for name, t in trainers.items()}, repeats, warmup, device)
     rows = [_row(name, trainer, medians, peak, repeats, warmup, device) for name, trainer in trainers.items()]
+    achieved = {f"{row['model']} step": row["gflops"] for row in rows}
+    achieved.update({f"{row['model']} step's {part} part": values["gflops"]
+                     for row in rows for part, values in row["parts"].items()})
+    peak_report = check_achieved(peak_report, achieved)
     shape = dict(vocab_size=vocab_size, **dataclasses.asdict(model_config), bptt=bptt, batch_size=batch_size,
                  optimizer=train.optimizer, softmax=train.softmax, precision=train.precision)
     return dict(shape=shape, device=str(device), dtype=str(dtype).removeprefix("torch."),

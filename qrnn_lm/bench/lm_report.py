@@ -51,7 +51,8 @@ def format_peak(report: dict) -> str:
     peak, dtype = report["peak"], report["dtype"]
     size = peak["size"]
     lines = [f"matmul peak ({size} x {size} x {size}, {dtype}): {_number(peak['best'])} GFLOP/s best of "
-             f"{peak['repeats']} (min {_number(peak['min'])}, median {_number(peak['median'])})"]
+             f"{peak['repeats']} calls before and after the models (min {_number(peak['min'])}, "
+             f"median {_number(peak['median'])})"]
     if peak["bad"]:
         lines.append(peak["bad"])
     for item in report["products"]:

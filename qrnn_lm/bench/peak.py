@@ -3,6 +3,7 @@
 ``matmul_spread(m, k, n)`` times ``torch.mm`` of ``[m, k] x [k, n]`` into a preallocated output,
 one call per repeat after a warm-up, and returns the rates' spread in GFLOP/s (``2*m*k*n`` FLOPs
 per product): ``min``, ``median`` and ``best``. ``matmul_gflops`` is the best of them.
+``merge_spreads`` pools two measurements (``bench lm`` takes one before the models and one after).
 
 Why the best and not the median: a rate can only be lowered by what else runs (another process,
 a core still clocking up, the kernel's first-call set-up), never raised, so the fastest call is
@@ -13,7 +14,10 @@ product read 2,121, 701, 2,373 and 2,454 GFLOP/s.
 the FLOP/s a training step achieves) and the step's own product shapes' rates into the peak the
 report divides by: if a step shape ran faster than the square product, the square's measurement
 was bad (nothing in the step can beat the machine's best product), so it says so and uses the
-higher rate.
+higher rate. ``check_achieved`` is the same test against the training step itself: a step or
+part that ran faster than the peak means the machine was slower while the peak was measured (a
+2-core VM once gave half its rate to the square product, 206-211 GFLOP/s, and its full rate to the
+step that followed, 297), and the report says so.
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ import torch
 
 from .timing import synchronize
 
-__all__ = ["matmul_gflops", "matmul_spread", "settle_peak", "default_peak_size", "PEAK_WARMUP", "PEAK_REPEATS"]
+__all__ = ["matmul_gflops", "matmul_spread", "merge_spreads", "settle_peak", "check_achieved", "default_peak_size",
+           "PEAK_WARMUP", "PEAK_REPEATS"]
 
 # The square product's floor of warm-up calls and timed calls, whatever the bench's --repeats:
 # the first calls pay for oneDNN's kernel set-up and the cores' clocks (AMX units power up lazily).
@@ -43,9 +48,9 @@ def default_peak_size(device: torch.device | str) -> int:
 
 def matmul_spread(m: int, k: int, n: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
                   repeats: int = 5, warmup: int = 2, seed: int = 0) -> dict:
-    """``{min, median, best, repeats}``: GFLOP/s of each of ``repeats`` timed calls of
-    ``torch.mm([m, k], [k, n])`` in ``dtype`` on ``device``; at least one warm-up call always
-    runs (the first call pays for the kernel's set-up)."""
+    """``{min, median, best, repeats, rates}``: GFLOP/s of each of ``repeats`` timed calls of
+    ``torch.mm([m, k], [k, n])`` in ``dtype`` on ``device`` (``rates``, in call order) and their
+    spread; at least one warm-up call always runs (the first call pays for the kernel's set-up)."""
     if min(m, k, n) < 1:
         raise ValueError(f"matrix sizes must be >= 1, got {(m, k, n)}")
     if repeats < 1:
@@ -63,7 +68,16 @@ def matmul_spread(m: int, k: int, n: int, device: torch.device | str = "cpu", dt
         torch.mm(a, b, out=out)
         synchronize(device)
         rates.append(2 * m * k * n / max(_clock() - start, 1e-12) / 1e9)
-    return dict(min=min(rates), median=statistics.median(rates), best=max(rates), repeats=repeats)
+    return _spread(rates)
+
+
+def _spread(rates: list[float]) -> dict:
+    return dict(min=min(rates), median=statistics.median(rates), best=max(rates), repeats=len(rates), rates=rates)
+
+
+def merge_spreads(*spreads: dict) -> dict:
+    """One :func:`matmul_spread` result from the calls of several (of the same product)."""
+    return _spread([rate for spread in spreads for rate in spread["rates"]])
 
 
 def matmul_gflops(m: int, k: int, n: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
@@ -85,4 +99,17 @@ def settle_peak(size: int, spread: dict, products: list[dict]) -> dict:
         peak["bad"] = (f"bad measurement: the {size}^3 product's best ({spread['best']:.1f} GFLOP/s) is below "
                        f"the step's {fastest['name']} shape ({fastest['gflops']:.1f} GFLOP/s); "
                        "using the higher as the peak")
+    return peak
+
+
+def check_achieved(peak: dict, achieved: dict[str, float]) -> dict:
+    """``peak`` (a :func:`settle_peak` result) with ``bad`` set, if it was not, when a measured
+    step or part ran faster than the peak: ``achieved`` maps what ran (e.g. "qrnn step",
+    "qrnn recurrent") to its GFLOP/s. Nothing in the step beats the machine's best product, so the
+    peak was measured while the machine was slower, and the % of peak figures mean nothing."""
+    name, fastest = max(achieved.items(), key=lambda item: item[1], default=(None, 0.0))
+    if peak["bad"] is None and fastest > peak["gflops"]:
+        peak = dict(peak, bad=(f"bad measurement: the {name} ran at {fastest:.1f} GFLOP/s, above the peak "
+                               f"({peak['gflops']:.1f} GFLOP/s): the machine was slower while the peak was "
+                               "measured, so the % of peak figures are not meaningful; run again on an idle machine"))
     return peak

@@ -155,7 +155,19 @@ def test_bf16_measures_the_peak_in_bf16(monkeypatch):
         monkeypatch.setattr(lm_bench, name, lambda *args, real=real: dtypes.append(args[4]) or real(*args))
     config = bench_config(None, ["train.precision=bf16"], **TINY)
     lm_bench.run(config, **FAST)
-    assert len(dtypes) == 1 + 3 and set(dtypes) == {torch.bfloat16}  # the peak and the step's 3 product shapes
+    # The peak and the step's 3 product shapes, before and after the models.
+    assert len(dtypes) == 2 * (1 + 3) and set(dtypes) == {torch.bfloat16}
+
+
+def test_a_peak_measured_while_the_machine_was_slow_is_reported_bad(monkeypatch):
+    """Both yardsticks (before and after the models) far below the step's achieved rate."""
+    calls = []
+    monkeypatch.setattr(lm_bench, "matmul_spread", lambda *args: calls.append("spread") or dict(rates=[1e-9]))
+    monkeypatch.setattr(lm_bench, "matmul_gflops", lambda *args: calls.append("product") or 1e-9)
+    report = lm_bench.run(bench_config(None, [], **TINY), **FAST)
+    assert calls == ["spread"] + ["product"] * 3 + ["spread"] + ["product"] * 3
+    assert report["peak"]["repeats"] == 2 and report["peak"]["bad"].startswith("bad measurement: the ")
+    assert "above the peak" in report["peak"]["bad"] and report["peak"]["bad"] in lm_report.format_report(report)
 
 
 SETTINGS = {
