@@ -160,12 +160,13 @@ def _part_seconds(marks: list[tuple[str, float]]) -> dict[str, float]:
 
 def run(config: Config | None = None, vocab_size: int = 10000, repeats: int = 5, warmup: int = 2,
         device: str = "cpu", seed: int = 0, peak_size: int | None = None, weight_drop: bool = False) -> dict:
-    """Measure the matmul peak, time both models, measure the peak again (``config``: default the defaults; the
-    recipe's ``model.weight_drop`` on both models with ``weight_drop``, else none).
+    """Measure the matmul peak, time both models, measure the peak again (``config``: default the
+    defaults; the recipe's ``model.weight_drop`` on both models with ``weight_drop``, else none).
 
     Returns a report: ``shape`` (what was timed), ``dtype``, ``peak`` (``peak.settle_peak``: the
-    square product's ``min``/``median``/``best`` GFLOP/s, ``gflops`` the rate divided by, ``bad``
-    None or the line saying the square's best fell below a step shape's), ``products`` (the step's
+    square product's ``min``/``median``/``best`` GFLOP/s and ``rates`` over both measurements,
+    ``gflops`` the rate divided by, ``bad`` None or the line saying the square's best fell below a
+    step shape's or the step's own rate, ``peak.check_achieved``), ``products`` (the step's
     own product shapes timed alone, best of the repeats: ``name``, ``m``, ``k``, ``n``, ``gflops``,
     ``peak_fraction``), ``speedup`` (QRNN tokens/s over LSTM
     tokens/s) and ``models``: one row per model with ``model``, ``step_ms``, ``tokens_per_s``,
