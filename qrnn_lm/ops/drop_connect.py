@@ -27,7 +27,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .numba_setup import HAS_NUMBA, PARALLEL_LOCK, parallel_launch_safe
+from .numba_setup import HAS_NUMBA, parallel_launch
 
 __all__ = ["drop_connect", "supports"]
 
@@ -98,11 +98,8 @@ def _apply_mask(source: torch.Tensor, out_dtype: torch.dtype, seed: int, thresho
     out = torch.empty(source.shape, dtype=out_dtype)
     arguments = (kernel_array(source.view(-1)), kernel_array(out.view(-1)), np.uint64(seed & (2**64 - 1)),
                  np.uint64(threshold), np.float32(scale))
-    if source.numel() >= PARALLEL_MIN_ELEMENTS and parallel_launch_safe():
-        with PARALLEL_LOCK:
-            _masked_parallel(*arguments)
-    else:
-        _masked_serial(*arguments)
+    with parallel_launch(source.numel(), PARALLEL_MIN_ELEMENTS) as parallel:
+        (_masked_parallel if parallel else _masked_serial)(*arguments)
     return out
 
 

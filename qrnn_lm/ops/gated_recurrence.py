@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch.autograd.function import once_differentiable
 
-from .numba_setup import HAS_NUMBA, PARALLEL_LOCK, parallel_launch_safe
+from .numba_setup import HAS_NUMBA, parallel_launch
 
 __all__ = ["supports", "gated_recurrence"]
 
@@ -251,11 +251,8 @@ class _GatedRecurrence(torch.autograd.Function):
 def _launch(Y: torch.Tensor):
     """``(forward kernel, backward kernel)``: the parallel ones, under the launch lock, for large
     inputs where a parallel launch is safe (not in a forked child); else the serial ones."""
-    if Y.numel() >= PARALLEL_MIN_ELEMENTS and parallel_launch_safe():
-        with PARALLEL_LOCK:
-            yield _forward_parallel, _backward_parallel
-    else:
-        yield _forward, _backward
+    with parallel_launch(Y.numel(), PARALLEL_MIN_ELEMENTS) as parallel:
+        yield (_forward_parallel, _backward_parallel) if parallel else (_forward, _backward)
 
 
 def _keep_array(keep: torch.Tensor | None) -> np.ndarray:

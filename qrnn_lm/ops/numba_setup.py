@@ -15,7 +15,7 @@ the user (or a layer already started) wins over these defaults.
 
 Lock. workqueue aborts the whole process when two Python threads launch parallel kernels at once
 (the launch releases the GIL), so every parallel launch of every kernel module holds
-:data:`PARALLEL_LOCK`, whichever layer was picked. One lock for all modules, so any kernel module
+:data:`PARALLEL_LOCK`, whichever layer was picked (:func:`parallel_launch` takes it). One lock for all modules, so any kernel module
 added later is covered too. (The fused layer's chunk kernels run serially in the calling thread
 and need no lock.)
 
@@ -34,6 +34,7 @@ any of them recompiles them all on next use. Installed on numba's file-backed ca
 numba version lacks them, per-file stamps remain.
 """
 
+import contextlib
 import functools
 import os
 import sys
@@ -133,3 +134,18 @@ def parallel_launch_safe() -> bool:
     """False in a process forked from one that imported this module (a DataLoader worker, a
     ``multiprocessing`` "fork" child): numba's thread pools do not survive ``fork()``."""
     return not _in_forked_child
+
+
+@contextlib.contextmanager
+def parallel_launch(elements: int, min_elements: int):
+    """Whether a kernel over ``elements`` runs its parallel form: yields True, holding
+    :data:`PARALLEL_LOCK`, for at least ``min_elements`` (smaller inputs do not pay for a launch)
+    where a parallel launch is safe (:func:`parallel_launch_safe`); else yields False, and the
+    serial form runs in the calling thread.
+
+    Use: ``with parallel_launch(x.numel(), PARALLEL_MIN_ELEMENTS) as parallel: ...``."""
+    if elements >= min_elements and parallel_launch_safe():
+        with PARALLEL_LOCK:
+            yield True
+    else:
+        yield False

@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .numba_setup import HAS_NUMBA, PARALLEL_LOCK, parallel_launch_safe
+from .numba_setup import HAS_NUMBA, parallel_launch
 
 __all__ = ["loss_and_gradients", "supports"]
 
@@ -125,13 +125,11 @@ def loss_and_gradients(logits: torch.Tensor, targets: torch.Tensor, bias: torch.
     bias32 = torch.zeros(size) if bias is None else bias.detach().float().contiguous()
     grad = torch.empty_like(logits)
     losses = torch.empty(count)
-    parallel = logits.numel() >= PARALLEL_MIN_ELEMENTS and parallel_launch_safe()
-    items = -(-count // ROWS_PER_ITEM) if parallel else 1
-    grad_bias = torch.zeros(items, size)
     arrays = (kernel_array(logits), bias32.numpy(), targets.numpy(), kernel_array(grad))
-    if parallel:
-        with PARALLEL_LOCK:
+    with parallel_launch(logits.numel(), PARALLEL_MIN_ELEMENTS) as parallel:
+        grad_bias = torch.zeros(-(-count // ROWS_PER_ITEM) if parallel else 1, size)  # a row per work item
+        if parallel:
             _rows_parallel(*arrays, grad_bias.numpy(), losses.numpy())
-    else:
-        _rows(*arrays, grad_bias[0].numpy(), losses.numpy())
+        else:
+            _rows(*arrays, grad_bias[0].numpy(), losses.numpy())
     return losses.sum(), grad, grad_bias.sum(0)

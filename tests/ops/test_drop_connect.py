@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from qrnn_lm.ops import drop_connect as op
+from qrnn_lm.ops import numba_setup
 from qrnn_lm.ops.drop_connect import drop_connect
 
 # Larger than a block and than PARALLEL_MIN_ELEMENTS (the parallel kernel), and not a multiple of
@@ -52,7 +53,8 @@ def test_serial_and_parallel_kernels_draw_the_same_mask(monkeypatch):
     weight = torch.randn(LARGE)
     torch.manual_seed(3)
     parallel = drop_connect(weight, 0.2)
-    monkeypatch.setattr(op, "parallel_launch_safe", lambda: False)
+    monkeypatch.setattr(numba_setup, "parallel_launch_safe", lambda: False)
+    monkeypatch.setattr(op, "_masked_parallel", None)  # a forked child must not launch it
     torch.manual_seed(3)
     assert torch.equal(drop_connect(weight, 0.2), parallel)
 
