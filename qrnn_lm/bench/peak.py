@@ -105,7 +105,7 @@ def settle_peak(size: int, spread: dict, products: list[dict]) -> dict:
 def check_achieved(peak: dict, achieved: dict[str, float]) -> dict:
     """``peak`` (a :func:`settle_peak` result) with ``bad`` set, if it was not, when a measured
     step or part ran faster than the peak: ``achieved`` maps what ran (e.g. "qrnn step",
-    "qrnn recurrent") to its GFLOP/s. Nothing in the step beats the machine's best product, so the
+    "qrnn step's recurrent part") to its GFLOP/s. Nothing in the step beats the machine's best product, so the
     peak was measured while the machine was slower, and the % of peak figures mean nothing."""
     name, fastest = max(achieved.items(), key=lambda item: item[1], default=(None, 0.0))
     if peak["bad"] is None and fastest > peak["gflops"]:

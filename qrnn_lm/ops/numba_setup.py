@@ -15,9 +15,9 @@ the user (or a layer already started) wins over these defaults.
 
 Lock. workqueue aborts the whole process when two Python threads launch parallel kernels at once
 (the launch releases the GIL), so every parallel launch of every kernel module holds
-:data:`PARALLEL_LOCK`, whichever layer was picked (:func:`parallel_launch` takes it). One lock for all modules, so any kernel module
-added later is covered too. (The fused layer's chunk kernels run serially in the calling thread
-and need no lock.)
+:data:`PARALLEL_LOCK`, whichever layer was picked (:func:`parallel_launch` takes it). One lock
+for all modules, so any kernel module added later is covered too. (The fused layer's chunk
+kernels run serially in the calling thread and need no lock.)
 
 Fork. GNU OpenMP does not survive ``fork()``: numba terminates a forked child at its first
 parallel launch when the parent had launched before (a DataLoader worker, say).
