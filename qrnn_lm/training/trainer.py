@@ -49,7 +49,7 @@ from .finetune import compare, converged, finetune_summary, finetune_vocab, load
 from .metrics import Console, RunLog, run_results, write_results
 from .schedule import Schedule
 from .state import Counters, History, RandomState, SharedMasks
-from .step import step_settings, train_step
+from .step import precision_context, step_settings, train_step
 from .stopping import Budget, Interrupted, StopSignals, sigint_deferred
 
 __all__ = ["Trainer"]
@@ -280,8 +280,12 @@ class Trainer:
     # -- the pieces the loop calls -----------------------------------------------------------------
 
     def validate(self) -> float:
-        """Validation loss of the current model (averaged weights when ASGD is active)."""
-        with self.schedule.averaged():
+        """Validation loss of the current model (averaged weights when ASGD is active), under the
+        training steps' precision, as Lightning's and Hugging Face's trainers validate: bf16
+        halves its time on a CPU with bf16 (9.4 -> 5.2 s for PTB's valid at batch 20 on a Zen 4,
+        five of them in `make train`'s 18.5 minutes) and moved valid ppl by 0.005% (104.672 ->
+        104.677). The final test stays float32."""
+        with self.schedule.averaged(), precision_context(self.device, self.step_config.precision):
             return self.evaluator.valid_loss(self.model)
 
     def _validated(self, val_loss: float) -> None:

@@ -97,6 +97,26 @@ def test_bf16_trains_on_the_cpu_and_keeps_float32_checkpoints(corpus, tmp_path, 
     assert evaluated["loss"] == pytest.approx(results["test_loss"], rel=1e-6)
 
 
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_validation_runs_in_the_training_precision_and_the_test_in_float32(corpus, tmp_path, monkeypatch, precision):
+    """The evaluations of a two-epoch run, in order, as (split, bf16 autocast on): the two
+    validations under the steps' autocast, the final test without."""
+    from qrnn_lm.training import data_stream
+
+    seen = []
+    real_mean_loss = data_stream.Evaluator.mean_loss
+
+    def spy(self, model, source, progress=False):
+        split = "valid" if source is self.valid else "test"
+        seen.append((split, torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16))
+        return real_mean_loss(self, model, source, progress)
+
+    monkeypatch.setattr(data_stream.Evaluator, "mean_loss", spy)
+    train(tiny(corpus, f"train.precision={precision}", "train.max_steps=0"), tmp_path / "run", device="cpu", progress=False)
+    bf16 = precision == "bf16"
+    assert seen == [("valid", bf16), ("valid", bf16), ("test", False)]
+
+
 @pytest.mark.parametrize("native", [True, False])
 def test_auto_precision_trains_in_bf16_only_where_the_cpu_has_it(corpus, tmp_path, monkeypatch, native):
     monkeypatch.setattr(device_module, "cpu_has_native_bf16", lambda: native)
