@@ -37,6 +37,7 @@ from ..data import Corpus
 from ..models import LanguageModel
 from ..models.checkpoint_file import CheckpointError, clean_state_dict, load_checkpoint, model_from_checkpoint, save_checkpoint
 from . import distributed
+from .stopping import sigint_deferred
 
 __all__ = ["PREVIOUS", "STATE_VERSION", "Stateful", "components", "upgrade", "to_cpu", "ResumePoint", "read_resume_point",
            "resume_checkpoint", "resume_config_check", "check_same_data", "Checkpointer"]
@@ -272,7 +273,10 @@ class Checkpointer:
                    DATA: {"dataset": self.config.data.dataset, "checksums": dict(self.corpus.checksums)},
                    VERSION: STATE_VERSION, **states}
         try:
-            return save_checkpoint(path, payload, previous=self.out_dir / PREVIOUS if kind == "last" else None)
+            # A stop signal waits for the write (then ends the run as it would have): raised inside
+            # torch.save it tore the zip writer, which replaced it with a RuntimeError traceback.
+            with sigint_deferred():
+                return save_checkpoint(path, payload, previous=self.out_dir / PREVIOUS if kind == "last" else None)
         except OSError as error:
             reason = error.strerror or str(error)
             self.warn(f"warning: could not write {path} ({reason}); the previous {path.name} is kept, "

@@ -222,6 +222,27 @@ def test_sigterm_while_the_stop_writes_last_pt_waits_for_the_write(corpus, tmp_p
     assert load_checkpoint(out / "last.pt")["counters"]["step"] == 8
 
 
+def test_sigterm_during_a_periodic_write_of_last_pt_waits_for_the_write(corpus, tmp_path, monkeypatch):
+    # Found by test_kills: a SIGTERM inside torch.save of a periodic last.pt became a RuntimeError
+    # ("unexpected pos") and a traceback (exit 1) instead of the run's ordinary stop (exit 143).
+    import qrnn_lm.training.checkpointer as checkpointer_module
+
+    real_save = checkpointer_module.save_checkpoint
+
+    def save(path, payload, **kwargs):
+        if Path(path).name == "last.pt" and payload["counters"]["step"] == 4:
+            os.kill(os.getpid(), signal.SIGTERM)  # the periodic write after step 4
+        return real_save(path, payload, **kwargs)
+
+    monkeypatch.setattr(checkpointer_module, "save_checkpoint", save)
+    out = tmp_path / "run"
+    with pytest.raises(Interrupted) as error:
+        run(tiny(corpus, "train.max_steps=8", "train.checkpoint_every_steps=2"), out)
+    assert error.value.signum == signal.SIGTERM
+    assert load_checkpoint(out / "last.pt")["counters"]["step"] == 4
+    assert not list(out.glob(".last.pt.*.tmp"))
+
+
 def test_a_resume_through_the_command_line_reads_last_pt_once(corpus, tmp_path, monkeypatch):
     out = tmp_path / "run"
     run(tiny(corpus, "train.max_steps=3"), out)
