@@ -300,6 +300,10 @@ def run_results(config: Config, state: Counters, optimizer: str, status: str, be
 
 
 def write_results(out_dir: Path, results: dict[str, Any]) -> Path:
+    """``<out_dir>/results.json``, whole or not at all: written beside it, then renamed (its
+    presence says the run finished, so a signal must not leave half of it)."""
     path = out_dir / "results.json"
-    path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    temporary = out_dir / ".results.json.tmp"
+    temporary.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    os.replace(temporary, path)
     return path

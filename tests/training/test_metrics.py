@@ -1,5 +1,10 @@
-"""The metrics logger writes real TensorBoard scalars that TensorBoard's own reader finds."""
+"""The metrics logger writes real TensorBoard scalars that TensorBoard's own reader finds; results.json
+is written whole or not at all."""
 
+import json
+from pathlib import Path
+
+import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from qrnn_lm.training.metrics import NullLogger, make_logger
@@ -51,3 +56,22 @@ def test_a_stop_signal_during_logging_waits_until_the_writes_are_done(tmp_path, 
     events = EventAccumulator(str(tmp_path / "tb"))
     events.Reload()
     assert set(events.Tags()["scalars"]) == {"train/loss", "lr", "grad_norm"}
+
+
+def test_results_json_is_whole_or_absent_when_its_write_is_cut(tmp_path, monkeypatch):
+    """A run's results.json says it finished: a write cut half-way (a signal, a full disk) must not
+    leave half a file behind."""
+    from qrnn_lm.training.metrics import write_results
+
+    real_write_text = Path.write_text
+
+    def cut(self, text, *args, **kwargs):
+        real_write_text(self, text[: len(text) // 2], *args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Path, "write_text", cut)
+    with pytest.raises(KeyboardInterrupt):
+        write_results(tmp_path, {"test_ppl": 99.2, "steps": 3486})
+    monkeypatch.setattr(Path, "write_text", real_write_text)
+    assert not (tmp_path / "results.json").exists()
+    assert json.loads(write_results(tmp_path, {"steps": 1}).read_text()) == {"steps": 1}
