@@ -182,7 +182,9 @@ class LanguageModel(nn.Module):
             return chunked_cross_entropy(flat, self.decoder.weight, self.decoder.bias, flat_targets)
         if self._blocked_loss(flat):  # the same loss and gradients, less memory traffic
             logits = F.linear(flat, self.decoder.weight)  # [T * B, V], the bias added block by block
-            return blocked_cross_entropy(logits, flat_targets, self.decoder.bias)
+            # The trainer's loss is this sum over the N targets divided by N (training.step's
+            # regularized_loss): its backward brings 1 / N, folded into the gradients as they are formed.
+            return blocked_cross_entropy(logits, flat_targets, self.decoder.bias, grad_scale=1.0 / flat_targets.numel())
         logits = self.decoder(flat)  # [T * B, V]
         return F.cross_entropy(logits.float(), flat_targets, reduction="sum")
 

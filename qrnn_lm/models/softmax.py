@@ -27,6 +27,8 @@ Shapes: N = tokens, E = input features, V = vocabulary size.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..ops import softmax_cross_entropy
@@ -149,15 +151,17 @@ def chunked_cross_entropy(
 
 class _BlockedCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, logits, targets, bias, block_rows):
-        # logits [N, V], targets [N] long, bias [V] or None (added here, in float32).
+    def forward(ctx, logits, targets, bias, block_rows, grad_scale):
+        # logits [N, V], targets [N] long, bias [V] or None (added here, in float32). The gradients
+        # are formed here already multiplied by grad_scale (a float32 number).
         if softmax_cross_entropy.supports(logits):
-            total, grad, grad_bias = softmax_cross_entropy.loss_and_gradients(logits, targets, bias)
+            total, grad, grad_bias = softmax_cross_entropy.loss_and_gradients(logits, targets, bias, grad_scale)
             grad_bias = None if bias is None else grad_bias
         else:
-            total, grad, grad_bias = _blocks_with_torch_ops(logits, targets, bias, block_rows)
+            total, grad, grad_bias = _blocks_with_torch_ops(logits, targets, bias, block_rows, grad_scale)
         ctx.save_for_backward(grad, grad_bias)
         ctx.bias_dtype = None if bias is None else bias.dtype
+        ctx.grad_scale = grad_scale
         return total
 
     @staticmethod
@@ -166,12 +170,16 @@ class _BlockedCrossEntropy(torch.autograd.Function):
             raise RuntimeError("blocked_cross_entropy's backward scales its kept gradient in place: run it once")
         ctx.used = True
         grad, grad_bias = ctx.saved_tensors
-        grad_bias = None if grad_bias is None else (grad_bias * grad_total).to(ctx.bias_dtype)
-        return grad.mul_(grad_total.to(grad.dtype)), None, grad_bias, None
+        if grad_total.item() != ctx.grad_scale:  # not the expected gradient: scale by the ratio
+            ratio = grad_total.float() / ctx.grad_scale  # float32: the multiply is done in float32
+            grad.mul_(ratio)
+            grad_bias = None if grad_bias is None else grad_bias * ratio
+        grad_bias = None if grad_bias is None else grad_bias.to(ctx.bias_dtype)
+        return grad, None, grad_bias, None, None
 
 
 def blocked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, bias: torch.Tensor | None = None,
-                          block_rows: int | None = None) -> torch.Tensor:
+                          block_rows: int | None = None, grad_scale: float = 1.0) -> torch.Tensor:
     """``F.cross_entropy((logits + bias).float(), targets, reduction="sum")``, with the gradients
     formed in the forward: the logits' in their dtype, the bias's in float32 (then its dtype).
 
@@ -181,10 +189,16 @@ def blocked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, bias: tor
     ``[N, V]`` float32 tensors; this keeps one gradient in the logits' dtype. Training steps on a
     2-core Zen 4, medians of 30-40 interleaved steps against the torch blocks (bf16) or autograd
     (float32): ``ptb-cpu`` in float32 562.7 -> 487.9 ms, ``ptb-cpu-bf16`` 309.7 -> 299.2 ms (the
-    fastest steps 275.9 -> 281.2: within the noise). The gradient is rounded to the logits'
-    dtype twice (here, then scaled by the incoming gradient) instead of once. The bias is added in
-    float32 row by row: a linear layer's ``addmm`` would first copy it into every row of the
-    ``[N, V]`` output, and its backward sum the whole gradient again.
+    fastest steps 275.9 -> 281.2: within the noise). The bias is added in float32 row by row: a
+    linear layer's ``addmm`` would first copy it into every row of the ``[N, V]`` output, and its
+    backward sum the whole gradient again.
+
+    ``grad_scale`` is the gradient the caller expects backward to bring (``1 / N`` for a loss that
+    is the mean over the N targets, as the trainer's): the forward writes the gradients already
+    multiplied by it, in float32 before their one rounding, and a backward that brings exactly it
+    returns them as they are (float32 and bfloat16 logits; float16's are formed unscaled). Any other incoming gradient is still exact: the kept gradients are
+    then multiplied by its ratio to ``grad_scale`` (one more pass over ``[N, V]`` and one more
+    rounding, as every backward took before: 1.0 ms of the ``ptb-cpu-bf16`` step on a Zen 4).
 
     Args:
         logits: ``[N, V]``, requiring grad (without the bias when ``bias`` is given).
@@ -192,6 +206,7 @@ def blocked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, bias: tor
         bias: ``[V]`` or None.
         block_rows: rows per block of the torch-ops form (float16 logits); default about
             :data:`BLOCK_BYTES` of float32 per block.
+        grad_scale: the expected incoming gradient, a positive finite number (rounded to float32).
 
     Returns:
         a float32 scalar, the summed negative log-likelihood in nats. Its backward runs once.
@@ -200,11 +215,18 @@ def blocked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, bias: tor
         raise ValueError(f"logits must be [N, V] and targets [N], got {tuple(logits.shape)} and {tuple(targets.shape)}")
     if bias is not None and bias.shape != (logits.size(1),):
         raise ValueError(f"bias must have shape [{logits.size(1)}], got {tuple(bias.shape)}")
+    grad_scale = float(torch.tensor(grad_scale, dtype=torch.float32))
+    if not (math.isfinite(grad_scale) and grad_scale > 0):
+        raise ValueError(f"grad_scale must be a positive finite float32 number, got {grad_scale}")
+    if logits.dtype == torch.float16:
+        # float16's range ends at 6e-5 (then subnormals): 1/N would cost small probabilities their
+        # precision before a gradient scaler's large incoming gradient could lift them back.
+        grad_scale = 1.0
     block_rows = block_rows or max(1, BLOCK_BYTES // (4 * logits.size(1)))
-    return _BlockedCrossEntropy.apply(logits, targets, bias, block_rows)
+    return _BlockedCrossEntropy.apply(logits, targets, bias, block_rows, grad_scale)
 
 
-def _blocks_with_torch_ops(logits, targets, bias, block_rows):
+def _blocks_with_torch_ops(logits, targets, bias, block_rows, grad_scale):
     """``(loss, grad, grad_bias)`` as :func:`qrnn_lm.ops.softmax_cross_entropy.loss_and_gradients`
     gives them, ``block_rows`` rows at a time in float32 with torch ops: for the logits its kernel
     does not take (float16)."""
@@ -221,8 +243,8 @@ def _blocks_with_torch_ops(logits, targets, bias, block_rows):
         target_logits = block.gather(1, target_block)  # [b, 1], shifted like the block
         norm = block.exp_().sum(1, keepdim=True)  # [b, 1]
         total += (norm.log() - target_logits).sum()  # -log p(target) = log sum exp - target logit
-        block.mul_(norm.reciprocal_())
-        block.scatter_add_(1, target_block, torch.full_like(target_logits, -1.0))
+        block.mul_(norm.reciprocal_().mul_(grad_scale))
+        block.scatter_add_(1, target_block, torch.full_like(target_logits, -grad_scale))
         if grad_bias is not None:
             grad_bias += block.sum(0)
         grad[start:start + block_rows] = block

@@ -52,10 +52,11 @@ if HAS_NUMBA:
         return total
 
     @njit(cache=True)
-    def _row(logits, bias, target, grad, grad_bias, scratch):
-        """One row: returns ``-log softmax(logits + bias)[target]``, writes ``softmax - one_hot``
-        to ``grad`` and adds it to ``grad_bias``. Every array is the row's own ``[V]``, starting at
-        0 (loops over an offset range inside a prange body did not vectorise)."""
+    def _row(logits, bias, target, grad_scale, grad, grad_bias, scratch):
+        """One row: returns ``-log softmax(logits + bias)[target]``, writes ``grad_scale *
+        (softmax - one_hot)`` to ``grad`` and adds it to ``grad_bias``. Every array is the row's
+        own ``[V]``, starting at 0 (loops over an offset range inside a prange body did not
+        vectorise)."""
         size = logits.shape[0]
         top_key = np.int32(-2147483648)
         for j in range(size):
@@ -66,32 +67,32 @@ if HAS_NUMBA:
         for j in range(size):
             scratch[j] = exp(scratch[j] - top)
         total = _sum(scratch)
-        inverse = np.float32(1) / total
+        inverse = np.float32(1) / total * grad_scale  # the scale is free here, a pass of its own later
         for j in range(size):
             probability = scratch[j] * inverse
             grad_bias[j] += probability
             store(grad, j, probability)
-        target_grad = scratch[target] * inverse - np.float32(1)
+        target_grad = scratch[target] * inverse - grad_scale
         store(grad, target, target_grad)
-        grad_bias[target] -= np.float32(1)
+        grad_bias[target] -= grad_scale
         # log sum exp minus the target logit, both shifted by the row's max.
         return np.float32(np.log(total)) - (load(logits, target) + bias[target] - top)
 
     @njit(cache=True)
-    def _rows(logits, bias, targets, grad, grad_bias, losses):
+    def _rows(logits, bias, targets, grad_scale, grad, grad_bias, losses):
         """Rows ``0..N`` of the given arrays, in the calling thread; ``grad_bias`` is ``[V]``."""
         scratch = np.empty(logits.shape[1], dtype=np.float32)
         for n in range(logits.shape[0]):
-            losses[n] = _row(logits[n], bias, targets[n], grad[n], grad_bias, scratch)
+            losses[n] = _row(logits[n], bias, targets[n], grad_scale, grad[n], grad_bias, scratch)
 
     @njit(cache=True, parallel=True)
-    def _rows_parallel(logits, bias, targets, grad, grad_bias, losses):
+    def _rows_parallel(logits, bias, targets, grad_scale, grad, grad_bias, losses):
         """All rows, ``ROWS_PER_ITEM`` per work item; ``grad_bias`` is ``[items, V]``, one row each."""
         count = logits.shape[0]
         for item in prange(grad_bias.shape[0]):
             start = item * ROWS_PER_ITEM
             stop = min(start + ROWS_PER_ITEM, count)
-            _rows(logits[start:stop], bias, targets[start:stop], grad[start:stop], grad_bias[item],
+            _rows(logits[start:stop], bias, targets[start:stop], grad_scale, grad[start:stop], grad_bias[item],
                   losses[start:stop])
 
 
@@ -101,8 +102,8 @@ def supports(logits: torch.Tensor) -> bool:
     return HAS_NUMBA and logits.device.type == "cpu" and logits.dtype in (torch.float32, torch.bfloat16)
 
 
-def loss_and_gradients(logits: torch.Tensor, targets: torch.Tensor, bias: torch.Tensor | None = None
-                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def loss_and_gradients(logits: torch.Tensor, targets: torch.Tensor, bias: torch.Tensor | None = None,
+                       grad_scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(loss, grad, grad_bias)`` of ``F.cross_entropy((logits + bias).float(), targets,
     reduction="sum")``, without autograd.
 
@@ -110,10 +111,12 @@ def loss_and_gradients(logits: torch.Tensor, targets: torch.Tensor, bias: torch.
         logits: ``[N, V]`` float32 or bfloat16 on the CPU (see :func:`supports`).
         targets: ``[N]`` integers in ``[0, V)``.
         bias: ``[V]`` (any float dtype; used in float32) or None.
+        grad_scale: multiplies both gradients (in float32, before the one rounding), e.g. ``1 / N``
+            for the mean's.
 
     Returns:
-        loss: float32 scalar, the summed negative log-likelihood in nats.
-        grad: ``[N, V]`` in the logits' dtype, ``softmax - one_hot`` (rounded once).
+        loss: float32 scalar, the summed negative log-likelihood in nats (not scaled).
+        grad: ``[N, V]`` in the logits' dtype, ``grad_scale * (softmax - one_hot)`` (rounded once).
         grad_bias: ``[V]`` float32, ``grad``'s float32 values summed over the rows.
     """
     count, size = logits.shape
@@ -125,7 +128,7 @@ def loss_and_gradients(logits: torch.Tensor, targets: torch.Tensor, bias: torch.
     bias32 = torch.zeros(size) if bias is None else bias.detach().float().contiguous()
     grad = torch.empty_like(logits)
     losses = torch.empty(count)
-    arrays = (kernel_array(logits), bias32.numpy(), targets.numpy(), kernel_array(grad))
+    arrays = (kernel_array(logits), bias32.numpy(), targets.numpy(), np.float32(grad_scale), kernel_array(grad))
     with parallel_launch(logits.numel(), PARALLEL_MIN_ELEMENTS) as parallel:
         grad_bias = torch.zeros(-(-count // ROWS_PER_ITEM) if parallel else 1, size)  # a row per work item
         if parallel:

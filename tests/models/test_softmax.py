@@ -106,6 +106,81 @@ def test_blocked_equals_autograds_float32_softmax(dtype, block_rows, with_bias):
         torch.testing.assert_close(got[1], expected[1], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("upstream", [1 / 29, 0.37])
+def test_blocked_with_a_grad_scale_is_exact_whatever_the_incoming_gradient(dtype, upstream):
+    """The gradients formed times grad_scale = 1/29: backward bringing exactly 1/29 returns them as
+    they are (one rounding, as autograd's), any other incoming gradient (0.37) is still exact;
+    float16's gradient is formed unscaled and multiplied by any incoming gradient."""
+    g = torch.Generator().manual_seed(4)
+    logits = (torch.randn(29, 301, generator=g) * 4).to(dtype).requires_grad_()
+    targets = torch.randint(0, 301, (29,), generator=g)
+    bias = torch.randn(301, generator=g).requires_grad_()
+    expected_loss = F.cross_entropy(logits.float() + bias, targets, reduction="sum")
+    expected = torch.autograd.grad(expected_loss * upstream, (logits, bias))
+    loss = blocked_cross_entropy(logits, targets, bias, block_rows=4, grad_scale=1 / 29)
+    torch.testing.assert_close(loss, expected_loss, rtol=1e-6, atol=1e-4)  # the sum, not scaled
+    got = torch.autograd.grad(loss * upstream, (logits, bias))
+    rounding = {torch.bfloat16: 2.0 ** -8, torch.float16: 2.0 ** -11, torch.float32: 2.0 ** -20}[dtype]
+    # The ratio's multiply rounds once more; float16's gradient is formed unscaled (its range).
+    roundings = 1 if upstream == 1 / 29 and dtype != torch.float16 else 3
+    torch.testing.assert_close(got[0].float(), expected[0].float(), rtol=roundings * rounding, atol=1e-7)
+    torch.testing.assert_close(got[1], expected[1], rtol=1e-5, atol=1e-7)
+
+
+def _inplace_products_on(shape, run):
+    """How many in-place multiplies ``run()`` makes on tensors of ``shape``."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    seen = []
+
+    class Watch(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.aten.mul_.Tensor and tuple(args[0].shape) == shape:
+                seen.append(func)
+            return func(*args, **(kwargs or {}))
+
+    with Watch():
+        run()
+    return len(seen)
+
+
+def test_the_trainers_mean_loss_takes_no_pass_to_scale_the_logits_gradient():
+    """The language model hints 1 / N, the trainer's regularized loss divides the sum by N: the
+    backward of a bf16 step never multiplies the [N, V] gradient (1.0 ms of ptb-cpu-bf16's step)."""
+    from qrnn_lm.config import ModelConfig
+    from qrnn_lm.models import LanguageModel
+    from qrnn_lm.training.step import regularized_loss
+
+    torch.manual_seed(0)
+    model = LanguageModel(50, ModelConfig(emb_size=8, hidden_size=8, num_layers=1))
+    tokens, targets = torch.randint(0, 50, (7, 3)), torch.randint(0, 50, (7, 3))
+
+    def step(alpha):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            nll_sum, _, raw, dropped = model(tokens, None, targets)
+            loss = regularized_loss(nll_sum, targets, raw, dropped, alpha, alpha)[1]
+        loss.backward()
+
+    assert _inplace_products_on((21, 50), lambda: step(2.0)) == 0
+    # The watch sees the multiply where the incoming gradient is not the hint (the summed loss):
+    assert _inplace_products_on((21, 50), lambda: model(tokens, None, targets)[0].backward()) == 1
+
+
+def test_blocked_bf16_gradient_of_a_mean_is_not_biased_by_a_rounded_scale():
+    """1/1400 is not a bfloat16 number (rounded: 0.13% low). The gradient of the mean, formed times
+    grad_scale in float32 and rounded once, has its exact scale on average (each element rounded
+    to nearest); scaling bf16 values by bf16(1/1400) would shift them all by -0.13%."""
+    g = torch.Generator().manual_seed(5)
+    logits = (torch.randn(1400, 500, generator=g) * 2).bfloat16().requires_grad_()
+    targets = torch.randint(0, 500, (1400,), generator=g)
+    (blocked_cross_entropy(logits, targets, grad_scale=1 / 1400) / 1400).backward()
+    exact = torch.autograd.grad(F.cross_entropy(logits.double(), targets), logits)[0]
+    mask = exact.abs() > 1e-7
+    ratio = (logits.grad.double()[mask] / exact[mask]).mean().item()
+    assert abs(ratio - 1) < 2e-4, ratio
+
+
 def test_blocked_backward_runs_once_and_shapes_are_checked():
     logits = torch.randn(6, 9, dtype=torch.bfloat16, requires_grad=True)
     targets = torch.randint(0, 9, (6,))
@@ -126,7 +201,8 @@ def test_the_language_model_uses_it_for_training_on_the_cpu(monkeypatch):
 
     calls = []
     real = softmax_module.blocked_cross_entropy
-    monkeypatch.setattr(language_model_module, "blocked_cross_entropy", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(language_model_module, "blocked_cross_entropy",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
     tokens, targets = torch.randint(0, 50, (5, 2)), torch.randint(0, 50, (5, 2))
 
     def loss_and_grads(autocast, grad=True, blocked=True):

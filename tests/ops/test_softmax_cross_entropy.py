@@ -42,6 +42,22 @@ def test_matches_float64_cross_entropy(shape, dtype, with_bias):
         torch.testing.assert_close(grad_bias.double(), want_bias, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_grad_scale_multiplies_both_gradients_not_the_loss(dtype):
+    g = torch.Generator().manual_seed(7)
+    logits = (torch.randn(150, 997, generator=g) * 5).to(dtype)
+    targets = torch.randint(0, 997, (150,), generator=g)
+    bias = torch.randn(997, generator=g)
+    loss, grad, grad_bias = loss_and_gradients(logits, targets, bias, grad_scale=1 / 150)
+    want_loss, want_grad, want_bias = reference(logits, targets, bias)
+    torch.testing.assert_close(loss.double(), want_loss, rtol=1e-6, atol=1e-5)
+    rounding = 2.0 ** -8 if dtype == torch.bfloat16 else 1e-6
+    torch.testing.assert_close(grad.double(), want_grad / 150, rtol=rounding, atol=1e-9)
+    torch.testing.assert_close(grad_bias.double(), want_bias / 150, rtol=1e-5, atol=1e-8)
+    unscaled = loss_and_gradients(logits, targets, bias, grad_scale=1.0)
+    assert torch.equal(unscaled[1], loss_and_gradients(logits, targets, bias)[1])
+
+
 def test_serial_and_parallel_give_the_same_rows(monkeypatch):
     logits = torch.randn(300, 500).bfloat16()
     targets = torch.randint(0, 500, (300,))
