@@ -9,7 +9,8 @@ Two paths with the same results (tested against each other, ``tests/nn/test_fuse
   are touched while they are in cache (see that module).
 - unfused (everywhere else: CUDA, other dtypes, autocast): the window's linear map
   (``window.project``), then the gates and the recurrence. On the CPU in float32 or bfloat16
-  (autocast) these are one numba pass each way (``ops.gated_recurrence``); elsewhere torch
+  (autocast) these are one numba pass each way (``ops.gated_recurrence``), which also adds the
+  linear map's bias and forms its gradient (:func:`gate_kernel_takes`); elsewhere torch
   activations and the ForgetMult op of the device (numba on CPU, the Triton kernel on CUDA).
 
 ``QRNN_LM_QRNN_GATES`` chooses: ``auto`` (default) takes the fused path and the gated-recurrence
@@ -28,7 +29,7 @@ from ..ops.forget_mult import forget_mult
 from ..ops.forget_mult.function import resolve_backend
 from ..ops.qrnn_chunk import HAS_NUMBA
 
-__all__ = ["use_fused", "zoneout_mask", "gates_and_recurrence", "ENV_GATES"]
+__all__ = ["use_fused", "zoneout_mask", "gate_kernel_takes", "gates_and_recurrence", "ENV_GATES"]
 
 # "auto" (default): the fused kernels wherever they can run; "unfused": never.
 ENV_GATES = "QRNN_LM_QRNN_GATES"
@@ -62,23 +63,34 @@ def zoneout_mask(shape, zoneout, training, dtype, device):
     return None, 1.0 - zoneout
 
 
-def gates_and_recurrence(Y, h0, *, zoneout, training, output_gate, reverse, lengths, use_cuda):
-    """The unfused path from the gate pre-activations ``Y`` ``[T, B, k*H]`` (bias included) to
+def gate_kernel_takes(device, dtype, numel, lengths, use_cuda) -> bool:
+    """Whether :func:`gates_and_recurrence` will run the CPU gate kernel (``ops.gated_recurrence``)
+    on pre-activations of ``dtype`` and ``numel`` elements on ``device``: then the layer leaves
+    the bias out of its linear map and hands it over (the kernel adds it, and sums its gradient
+    while forming the pre-activations')."""
+    return (use_cuda and _gates_choice() != "unfused" and gated_recurrence.takes(device, dtype, numel, lengths)
+            and resolve_backend(device, "auto") == "numba")
+
+
+def gates_and_recurrence(Y, h0, *, zoneout, training, output_gate, reverse, lengths, use_cuda, bias=None):
+    """The unfused path from the gate pre-activations ``Y`` ``[T, B, k*H]`` to
     ``(H [T, B, H], h_n [1, B, H])``.
 
     ``Z = tanh``, ``F = sigmoid`` (times a Bernoulli(1 - zoneout) mask in training, times
     ``1 - zoneout`` in eval), ``C = ForgetMult(F, Z, h0)``, ``H = sigmoid(O) * C`` (``C`` without
     the output gate); ``h_n`` is each sequence's state after its last valid step (step 0 when
     ``reverse``; ``h0`` for an empty sequence). ``h0``: ``[B, H]`` in Y's dtype or None;
-    ``lengths``: None or ``[B]``.
+    ``lengths``: None or ``[B]``; ``bias``: ``[k*H]`` still to be added to ``Y`` (where
+    :func:`gate_kernel_takes` says the kernel runs), or None.
     """
     num_gates = 3 if output_gate else 2
     hidden_size = Y.shape[2] // num_gates
     keep, scale = zoneout_mask((Y.shape[0], Y.shape[1], hidden_size), zoneout, training, Y.dtype, Y.device)
-    if (use_cuda and _gates_choice() != "unfused" and gated_recurrence.supports(Y, lengths)
-            and resolve_backend(Y.device, "auto") == "numba"):
-        H, h_n = gated_recurrence.gated_recurrence(Y, h0, keep, scale, output_gate, reverse)
+    if gate_kernel_takes(Y.device, Y.dtype, Y.numel(), lengths, use_cuda):
+        H, h_n = gated_recurrence.gated_recurrence(Y, h0, keep, scale, output_gate, reverse, bias)
         return H, h_n.unsqueeze(0)
+    if bias is not None:
+        Y = Y + bias
     gates = Y.chunk(num_gates, dim=2)  # each [T, B, H]
     Z = torch.tanh(gates[0])
     F = torch.sigmoid(gates[1])

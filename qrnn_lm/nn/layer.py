@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..ops.qrnn_chunk import fused_layer
-from .gates import gates_and_recurrence, use_fused, zoneout_mask
+from .gates import gate_kernel_takes, gates_and_recurrence, use_fused, zoneout_mask
 from .jit import refuse_torchscript, refuse_tracing
 from .rnn_compat import reset_layer_parameters
 from .window import check_projection, project, window_inputs
@@ -138,7 +138,11 @@ class QRNNLayer(nn.Module):
             H, h_n = fused_layer(X, weight, bias, h0, prev, keep, scale, self.window, self.output_gate,
                                  self.reverse, lengths)  # [T, B, H], [B, H]
             return H, h_n.unsqueeze(0)
+        gate_bias = None  # the bias when the gate kernel adds it instead of the linear map
         if weight is not None:
+            if bias is not None and gate_kernel_takes(X.device, _projection_dtype(X, weight),
+                                                      seq_len * batch_size * weight.shape[0], lengths, self.use_cuda):
+                bias, gate_bias = None, bias
             Y = project(X, prev, weight, bias, self.window, self.reverse)  # [T, B, k*H]
         else:
             Y = self.linear(window_inputs(X, prev, self.window, self.reverse))  # [T, B, k*H]
@@ -146,7 +150,7 @@ class QRNNLayer(nn.Module):
         h0 = None if hidden is None else hidden.reshape(batch_size, self.hidden_size).to(Y.dtype)
         return gates_and_recurrence(Y, h0, zoneout=self.zoneout, training=self.training,
                                     output_gate=self.output_gate, reverse=self.reverse, lengths=lengths,
-                                    use_cuda=self.use_cuda)  # [T, B, H], [1, B, H]
+                                    use_cuda=self.use_cuda, bias=gate_bias)  # [T, B, H], [1, B, H]
 
     def _check_input(self, X, hidden, weight):
         """Raise ValueError naming the expected and the actual value for a bad input or state."""
@@ -197,6 +201,12 @@ class QRNNLayer(nn.Module):
         # Sequence b's last inputs are X[len_b - keep : len_b] = history[len_b : len_b + keep].
         rows = lengths.unsqueeze(0) + torch.arange(keep, device=X.device).unsqueeze(1)  # [keep, B]
         return history[rows, torch.arange(X.shape[1], device=X.device)]
+
+
+def _projection_dtype(X, weight):
+    """The dtype of the linear map's output: autocast's where it is on, else the operands'."""
+    device_type = X.device.type
+    return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else torch.promote_types(X.dtype, weight.dtype)
 
 
 def _valid_steps(lengths, seq_len):
