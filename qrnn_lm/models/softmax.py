@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from ..ops import softmax_cross_entropy
@@ -153,7 +154,15 @@ class _BlockedCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, targets, bias, block_rows, grad_scale):
         # logits [N, V], targets [N] long, bias [V] or None (added here, in float32). The gradients
-        # are formed here already multiplied by grad_scale (a float32 number).
+        # are formed here already multiplied by grad_scale (in float32; a number, or a 0-dim tensor
+        # where torch.compile traced the caller).
+        grad_scale = float(grad_scale)
+        if not (math.isfinite(grad_scale) and grad_scale > 0):
+            raise ValueError(f"blocked_cross_entropy: grad_scale must be positive and finite, got {grad_scale}")
+        if logits.dtype == torch.float16:
+            # float16's range ends at 6e-5 (then subnormals): 1/N would cost small probabilities
+            # their precision before a gradient scaler's large incoming gradient could lift them back.
+            grad_scale = 1.0
         if softmax_cross_entropy.supports(logits):
             total, grad, grad_bias = softmax_cross_entropy.loss_and_gradients(logits, targets, bias, grad_scale)
             grad_bias = None if bias is None else grad_bias
@@ -170,7 +179,7 @@ class _BlockedCrossEntropy(torch.autograd.Function):
             raise RuntimeError("blocked_cross_entropy's backward scales its kept gradient in place: run it once")
         ctx.used = True
         grad, grad_bias = ctx.saved_tensors
-        if grad_total.item() != ctx.grad_scale:  # not the expected gradient: scale by the ratio
+        if grad_total.item() != float(np.float32(ctx.grad_scale)):  # not the expected gradient: scale by the ratio
             ratio = grad_total.float() / ctx.grad_scale  # float32: the multiply is done in float32
             grad.mul_(ratio)
             grad_bias = None if grad_bias is None else grad_bias * ratio
@@ -206,7 +215,7 @@ def blocked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, bias: tor
         bias: ``[V]`` or None.
         block_rows: rows per block of the torch-ops form (float16 logits); default about
             :data:`BLOCK_BYTES` of float32 per block.
-        grad_scale: the expected incoming gradient, a positive finite number (rounded to float32).
+        grad_scale: the expected incoming gradient, a positive finite number (used in float32).
 
     Returns:
         a float32 scalar, the summed negative log-likelihood in nats. Its backward runs once.
@@ -215,13 +224,6 @@ def blocked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, bias: tor
         raise ValueError(f"logits must be [N, V] and targets [N], got {tuple(logits.shape)} and {tuple(targets.shape)}")
     if bias is not None and bias.shape != (logits.size(1),):
         raise ValueError(f"bias must have shape [{logits.size(1)}], got {tuple(bias.shape)}")
-    grad_scale = float(torch.tensor(grad_scale, dtype=torch.float32))
-    if not (math.isfinite(grad_scale) and grad_scale > 0):
-        raise ValueError(f"grad_scale must be a positive finite float32 number, got {grad_scale}")
-    if logits.dtype == torch.float16:
-        # float16's range ends at 6e-5 (then subnormals): 1/N would cost small probabilities their
-        # precision before a gradient scaler's large incoming gradient could lift them back.
-        grad_scale = 1.0
     block_rows = block_rows or max(1, BLOCK_BYTES // (4 * logits.size(1)))
     return _BlockedCrossEntropy.apply(logits, targets, bias, block_rows, grad_scale)
 

@@ -82,6 +82,7 @@ if HAS_NUMBA:
     def _rows(logits, bias, targets, grad_scale, grad, grad_bias, losses):
         """Rows ``0..N`` of the given arrays, in the calling thread; ``grad_bias`` is ``[V]``."""
         scratch = np.empty(logits.shape[1], dtype=np.float32)
+        grad_scale = np.float32(grad_scale)  # passed as a Python float (see loss_and_gradients)
         for n in range(logits.shape[0]):
             losses[n] = _row(logits[n], bias, targets[n], grad_scale, grad[n], grad_bias, scratch)
 
@@ -128,7 +129,9 @@ def loss_and_gradients(logits: torch.Tensor, targets: torch.Tensor, bias: torch.
     bias32 = torch.zeros(size) if bias is None else bias.detach().float().contiguous()
     grad = torch.empty_like(logits)
     losses = torch.empty(count)
-    arrays = (kernel_array(logits), bias32.numpy(), targets.numpy(), np.float32(grad_scale), kernel_array(grad))
+    # A Python float, rounded to float32 in the kernel: torch.compile traces numpy calls in its
+    # callers into 0-dim arrays, which np.float32() here would have passed on.
+    arrays = (kernel_array(logits), bias32.numpy(), targets.numpy(), float(grad_scale), kernel_array(grad))
     with parallel_launch(logits.numel(), PARALLEL_MIN_ELEMENTS) as parallel:
         grad_bias = torch.zeros(-(-count // ROWS_PER_ITEM) if parallel else 1, size)  # a row per work item
         if parallel:

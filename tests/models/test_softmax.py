@@ -192,6 +192,9 @@ def test_blocked_backward_runs_once_and_shapes_are_checked():
         blocked_cross_entropy(logits, targets[:-1])
     with pytest.raises(ValueError, match="bias must have shape"):
         blocked_cross_entropy(logits, targets, torch.zeros(8))
+    for bad in (0.0, -1.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="grad_scale must be positive and finite"):
+            blocked_cross_entropy(logits, targets, grad_scale=bad)
 
 
 def test_the_language_model_uses_it_for_training_on_the_cpu(monkeypatch):
