@@ -38,7 +38,8 @@ __all__ = ["Flops", "product", "trained_product", "qrnn_layer", "lstm_layer", "s
 # The log-softmax + negative log-likelihood per logit: forward max, subtract, exp, sum (4);
 # backward softmax - one-hot, times the incoming gradient (3).
 LOG_SOFTMAX_PER_LOGIT = 7
-# clip_grad_norm_: square and add for the norm, one multiply to scale (it always scales).
+# Clipping (training.step.clip_gradients): square and add for the norm, one multiply to scale
+# (counted always; it scales only the steps whose norm is over the bound).
 CLIP_PER_PARAMETER = 3
 # The update per parameter, without weight decay. SGD: p -= lr * g. Adam and AdamW: the two moment
 # updates (3 + 4), sqrt / bias correction + eps (3), p -= step * m / denom (3).
