@@ -205,9 +205,10 @@ def blocked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, bias: tor
     ``grad_scale`` is the gradient the caller expects backward to bring (``1 / N`` for a loss that
     is the mean over the N targets, as the trainer's): the forward writes the gradients already
     multiplied by it, in float32 before their one rounding, and a backward that brings exactly it
-    returns them as they are (float32 and bfloat16 logits; float16's are formed unscaled). Any other incoming gradient is still exact: the kept gradients are
-    then multiplied by its ratio to ``grad_scale`` (one more pass over ``[N, V]`` and one more
-    rounding, as every backward took before: 1.0 ms of the ``ptb-cpu-bf16`` step on a Zen 4).
+    returns them as they are (float32 and bfloat16 logits; float16's are formed unscaled). Any
+    other incoming gradient is still exact: the kept gradients are then multiplied by its ratio to
+    ``grad_scale``, one more pass over ``[N, V]`` and one more rounding, as every backward took
+    before (1.0-1.4 ms of the ``[1400, 10000]`` bf16 loss's 8-11 ms on a Zen 4).
 
     Args:
         logits: ``[N, V]``, requiring grad (without the bias when ``bias`` is given).

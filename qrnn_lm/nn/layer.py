@@ -206,7 +206,9 @@ class QRNNLayer(nn.Module):
 def _projection_dtype(X, weight):
     """The dtype of the linear map's output: autocast's where it is on, else the operands'."""
     device_type = X.device.type
-    return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else torch.promote_types(X.dtype, weight.dtype)
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return torch.promote_types(X.dtype, weight.dtype)  # (torch.result_type breaks torch.compile's graph)
 
 
 def _valid_steps(lengths, seq_len):

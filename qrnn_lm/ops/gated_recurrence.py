@@ -265,8 +265,8 @@ class _GatedRecurrence(torch.autograd.Function):
         acts = torch.empty_like(Y) if saving else Y  # (not written unless saving)
         with _launch(Y) as (_forward_kernel, _):
             _forward_kernel(kernel_array(Y), bias_32.numpy(), _keep_array(keep), keep is not None, np.float32(scale),
-                            h0_32.numpy(),
-                            reverse, output_gate, saving, kernel_array(C), kernel_array(H), kernel_array(acts))
+                            h0_32.numpy(), reverse, output_gate, saving, kernel_array(C), kernel_array(H),
+                            kernel_array(acts))
         if saving:
             ctx.save_for_backward(acts, C, h0_32, keep)
         ctx.scale, ctx.output_gate, ctx.reverse, ctx.h0_dtype = scale, output_gate, reverse, h0.dtype

@@ -3,7 +3,8 @@
 For logits ``[N, V]`` (float32, or bfloat16 read as its bit patterns), targets ``[N]`` and an
 optional bias ``[V]`` added first, :func:`loss_and_gradients` returns ``sum_n -log
 softmax(logits[n] + bias)[targets[n]]`` and its gradients: ``softmax - one_hot`` ``[N, V]`` in the
-logits' dtype, and its sum over the rows ``[V]`` in float32 for the bias. Each row is read from
+logits' dtype (times an optional ``grad_scale``, e.g. the 1/N of a mean, before its one rounding),
+and its sum over the rows ``[V]`` in float32 for the bias. Each row is read from
 memory once and its gradient written once; the row's float32 values stay in a thread's scratch
 (40 KB for V = 10k), where the max, the exponentials, the normaliser and the gradient are formed.
 The exponential is :func:`qrnn_lm.ops.numba_math.exp`, which vectorises (numba's ``math.exp``
@@ -67,7 +68,7 @@ if HAS_NUMBA:
         for j in range(size):
             scratch[j] = exp(scratch[j] - top)
         total = _sum(scratch)
-        inverse = np.float32(1) / total * grad_scale  # the scale is free here, a pass of its own later
+        inverse = np.float32(1) / total * grad_scale  # free here; in the backward, a pass of its own
         for j in range(size):
             probability = scratch[j] * inverse
             grad_bias[j] += probability
