@@ -266,8 +266,15 @@ class Checkpointer:
         gathered = distributed.gather_objects({name: to_cpu(states[name]) for name in per_rank})
         for name in per_rank:
             states[name] = self.components[name].merge_ranks([rank[name] for rank in gathered])
-        if not distributed.is_main():
-            return path
+        written = self._write(kind, path, states) if distributed.is_main() else path
+        if kind == "last" and not distributed.broadcast_object(written is not None):
+            # Nothing new on disk: the next save of this very state (the run's end, an interrupt)
+            # must write it rather than count it as done. Every rank learns it from rank 0.
+            self.last_counters = None
+        return written
+
+    def _write(self, kind: str, path: Path, states: dict[str, Any]) -> Path | None:
+        """Rank 0's write of ``path`` (see :meth:`save`); None when it failed."""
         payload = {KIND: kind, CONFIG: config_to_dict(self.config), VOCAB: self.corpus.vocab.to_list(),
                    TOKENIZER: self.corpus.tokenizer.state(),
                    DATA: {"dataset": self.config.data.dataset, "checksums": dict(self.corpus.checksums)},

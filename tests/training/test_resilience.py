@@ -102,6 +102,26 @@ def test_a_failing_write_keeps_the_previous_checkpoint_and_training_goes_on(corp
     assert not list(out.glob(".*.tmp"))
 
 
+def test_a_state_whose_write_failed_is_written_by_the_next_save(corpus, tmp_path, monkeypatch, capsys):
+    """The periodic last.pt of step 4 fails once (a disk full for a moment); the run's end saves
+    the same step-4 state again, and that write must happen instead of counting as done."""
+    out = tmp_path / "run"
+    real_save = torch.save
+    failed = []
+
+    def failing_once(payload, handle, *args, **kwargs):
+        if payload["kind"] == "last" and payload["counters"]["step"] == 4 and not failed:
+            failed.append(4)
+            raise OSError(28, "No space left on device")
+        return real_save(payload, handle, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", failing_once)
+    results = run(tiny(corpus, "train.max_steps=4", "train.checkpoint_every_steps=2"), out)
+    assert failed == [4] and results["steps"] == 4
+    assert load_checkpoint(out / "last.pt")["counters"]["step"] == 4
+    assert load_checkpoint(out / PREVIOUS)["counters"]["step"] == 2
+
+
 def test_a_refused_write_warns_and_goes_on(corpus, tmp_path, monkeypatch, capsys):
     # As a folder made read-only under the run: the temp file cannot be created (root ignores chmod).
     real_mkstemp, calls = checkpoint_module.tempfile.mkstemp, []
