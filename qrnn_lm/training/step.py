@@ -136,10 +136,12 @@ def clip_gradients(model: nn.Module, max_norm: float) -> float:
     if not parameters:
         return 0.0
     total_norm = torch.nn.utils.get_total_norm([p.grad for p in parameters])
-    clip_coef = max_norm / (total_norm + 1e-6)  # torch's factor, as clip_grads_with_norm_ forms it
+    norm = float(total_norm)  # the one read of the device (clip_grad_norm_'s caller made it too)
+    # torch's factor, in the norm's dtype as clip_grads_with_norm_ forms it, here on the host.
+    clip_coef = max_norm / (torch.tensor(norm, dtype=total_norm.dtype) + 1e-6)
     if not float(clip_coef) >= 1.0:  # also when the norm is NaN or infinite, as torch does
         torch.nn.utils.clip_grads_with_norm_(parameters, max_norm, total_norm)
-    return float(total_norm)
+    return norm
 
 
 def _checked_loss(cross_entropy: float, loss: float, seq_len: int, where: str) -> float:
