@@ -22,54 +22,19 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import time
 
 import torch
 
 from qrnn_lm.ops.forget_mult import forget_mult
 from qrnn_lm.ops.forget_mult.naive import forget_mult_reference
 
-from .timing import machine_description
+from .timing import machine_description, round_robin_samples
 
 KERNEL_SHAPES = [(70, 20, 1550), (105, 20, 640), (500, 4, 320)]
 CHUNKED_SHAPES = [(4096, 1, 64), (4096, 1, 16), (4096, 1, 1), (16384, 1, 8), (4096, 2, 512)]
 BANDWIDTH_ELEMENTS = 16 * 1024 * 1024  # 64 MB of float32 per tensor
 TENSORS_MOVED = {"fwd": 3, "fwd+bwd": 9}
 STRATEGY_ENV = "QRNN_LM_FORGET_MULT_CPU_STRATEGY"
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_round_robin(candidates: dict, repeats: int, warmup: int, device: torch.device,
-                     capped: tuple = (), cap: int = 3) -> dict:
-    """(median, best) seconds per call of each ``name -> (setup, fn)``; setup runs untimed first.
-
-    Candidates whose name contains an entry of ``capped`` (the slow naive loop) take part in
-    only one warm-up and ``cap`` timed rounds, spread evenly over the run.
-    """
-    times = {name: [] for name in candidates}
-    total = warmup + repeats
-    capped_rounds = {0} | {warmup + (i * repeats) // cap for i in range(min(cap, repeats))}
-    names = list(candidates)
-    for round_index in range(total):
-        # Rotate the order each round: whatever runs right after a torch op shares the cores
-        # with PyTorch's OpenMP threads still spinning, and that should hit every candidate alike.
-        shift = round_index % len(names)
-        for name in names[shift:] + names[:shift]:
-            setup, fn = candidates[name]
-            if any(c in name for c in capped) and round_index not in capped_rounds:
-                continue
-            setup()
-            _sync(device)
-            start = time.perf_counter()
-            fn()
-            _sync(device)
-            if round_index >= warmup:
-                times[name].append(time.perf_counter() - start)
-    return {name: (statistics.median(values), min(values)) for name, values in times.items()}
 
 
 def _bandwidth_candidate(device: torch.device):
@@ -140,7 +105,9 @@ def _rows_for_shape(section, shape, impls, baseline, device, repeats, warmup, dt
     item_bytes = torch.empty((), dtype=dtype).element_size()
     bw_setup, bw_fn, bw_bytes = _bandwidth_candidate(device)
     candidates[("bandwidth reference", "")] = (bw_setup, bw_fn)
-    medians = time_round_robin(candidates, repeats, warmup, device, capped=("naive",))
+    samples = round_robin_samples({name: fn for name, (_, fn) in candidates.items()}, repeats, warmup, device,
+                                  setups={name: setup for name, (setup, _) in candidates.items()}, capped=("naive",))
+    medians = {name: (statistics.median(values), min(values)) for name, values in samples.items()}
     reference_median, reference_best = medians.pop(("bandwidth reference", ""))
     reference_gbs, reference_best_gbs = bw_bytes / reference_median / 1e9, bw_bytes / reference_best / 1e9
     rows = []

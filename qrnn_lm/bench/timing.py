@@ -15,7 +15,7 @@ from typing import Callable
 
 import torch
 
-__all__ = ["synchronize", "time_round_robin", "machine_description"]
+__all__ = ["synchronize", "round_robin_samples", "time_round_robin", "machine_description"]
 
 
 def synchronize(device: torch.device | str) -> None:
@@ -25,32 +25,49 @@ def synchronize(device: torch.device | str) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_round_robin(candidates: dict[str, Callable[[], object]], repeats: int, warmup: int,
-                     device: torch.device | str = "cpu") -> dict[str, float]:
-    """Median seconds per call of each ``name -> fn``.
+def round_robin_samples(candidates: dict[str, Callable[[], object]], repeats: int, warmup: int,
+                        device: torch.device | str = "cpu", setups: dict | None = None,
+                        capped: tuple[str, ...] = (), cap: int = 3) -> dict[str, list[float]]:
+    """Seconds of every timed call of each ``name -> fn`` (``repeats`` values, fewer when capped).
 
     Runs ``warmup`` untimed rounds, then ``repeats`` timed rounds; in every round each candidate
-    runs once, round r starting with candidate r (mod their number). Raises ValueError for ``repeats < 1`` or ``warmup < 0``.
+    runs once, round r starting with candidate r (mod their number). ``setups``: name -> a
+    function run untimed right before that candidate's call. Candidates whose name contains an
+    entry of ``capped`` (a naive loop 20-2000x slower) run in the first warm-up round and in only
+    ``cap`` timed rounds, spread evenly over the run. Raises ValueError for ``repeats < 1`` or
+    ``warmup < 0``.
     """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     if warmup < 0:
         raise ValueError(f"warmup must be >= 0, got {warmup}")
+    setups = setups or {}
     times: dict[str, list[float]] = {name: [] for name in candidates}
     names = list(candidates)
+    capped_rounds = {0} | {warmup + (i * repeats) // cap for i in range(min(cap, repeats))}
     for round_index in range(warmup + repeats):
         # Rotate who goes first: a candidate can run slower right after another one (threads
         # still spinning, caches), so no candidate always follows the same one.
         shift = round_index % max(len(names), 1)
         for name in names[shift:] + names[:shift]:
-            fn = candidates[name]
+            if any(part in str(name) for part in capped) and round_index not in capped_rounds:
+                continue
+            if name in setups:
+                setups[name]()
             synchronize(device)
             start = time.perf_counter()
-            fn()
+            candidates[name]()
             synchronize(device)
             if round_index >= warmup:
                 times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
+    return times
+
+
+def time_round_robin(candidates: dict[str, Callable[[], object]], repeats: int, warmup: int,
+                     device: torch.device | str = "cpu") -> dict[str, float]:
+    """Median seconds per call of each ``name -> fn``, timed by :func:`round_robin_samples`."""
+    samples = round_robin_samples(candidates, repeats, warmup, device)
+    return {name: statistics.median(values) for name, values in samples.items()}
 
 
 def machine_description(device: torch.device | str = "cpu") -> str:

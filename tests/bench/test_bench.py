@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from qrnn_lm.bench import layer as layer_bench
 from qrnn_lm.cli.bench import bench_app
-from qrnn_lm.bench.timing import machine_description, time_round_robin
+from qrnn_lm.bench.timing import machine_description, round_robin_samples, time_round_robin
 
 runner = CliRunner()
 
@@ -24,6 +24,17 @@ def test_time_round_robin_interleaves_warmup_and_repeats():
     assert set(medians) == {"a", "b"} and all(value >= 0 for value in medians.values())
     with pytest.raises(ValueError, match="repeats must be >= 1, got 0"):
         time_round_robin({}, repeats=0, warmup=0)
+
+
+def test_round_robin_samples_runs_setups_untimed_and_caps_the_slow_candidate():
+    calls = []
+    samples = round_robin_samples({"fast": lambda: calls.append("fast"), "naive": lambda: calls.append("naive")},
+                                  repeats=6, warmup=2, setups={"fast": lambda: calls.append("setup")},
+                                  capped=("naive",), cap=3)
+    assert len(samples["fast"]) == 6 and len(samples["naive"]) == 3  # 3 of the 6 timed rounds
+    assert calls.count("naive") == 4  # and the first warm-up round
+    assert all(calls[i - 1] == "setup" for i, call in enumerate(calls) if call == "fast")
+    assert calls.count("setup") == 8
 
 
 def test_machine_description_names_the_cpu_threads_and_torch():
