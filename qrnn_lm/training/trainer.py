@@ -47,6 +47,7 @@ from .checkpointer import Checkpointer, check_same_data, components, read_resume
 from .data_stream import Evaluator, TrainingStream, load_corpus, restore_stream
 from .finetune import compare, converged, finetune_summary, finetune_vocab, load_init, read_finetune, start_finetune
 from .metrics import Console, RunLog, run_results, write_results
+from .overview import run_overview
 from .schedule import Schedule
 from .state import Counters, History, RandomState, SharedMasks
 from .step import precision_context, step_settings, train_step
@@ -94,6 +95,9 @@ class Trainer:
         self.schedule = Schedule(self.model, config.train, self.history, "asgd" if init_from else None)
         self.budget = Budget(config.train, self.stream.limit)
         self.step_config, self.scaler = step_settings(config.train, device)  # "auto" precision decided
+        for line in run_overview(config, len(self.corpus.vocab), self.corpus.train.numel(), self.model,
+                                 self.step_config.precision, device, self.world_size, out_dir):
+            self.console.echo(line)
         if config.train.precision == "auto":
             self.console.echo(f"precision auto: {self.step_config.precision} on {device.type}")
         rng = RandomState(self.stream.generator, self.shared.generator, seed, self.state)
