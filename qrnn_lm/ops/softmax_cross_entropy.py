@@ -6,14 +6,17 @@ softmax(logits[n] + bias)[targets[n]]`` and its gradients: ``softmax - one_hot``
 logits' dtype (times an optional ``grad_scale``, e.g. the 1/N of a mean, before its one rounding),
 and its sum over the rows ``[V]`` in float32 for the bias. Each row is read from
 memory once and its gradient written once; the row's float32 values stay in a thread's scratch
-(40 KB for V = 10k), where the max, the exponentials, the normaliser and the gradient are formed.
+(40 KB for V = 10k), where the exponentials, the normaliser and the gradient are formed. The
+exponentials are taken unshifted, and again shifted by the row's max only when their sum leaves a
+safe range (``_SUM_RANGE``: overflow, underflow, NaN), which a trained model's logits rarely do.
 The exponential is :func:`qrnn_lm.ops.numba_math.exp`, which vectorises (numba's ``math.exp``
 does not). Rows run in parallel, each thread summing its own rows' bias gradient.
 
-``[1400, 10000]`` on a 2-core Zen 4 (AMD EPYC family 25 model 17), median of 31 interleaved
-calls: bf16 7.8 ms, float32 9.9 ms, against 16.4 and 14.5 ms for the same loss and gradients
-formed block by block with torch ops (``qrnn_lm.models.softmax``'s fallback); 11.3 and 13.0 ms
-before the row's max became an integer max (:func:`qrnn_lm.ops.numba_math.order_key`).
+``[1400, 10000]`` on a 2-core Zen 4 (AMD EPYC family 25 model 17), medians of 35 interleaved
+calls: bf16 7.4 and 6.4 ms, float32 9.3 and 8.9 ms (two processes), against 8.9 and 7.8, 11.9 and
+11.2 ms with the max taken first in every row; before that max became an integer max
+(:func:`qrnn_lm.ops.numba_math.order_key`) 11.3 and 13.0 ms; 16.4 and 14.5 ms for the same loss
+and gradients formed block by block with torch ops (``qrnn_lm.models.softmax``'s fallback).
 
 Shapes: N = rows (tokens), V = vocabulary size.
 """
@@ -32,6 +35,11 @@ __all__ = ["loss_and_gradients", "supports"]
 ROWS_PER_ITEM = 64
 # Below this many logits the rows run in the calling thread.
 PARALLEL_MIN_ELEMENTS = 1 << 16
+# The sums of unshifted exponentials a row may keep. Below 2^-40 the largest term may be as small
+# as 2^-40 / V, and the terms exp flushes to 0 (under 2^-126) would no longer be negligible next to
+# it for the largest vocabularies; above 2^64 (a logit over about 44) the loss, log(sum) minus the
+# target logit, would cancel more digits than the shifted form does. NaN fails both tests.
+_SUM_RANGE = (np.float32(2.0**-40), np.float32(2.0**64))
 
 if HAS_NUMBA:
     from numba import njit, prange
@@ -59,15 +67,23 @@ if HAS_NUMBA:
         own ``[V]``, starting at 0 (loops over an offset range inside a prange body did not
         vectorise)."""
         size = logits.shape[0]
-        top_key = np.int32(-2147483648)
+        # Softmax is the same whatever is subtracted from the logits; the row's max keeps the
+        # exponentials in range, but a trained model's logits rarely need it. So first without:
+        # the sum alone shows whether that was safe (see _SUM_RANGE), saving a pass over the row.
+        top = np.float32(0)
         for j in range(size):
-            value = load(logits, j) + bias[j]
-            scratch[j] = value
-            top_key = max(top_key, order_key(value))
-        top = from_order_key(top_key)  # NaN if any logit is NaN
-        for j in range(size):
-            scratch[j] = exp(scratch[j] - top)
+            scratch[j] = exp(load(logits, j) + bias[j])
         total = _sum(scratch)
+        if not (_SUM_RANGE[0] <= total <= _SUM_RANGE[1]):  # overflow, underflow or NaN: shift by the max
+            top_key = np.int32(-2147483648)
+            for j in range(size):
+                value = load(logits, j) + bias[j]
+                scratch[j] = value
+                top_key = max(top_key, order_key(value))
+            top = from_order_key(top_key)  # NaN if any logit is NaN
+            for j in range(size):
+                scratch[j] = exp(scratch[j] - top)
+            total = _sum(scratch)
         inverse = np.float32(1) / total * grad_scale  # free here; in the backward, a pass of its own
         for j in range(size):
             probability = scratch[j] * inverse
@@ -76,7 +92,7 @@ if HAS_NUMBA:
         target_grad = scratch[target] * inverse - grad_scale
         store(grad, target, target_grad)
         grad_bias[target] -= grad_scale
-        # log sum exp minus the target logit, both shifted by the row's max.
+        # log sum exp minus the target logit, both shifted by ``top``.
         return np.float32(np.log(total)) - (load(logits, target) + bias[target] - top)
 
     @njit(cache=True)

@@ -93,6 +93,25 @@ def test_rows_far_from_zero_are_shifted_by_their_own_max(offset):
     torch.testing.assert_close(grad.double(), want_grad, rtol=1e-2, atol=1e-4)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rows_at_every_offset_match_float64_whether_shifted_or_not(dtype):
+    """The kernel first sums exp(logits) unshifted and shifts by the row's max only when that sum
+    leaves a safe range: rows from far below to far above exp's range, one offset each, all within
+    the tolerances of ordinary logits."""
+    g = torch.Generator().manual_seed(5)
+    offsets = torch.linspace(-100, 100, 81).unsqueeze(1)  # steps of 2.5 across both thresholds
+    logits = (torch.randn(81, 300, generator=g) * 4 + offsets).to(dtype)  # |logit| < 128
+    targets = torch.randint(0, 300, (81,), generator=g)
+    # Quarters: logit + bias is then exact in float32 at any offset, as the float64 reference's is.
+    bias = torch.randint(-8, 9, (300,), generator=g) / 4
+    loss, grad, grad_bias = loss_and_gradients(logits, targets, bias)
+    want_loss, want_grad, want_bias = reference(logits, targets, bias)
+    torch.testing.assert_close(loss.double(), want_loss, rtol=1e-6, atol=1e-5)
+    rounding = 2.0 ** -8 if dtype == torch.bfloat16 else 1e-6
+    torch.testing.assert_close(grad.double(), want_grad, rtol=rounding, atol=1e-7)
+    torch.testing.assert_close(grad_bias.double(), want_bias, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("sign", [1.0, -1.0])
 def test_a_nan_logit_gives_a_nan_loss_whatever_its_sign_bit(sign):
     logits = torch.randn(4, 40)
