@@ -27,6 +27,7 @@ from .bench import bench_app
 from .evaluate import eval_command
 from .export import export_command
 from .generate import generate_command
+from .help_text import readable_help
 from .options import (EXIT_INTERRUPTED, EXIT_USER_ERROR, DataDirOption, DataOption, Dataset, Device, DeviceOption,
                       ProgressOption, check_data, checkpoint_file, error_exit, user_errors)
 from .plot import plot_command
@@ -159,6 +160,8 @@ app.add_typer(bench_app, name="bench")  # torch loads inside its commands too
 app.command("export")(export_command)  # qrnn_lm.cli.export; torch loads inside it
 app.command("plot")(plot_command)  # qrnn_lm.cli.plot; matplotlib loads inside it
 app.command("tune")(tune_command)  # qrnn_lm.cli.tune; Optuna and torch load inside it
+readable_help(app)
+readable_help(bench_app)
 
 
 def main() -> None:

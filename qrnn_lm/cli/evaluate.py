@@ -20,9 +20,9 @@ def eval_command(
     device: DeviceOption = Device.auto,
     progress: ProgressOption = True,
     cache: Annotated[bool, typer.Option("--cache", help="Add the continuous cache pointer (Grave et al. 2017); implied by any --cache-* option.")] = False,
-    cache_window: Annotated[Optional[int], typer.Option("--cache-window", metavar="N", help="Cache size in steps [default: 500].")] = None,
-    cache_theta: Annotated[Optional[float], typer.Option("--cache-theta", metavar="THETA", help="Flatness of the cache attention [default: 1.0].")] = None,
-    cache_lambda: Annotated[Optional[float], typer.Option("--cache-lambda", metavar="LAMBDA", help="Weight of the cache in [0, 1] [default: 0.1].")] = None,
+    cache_window: Annotated[Optional[int], typer.Option("--cache-window", metavar="N", help="Cache size in steps (default: 500).")] = None,
+    cache_theta: Annotated[Optional[float], typer.Option("--cache-theta", metavar="THETA", help="Flatness of the cache attention (default: 1.0).")] = None,
+    cache_lambda: Annotated[Optional[float], typer.Option("--cache-lambda", metavar="LAMBDA", help="Weight of the cache, from 0 to 1 (default: 0.1).")] = None,
     cache_search: Annotated[bool, typer.Option("--cache-search", help="Pick theta and lambda by a grid on valid, then score test.")] = False,
 ):
     """Print a checkpoint's loss and perplexity on a split (by default of the data it was trained on).
