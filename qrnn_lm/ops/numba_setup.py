@@ -13,6 +13,15 @@ chosen there. The choice is written to the environment (``NUMBA_THREADING_LAYER_
 ``NUMBA_THREADING_LAYER`` off Linux), where numba's config reloads keep it. Either variable set by
 the user (or a layer already started) wins over these defaults.
 
+Vector width. LLVM's tuning for Intel's AVX-512 CPUs (Skylake-SP to Sapphire Rapids) prefers
+256-bit vectors, so numba compiled the kernels with ymm registers there, and with zmm on a Zen 4.
+On AVX-512 hosts the features numba compiles for are the host's plus ``-prefer-256-bit``
+(``NUMBA_CPU_FEATURES``, unless the user set it or ``NUMBA_CPU_NAME``): 512-bit vectors on every
+AVX-512 CPU, a no-op where LLVM already chose them. The kernels compiled with Intel's tuning
+(``NUMBA_CPU_NAME=icelake-server``) on a Zen 4, single-thread CPU time: the loss kernel 1.30x and
+the gate kernels 1.18x slower with 256-bit vectors, ForgetMult (bound by memory) the same
+(docs/performance.md; not measured on an Intel CPU, where 512-bit units may gain more).
+
 Lock. workqueue aborts the whole process when two Python threads launch parallel kernels at once
 (the launch releases the GIL), so every parallel launch of every kernel module holds
 :data:`PARALLEL_LOCK`, whichever layer was picked (:func:`parallel_launch` takes it). One lock
@@ -57,6 +66,31 @@ def _choose_threading_layer() -> None:
         os.environ["NUMBA_THREADING_LAYER_PRIORITY"] = "omp workqueue tbb"
     else:
         os.environ["NUMBA_THREADING_LAYER"] = "workqueue"
+
+
+def vector_width_features(environ, host_features) -> str | None:
+    """The ``NUMBA_CPU_FEATURES`` that let LLVM use 512-bit vectors, or None to leave numba's own
+    choice: the host isn't AVX-512, or the user chose a target (``NUMBA_CPU_NAME`` or
+    ``NUMBA_CPU_FEATURES``) or turned AVX off (``NUMBA_ENABLE_AVX=0``). ``host_features``:
+    llvmlite's ``FeatureMap`` of the host."""
+    if {"NUMBA_CPU_NAME", "NUMBA_CPU_FEATURES"} & set(environ) or environ.get("NUMBA_ENABLE_AVX", "1") == "0":
+        return None
+    if not host_features.get("avx512f"):
+        return None
+    return host_features.flatten() + ",-prefer-256-bit"
+
+
+def _choose_vector_width() -> None:
+    """Write :func:`vector_width_features` to the environment (numba re-reads its config from it)."""
+    try:
+        import llvmlite.binding as llvm
+
+        host_features = llvm.get_host_cpu_features()
+    except (ImportError, RuntimeError):  # no llvmlite, or LLVM cannot tell: numba's default
+        return
+    features = vector_width_features(os.environ, host_features)
+    if features is not None:
+        os.environ["NUMBA_CPU_FEATURES"] = features
 
 
 @functools.lru_cache(maxsize=1)
@@ -107,7 +141,9 @@ try:
 
     if numba.config.THREADING_LAYER == "default":  # not set in code by the user either
         _choose_threading_layer()
-        numba.config.reload_config()
+    if numba.config.CPU_FEATURES is None:  # not set in code by the user either
+        _choose_vector_width()
+    numba.config.reload_config()
     _stamp_caches_by_package()
     HAS_NUMBA = True
     IMPORT_ERROR = ""
