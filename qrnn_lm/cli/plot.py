@@ -139,9 +139,30 @@ def _y_label(curves: list[Curve]) -> str:
     return "validation perplexity per word" if any(c.unit == "word_ppl" for c in curves) else "validation perplexity"
 
 
+# Round numbers for a log axis, coarse to fine: multiples of powers of ten.
+_LOG_TICK_MULTIPLES = ((1,), (1, 2, 5), (1, 1.5, 2, 3, 5, 7), (1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 8))
+
+
+def log_ticks(low: float, high: float, most: int = 8) -> list[float]:
+    """Ticks for a log axis from ``low`` to ``high`` (> 0): the finest of
+    :data:`_LOG_TICK_MULTIPLES` that gives at most ``most`` (100, 120, 150, 200 for 96 to 205,
+    where matplotlib's own log ticks label only 100 and 200), or the coarsest when even that
+    gives more."""
+    chosen: list[float] = []
+    first, last = math.floor(math.log10(low)), math.ceil(math.log10(high))
+    for multiples in _LOG_TICK_MULTIPLES:
+        ticks = [m * 10.0 ** e for e in range(first, last + 1) for m in multiples]
+        ticks = [round(t, 12) for t in ticks if low <= t <= high]
+        if len(ticks) > most and chosen:
+            break
+        chosen = ticks
+    # A span between two neighbours of the finest multiples (101 to 119): its ends.
+    return chosen or [float(f"{low:.3g}"), float(f"{high:.3g}")]
+
+
 def plot_curves(curves: list[Curve], out: Path) -> Any:
     """Draw ``curves`` into ``out`` (format from its suffix: .png, .pdf, .svg); returns the Figure."""
-    from matplotlib.ticker import LogFormatter
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
     ylabel = _y_label(curves)
     figure = _figure_class()(figsize=(11, 4.5), layout="constrained")
@@ -153,9 +174,13 @@ def plot_curves(curves: list[Curve], out: Path) -> Any:
         axes.set_xlabel(xlabel)
         if "perplexity" in ylabel:  # bits per character: a linear axis, as the field's tables
             axes.set_yscale("log")
-            for ticks in (axes.yaxis.set_major_formatter, axes.yaxis.set_minor_formatter):
-                ticks(LogFormatter(labelOnlyBase=False))  # plain numbers (180, 250), not 1.8 x 10^2
-        axes.grid(True, which="both", alpha=0.3)
+        axes.grid(True, alpha=0.3)
+    if "perplexity" in ylabel:
+        ticks = log_ticks(*by_time.get_ylim())
+        for axes in (by_time, by_tokens):
+            axes.yaxis.set_major_locator(FixedLocator(ticks))
+            axes.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))  # 150, not 1.5 x 10^2
+            axes.yaxis.set_minor_locator(NullLocator())
     by_time.set_ylabel(ylabel)
     by_tokens.legend()
     try:

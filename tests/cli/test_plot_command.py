@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from qrnn_lm.cli import plot as plot_module
 from qrnn_lm.cli.commands import app
-from qrnn_lm.cli.plot import plot_curves, read_curve
+from qrnn_lm.cli.plot import Curve, log_ticks, plot_curves, read_curve
 
 runner = CliRunner()
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -125,3 +125,25 @@ def test_subword_runs_are_drawn_per_word_beside_word_runs_but_never_beside_bits(
     result = runner.invoke(app, ["plot", str(runs[0]), str(char), "--out", str(tmp_path / "x.png")])
     assert_one_line_error(result, "bits per character", "perplexity", "apart")
     assert not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.parametrize("low, high, ticks", [
+    (96, 205, [100, 120, 150, 200]),  # matplotlib's log ticks label 100 and 200 alone here
+    (55, 1300, [70, 100, 150, 200, 300, 500, 700, 1000]),
+    (1200, 12500, [1500, 2000, 3000, 5000, 7000, 10000]),
+    (40, 60, [40, 50, 60]),
+    (101, 119, [101, 119]),  # no round number inside: the ends
+    (1.5, 1e9, [10.0 ** e for e in range(1, 10)]),  # more than 8 even by decades: the decades
+])
+def test_log_ticks_are_the_finest_round_numbers_that_fit(low, high, ticks):
+    assert log_ticks(low, high) == ticks
+
+
+def test_a_perplexity_axis_is_labelled_with_plain_round_numbers(tmp_path):
+    curves = [Curve("narrow", [1.0, 2.0, 3.0], [10, 20, 30], [199.0, 140.0, 101.0]),
+              Curve("wide", [1.0, 2.0], [10, 20], [1100.0, 65.0])]
+    for shown, want in ((curves[:1], ["100", "120", "150", "200"]),
+                        (curves[1:], ["70", "100", "150", "200", "300", "500", "700", "1000"])):
+        by_time, by_tokens = plot_curves(shown, tmp_path / "curves.png").axes
+        assert [label.get_text() for label in by_time.get_yticklabels()] == want
+        assert list(by_tokens.get_yticks()) == [float(text) for text in want]  # shared; labels on the left only
