@@ -27,7 +27,7 @@ from .bench import bench_app
 from .evaluate import eval_command
 from .export import export_command
 from .generate import generate_command
-from .help_text import readable_help
+from .help_text import PROGRAM, readable_help
 from .options import (EXIT_INTERRUPTED, EXIT_USER_ERROR, DataDirOption, DataOption, Dataset, Device, DeviceOption,
                       ProgressOption, check_data, checkpoint_file, error_exit, user_errors)
 from .plot import plot_command
@@ -38,7 +38,7 @@ from .tune import tune_command
 __all__ = ["app", "main", "Dataset", "EXIT_INTERRUPTED", "EXIT_USER_ERROR"]
 
 app = typer.Typer(
-    name="qrnn-lm",
+    name=PROGRAM,
     no_args_is_help=True,
     help="Train, evaluate and sample QRNN language models (Penn Treebank, WikiText or your own text).",
 )
@@ -170,7 +170,7 @@ def main() -> None:
 
     keep_freed_memory()  # reuse freed tensor memory instead of page-faulting on every step
     try:
-        app(prog_name="qrnn-lm")
+        app(prog_name=PROGRAM)
     except SystemExit as stop:
         # distributed.launched_by_torchrun's test, read here without importing torch (--help).
         if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) <= 1:

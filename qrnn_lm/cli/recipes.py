@@ -21,7 +21,7 @@ def make_train_recipe(cuda_available: bool | None = None, cpuinfo: str | Path = 
     1-layer QRNN the tuner found on an fp32 Zen 3, test 127.2 there, where the 3 x 1000 one gives
     143.0). ``cuda_available`` defaults to ``torch.cuda.is_available()``.
     """
-    from ..device import cpu_has_native_bf16  # imports torch: kept out of the CLI's start-up
+    from ..device import cpu_recipe  # imports torch: kept out of the CLI's start-up
 
     if cuda_available is None:
         import torch
@@ -29,7 +29,7 @@ def make_train_recipe(cuda_available: bool | None = None, cpuinfo: str | Path = 
         cuda_available = torch.cuda.is_available()
     if cuda_available:
         return "ptb"
-    return "ptb-cpu-bf16" if cpu_has_native_bf16(cpuinfo) else "ptb-cpu"
+    return cpu_recipe(cpuinfo)
 
 
 def recipe_dir() -> Path | None:

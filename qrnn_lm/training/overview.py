@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from ..config import Config
-from ..device import cpu_has_native_bf16
+from ..device import cpu_recipe
 
 __all__ = ["run_overview", "GPU_SCHEDULE_EPOCHS"]
 
@@ -47,7 +47,7 @@ def _cpu_recipe(config: Config) -> str:
     """The CPU recipe for this kind of token: characters, or words as ``make train`` picks them."""
     if config.data.tokenizer in ("char", "byte"):
         return "ptb-char-cpu"
-    return "ptb-cpu-bf16" if cpu_has_native_bf16() else "ptb-cpu"
+    return cpu_recipe()
 
 
 def _millions(count: int) -> str:

@@ -6,6 +6,7 @@ import pytest
 import torch
 from _corpus import write_corpus
 
+import qrnn_lm.device as device
 import qrnn_lm.training.overview as overview
 from qrnn_lm.config import load_config
 from qrnn_lm.training import train
@@ -39,7 +40,7 @@ def test_the_cpu_is_named_with_its_threads(monkeypatch):
 @pytest.mark.parametrize("bf16, tokenizer, recipe", [(True, "word", "ptb-cpu-bf16"), (False, "word", "ptb-cpu"),
                                                      (True, "char", "ptb-char-cpu"), (False, "byte", "ptb-char-cpu")])
 def test_a_gpu_schedule_on_a_cpu_gets_a_note_naming_the_cpu_recipe(monkeypatch, bf16, tokenizer, recipe):
-    monkeypatch.setattr(overview, "cpu_has_native_bf16", lambda: bf16)
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda cpuinfo: bf16)
     lines = _lines("train.epochs=550", f'data.tokenizer="{tokenizer}"')
     assert lines[1] == (f"note: 550 epochs and no time limit, a GPU recipe's schedule; on a CPU, --max-minutes M "
                         f"sets a budget, and --config configs/{recipe}.toml is the 20-minute CPU recipe")
